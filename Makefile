@@ -1,0 +1,33 @@
+# reformer_jax: the whole set-up is `make train` or `make test` on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+GIN    ?= configs/copy.gin
+WORKDIR ?= runs/copy
+
+.PHONY: install train test lint bench clean
+
+install: $(STAMP)
+
+# Re-install when the package metadata changes.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m reformer_jax.train --gin_file=$(GIN) --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check reformer_jax tests scripts
+
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py attention
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

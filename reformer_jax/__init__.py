@@ -1,0 +1,1 @@
+"""reformer_jax: the Reformer in JAX."""

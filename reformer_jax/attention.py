@@ -1,0 +1,372 @@
+"""LSH, local and full attention as pure, jit-able functions.
+
+Arrays are [batch, heads, length, dim]. Einsum legend: b batch, h heads,
+r hash rounds, l length, d head dim (e for values), n sorted slots (r * l),
+u chunks, c chunk length, w window length ((before + 1 + after) * c).
+
+All three share one chunked kernel (`_attend`): dot products of a chunk of
+queries against a window of keys, additive float32 masks computed from the
+ORIGINAL positions of queries and keys (SPEC §1.7), a float32 softmax whose
+log-sum-exp is kept, optional dropout on the probabilities, and the weighted
+sum of values. Memory is O(l * w) per head: no [l, l] array on the LSH or local
+path.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from reformer_jax import lsh
+
+# Additive logit penalties (SPEC §1.7). Finite on purpose: a query whose only
+# admissible key is itself still attends to itself instead of producing NaN.
+MASK_PENALTY = 1e9
+SELF_PENALTY = 1e5
+
+
+def normalize_keys(q: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """Shared-QK keys: k = q * rsqrt(mean(q^2) + eps) / sqrt(d) (SPEC §1.6).
+
+    That is q/|q| up to eps; the statistics are computed in float32.
+    """
+    q32 = q.astype(jnp.float32)
+    k = q32 * jax.lax.rsqrt(jnp.mean(q32 * q32, axis=-1, keepdims=True) + eps)
+    return (k / jnp.sqrt(jnp.float32(q.shape[-1]))).astype(q.dtype)
+
+
+def lsh_attention(
+    qk: jax.Array,
+    v: jax.Array,
+    *,
+    key: jax.Array | None = None,
+    n_hashes: int,
+    n_buckets: lsh.BucketSpec,
+    chunk_len: int,
+    causal: bool = True,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    dedup: bool = False,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
+    buckets: jax.Array | None = None,
+    per_example_rotations: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Shared-QK LSH self-attention (SPEC §1, paper §2).
+
+    Args:
+      qk: [b, h, l, d] shared queries/keys (keys are the normalised queries).
+      v: [b, h, l, e] values.
+      key: PRNG key of the random rotations; required unless `buckets` given.
+      n_hashes: hash rounds r; a call-time choice, not part of any weight.
+      n_buckets: buckets per round, an even int or a list of even factors.
+      chunk_len: c. Any l works: the sequence is padded to a multiple of c
+        internally (pad keys are masked) and the output is cut back to l.
+      causal: mask keys at later positions.
+      n_chunks_before, n_chunks_after: the window of each sorted chunk
+        (wrapping around: chunk 0 looks back at the last chunk).
+      dedup: the paper's App. A correction: subtract log N_ij where N_ij counts
+        how often key j appears in the windows of query i's r copies, so a pair
+        seen in several rounds is counted once. Off by default (as trax and
+        HF transformers).
+      mask: optional bool [b, l], True for real tokens; False keys are masked.
+      dropout_rate, dropout_key: dropout on the attention probabilities (after
+        the log-sum-exp is taken).
+      buckets: optional int [b, h, r, l] buckets to use instead of hashing
+        (the reversible backward pass replays the forward's buckets).
+      per_example_rotations: draw different rotations for each example.
+
+    Returns:
+      (out [b, h, l, e] in v's dtype, buckets int32 [b, h, r, l]).
+    """
+    lsh._check_rank(qk, 4, "qk")
+    lsh._check_rank(v, 4, "v")
+    _check_same_prefix(qk, v, "qk", "v")
+    _check_chunk_len(chunk_len)
+    bsz, heads, length, _ = qk.shape
+    n_total = lsh.total_buckets(n_buckets)
+    if buckets is None:
+        if key is None:
+            raise ValueError("lsh_attention needs `key` (PRNG key for the rotations) or `buckets`.")
+        buckets = lsh.hash_vectors(
+            qk, key=key, n_buckets=n_buckets, n_hashes=n_hashes, per_example=per_example_rotations
+        )
+    elif buckets.shape != (bsz, heads, n_hashes, length):
+        raise ValueError(
+            f"buckets has shape {buckets.shape}; expected [batch, heads, n_hashes, length] = "
+            f"{(bsz, heads, n_hashes, length)}."
+        )
+    buckets = jax.lax.stop_gradient(buckets.astype(jnp.int32))
+    valid = _key_validity(mask, bsz, length)
+
+    # Pad the length to a multiple of the chunk; pad keys are invalid and the
+    # pad positions share bucket 0 (they are masked wherever they land).
+    padded = lsh.round_up(length, chunk_len)
+    qk_p = lsh.pad_length(qk, padded, axis=2)
+    v_p = lsh.pad_length(v, padded, axis=2)
+    buckets_p = lsh.pad_length(buckets, padded, axis=3)
+    valid_p = lsh.pad_length(valid, padded, axis=1, value=False)
+
+    perm, inv = lsh.sort_by_bucket(buckets_p, n_total)  # [b, h, n]
+    n_chunks = n_hashes * padded // chunk_len
+    before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
+
+    def sort(x):  # [b, h, l, ...] -> sorted, chunked [b, h, u, c, ...]
+        tiled = jnp.tile(x, (1, 1, n_hashes) + (1,) * (x.ndim - 3))  # [b, h, n, ...]
+        return lsh.chunk(lsh.permute(tiled, perm, inv), chunk_len)
+
+    s_pos = lsh.chunk(perm % padded, chunk_len)  # [b, h, u, c]
+    s_qk = sort(qk_p)  # [b, h, u, c, d]
+    # Normalising is per vector, so normalising after the sort saves a gather.
+    s_k = lsh.look_around(normalize_keys(s_qk), before, after)  # [b, h, u, w, d]
+    s_v = lsh.look_around(sort(v_p), before, after)  # [b, h, u, w, e]
+    k_pos = lsh.look_around(s_pos, before, after)  # [b, h, u, w]
+    k_valid = jnp.take_along_axis(
+        jnp.broadcast_to(valid_p[:, None], (bsz, heads, padded)), perm % padded, axis=2
+    )
+    k_valid = lsh.look_around(lsh.chunk(k_valid, chunk_len), before, after)
+
+    bias = None
+    if dedup:
+        bias = -jnp.log(_duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after))
+
+    s_out, s_lse = _attend(
+        s_qk,
+        s_k,
+        s_v,
+        s_pos,
+        k_pos,
+        k_valid,
+        causal=causal,
+        self_penalty=True,
+        bias=bias,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
+    )
+    # Undo the sort: another gather, with the inverse permutation.
+    n = n_hashes * padded
+    out = lsh.permute(s_out.reshape(bsz, heads, n, -1), inv, perm)
+    lse = lsh.permute(s_lse.reshape(bsz, heads, n), inv, perm)
+    out = out.reshape(bsz, heads, n_hashes, padded, -1)  # [b, h, r, l, e]
+    lse = lse.reshape(bsz, heads, n_hashes, padded)  # [b, h, r, l]
+    # Combine rounds with weights softmax_r(lse_r) (paper eq. 14).
+    weights = jax.nn.softmax(lse, axis=2)[..., None]
+    out = jnp.sum(out.astype(jnp.float32) * weights, axis=2)
+    return out[:, :, :length].astype(v.dtype), buckets
+
+
+def local_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    chunk_len: int,
+    causal: bool = True,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    mask: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+    """Chunked local attention in the original order (SPEC §2).
+
+    Each chunk of c queries attends to its own chunk and `n_chunks_before` /
+    `n_chunks_after` neighbours, logits q.k / sqrt(d). Unlike LSH attention the
+    window does not wrap around: the first chunk has no previous chunk.
+
+    q, k: [b, h, l, d]; v: [b, h, l, e]; mask: optional bool [b, l] (True =
+    real token). Returns [b, h, l, e] in v's dtype. Any l works (padded to a
+    multiple of c internally).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        lsh._check_rank(x, 4, name)
+    _check_same_prefix(q, k, "q", "k")
+    _check_same_prefix(q, v, "q", "v")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must have the same head dim, got {q.shape} and {k.shape}.")
+    _check_chunk_len(chunk_len)
+    bsz, _, length, d = q.shape
+    valid = _key_validity(mask, bsz, length)
+    padded = lsh.round_up(length, chunk_len)
+    n_chunks = padded // chunk_len
+    before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
+
+    def windows(x):  # [b, h, l, ...] -> [b, h, u, w, ...]
+        return lsh.look_around(
+            lsh.chunk(lsh.pad_length(x, padded, axis=2), chunk_len), before, after
+        )
+
+    pos = jnp.arange(padded, dtype=jnp.int32)[None, None]  # [1, 1, l]
+    q_pos = lsh.chunk(pos, chunk_len)  # [1, 1, u, c]
+    k_pos = lsh.look_around(q_pos, before, after)  # [1, 1, u, w]
+    # No wrap-around: a window key must lie within [-before, +after] chunks.
+    offset = k_pos // chunk_len - (jnp.arange(n_chunks, dtype=jnp.int32)[:, None])
+    in_window = (offset >= -before) & (offset <= after)
+    k_valid = windows(lsh.pad_length(valid, padded, axis=1, value=False)[:, None]) & in_window
+
+    scale = jnp.asarray(d**-0.5, q.dtype)
+    q_c = lsh.chunk(lsh.pad_length(q * scale, padded, axis=2), chunk_len)
+    out, _ = _attend(
+        q_c,
+        windows(k),
+        windows(v),
+        q_pos,
+        k_pos,
+        k_valid,
+        causal=causal,
+        self_penalty=False,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
+    )
+    b, h = out.shape[:2]
+    return out.reshape(b, h, padded, -1)[:, :, :length]
+
+
+def full_attention(
+    q: jax.Array,
+    k: jax.Array | None,
+    v: jax.Array,
+    *,
+    causal: bool,
+    mask: jax.Array | None = None,
+    shared_qk: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+    """Ordinary O(l^2) attention, and its shared-QK variant (SPEC §2).
+
+    Standard: logits q.k / sqrt(d). Shared-QK (`shared_qk=True`, pass k=None):
+    keys are `normalize_keys(q)`, queries unscaled, and a token attends to
+    itself only when nothing else is admissible (the "Full" row of the paper's
+    Table 2). q, k: [b, h, l, d]; v: [b, h, l, e] -> [b, h, l, e].
+    """
+    lsh._check_rank(q, 4, "q")
+    lsh._check_rank(v, 4, "v")
+    _check_same_prefix(q, v, "q", "v")
+    if shared_qk:
+        if k is not None:
+            raise ValueError("full_attention(shared_qk=True) derives keys from q: pass k=None.")
+        k = normalize_keys(q)
+    else:
+        if k is None:
+            raise ValueError("full_attention needs k (or shared_qk=True).")
+        lsh._check_rank(k, 4, "k")
+        _check_same_prefix(q, k, "q", "k")
+        if q.shape[-1] != k.shape[-1]:
+            raise ValueError(f"q and k must have the same head dim, got {q.shape} and {k.shape}.")
+        q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    bsz, _, length, _ = q.shape
+    valid = _key_validity(mask, bsz, length)
+    pos = jnp.arange(length, dtype=jnp.int32)[None, None, None]  # [1, 1, 1, l]
+    out, _ = _attend(
+        q[:, :, None],
+        k[:, :, None],
+        v[:, :, None],
+        pos,
+        pos,
+        valid[:, None, None],
+        causal=causal,
+        self_penalty=shared_qk,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
+    )
+    return out[:, :, 0]
+
+
+def _attend(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    *,
+    causal,
+    self_penalty,
+    bias=None,
+    dropout_rate=0.0,
+    dropout_key=None,
+):
+    """One window of keys per chunk of queries.
+
+    q: [b, h, u, c, d], k: [b, h, u, w, d], v: [b, h, u, w, e]; q_pos [.., u, c],
+    k_pos and k_valid [.., u, w] (broadcastable over b, h); bias: optional
+    float32 [b, h, u, c, w] added to the logits. Returns out [b, h, u, c, e]
+    and the float32 log-sum-exp [b, h, u, c] of the masked logits.
+    """
+    logits = jnp.einsum("bhucd,bhuwd->bhucw", q, k, preferred_element_type=jnp.float32)
+    qp, kp = q_pos[..., :, None], k_pos[..., None, :]
+    admissible = k_valid[..., None, :]
+    if causal:
+        admissible = admissible & (kp <= qp)
+    logits = logits + jnp.where(admissible, 0.0, -MASK_PENALTY)
+    if self_penalty:
+        logits = logits - jnp.where(kp == qp, SELF_PENALTY, 0.0)
+    if bias is not None:
+        logits = logits + bias
+    # Normalise by the explicit sum rather than exp(logits - lse): when only
+    # self-penalised keys are admissible the logits sit near -1e5, where a
+    # float32 lse is off by up to 4e-3 and the probabilities would not sum to 1.
+    peak = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnorm = jnp.exp(logits - peak)
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)
+    probs = unnorm / total
+    lse = (peak + jnp.log(total))[..., 0]
+    if dropout_rate > 0.0:
+        if dropout_key is None:
+            raise ValueError("dropout_rate > 0 needs a dropout_key.")
+        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum(
+        "bhucw,bhuwe->bhuce", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.astype(v.dtype), lse
+
+
+def _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after):
+    """N_ij of the paper's App. A for every (query slot, window slot) pair.
+
+    N_ij = number of (round r of query copy, round r' of key copy) such that the
+    chunk holding key j's copy r' lies in the window of the chunk holding query
+    i's copy r. Returns float32 [b, h, u, c, w], each entry >= 1.
+    """
+    b, h, n = inv.shape
+    padded = n // n_hashes
+    n_chunks = n // chunk_len
+    # chunk_of[b, h, t, r]: the sorted chunk of position t's copy in round r.
+    chunk_of = (inv // chunk_len).reshape(b, h, n_hashes, padded).transpose(0, 1, 3, 2)
+    q_chunks = jnp.take_along_axis(chunk_of, s_pos.reshape(b, h, n)[..., None], axis=2)
+    q_chunks = q_chunks.reshape(b, h, n_chunks, chunk_len, n_hashes)  # [b, h, u, c, r]
+    k_chunks = jnp.take_along_axis(chunk_of, k_pos.reshape(b, h, -1)[..., None], axis=2)
+    k_chunks = k_chunks.reshape(b, h, n_chunks, -1, n_hashes)  # [b, h, u, w, r]
+    counts = jnp.zeros(q_chunks.shape[:-1] + k_chunks.shape[-2:-1], jnp.int32)
+    for r in range(n_hashes):
+        for r2 in range(n_hashes):
+            offset = (k_chunks[..., None, :, r2] - q_chunks[..., :, None, r]) % n_chunks
+            counts += ((offset <= after) | (offset >= n_chunks - before)).astype(jnp.int32)
+    return jax.lax.stop_gradient(counts.astype(jnp.float32))
+
+
+def _key_validity(mask, bsz, length):
+    if mask is None:
+        return jnp.ones((bsz, length), bool)
+    if mask.shape != (bsz, length):
+        raise ValueError(
+            f"mask must be a bool [batch, length] = {(bsz, length)} (True = real token), "
+            f"got shape {mask.shape}."
+        )
+    return mask.astype(bool)
+
+
+def _check_same_prefix(a, b, name_a, name_b):
+    if a.shape[:3] != b.shape[:3]:
+        raise ValueError(
+            f"{name_a} and {name_b} must agree on [batch, heads, length]: "
+            f"got {a.shape} and {b.shape}."
+        )
+
+
+def _check_chunk_len(chunk_len):
+    if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len <= 0:
+        raise ValueError(f"chunk_len must be a positive int, got {chunk_len!r}.")

@@ -1,0 +1,200 @@
+"""Hashing, sorting and chunking for LSH attention: pure jnp functions.
+
+Einsum legend used in shapes below:
+    b batch, h heads, r hash rounds (n_hashes), l sequence length, d per-head dim,
+    k rotation columns, n = r * l sorted slots, c chunk length, w window length
+    ((n_chunks_before + 1 + n_chunks_after) * c).
+
+Everything here follows SPEC §1 (paper §2.1-2.2): angular LSH by random
+rotations, a round-major sort by (round, bucket, position), and chunking of the
+sorted sequence with a look-back window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+BucketSpec = int | Sequence[int]
+
+
+def bucket_factors(n_buckets: BucketSpec) -> tuple[int, ...]:
+    """Validates `n_buckets` (an int or a list of factors) and returns the factors.
+
+    Each factor must be an even integer >= 2: angular LSH takes the argmax over
+    [xR, -xR], so a factor f uses f/2 random projections.
+    """
+    factors = (n_buckets,) if isinstance(n_buckets, int) else tuple(n_buckets)
+    if not factors:
+        raise ValueError(
+            "n_buckets is empty: give an even int such as 64, or even factors [32, 16]."
+        )
+    for f in factors:
+        if isinstance(f, bool) or not isinstance(f, int):
+            raise ValueError(f"n_buckets must be an int or a list of ints, got {n_buckets!r}.")
+        if f < 2 or f % 2:
+            raise ValueError(
+                f"n_buckets={n_buckets!r}: every bucket count must be an even integer >= 2 "
+                "(angular LSH takes argmax over [xR, -xR]); use e.g. 64 or [32, 16]."
+            )
+    return factors
+
+
+def total_buckets(n_buckets: BucketSpec) -> int:
+    """Number of distinct bucket ids: the product of the factors."""
+    return math.prod(bucket_factors(n_buckets))
+
+
+def default_n_buckets(length: int, chunk_len: int) -> int | list[int]:
+    """The paper's choice n_b = 2L/c (an average bucket holds c/2 tokens).
+
+    Rounded up to an even number; factorised into two even factors when it
+    exceeds 128 (SPEC §1.2), e.g. L=65536, c=256 -> [32, 16].
+    """
+    if length <= 0 or chunk_len <= 0:
+        raise ValueError(f"length ({length}) and chunk_len ({chunk_len}) must be positive.")
+    n = max(2, -(-2 * length // chunk_len))
+    n += n % 2
+    if n <= 128:
+        return n
+    # Smallest even divisor at least sqrt(n) whose cofactor is also even.
+    for f1 in range(math.isqrt(n - 1) + 1, n):
+        if f1 % 2 == 0 and n % f1 == 0 and (n // f1) % 2 == 0:
+            return [f1, n // f1]
+    return n
+
+
+def hash_vectors(
+    x: jax.Array, *, key: jax.Array, n_buckets: BucketSpec, n_hashes: int, per_example: bool = False
+) -> jax.Array:
+    """Angular LSH of x: [b, h, l, d] -> int32 buckets [b, h, r, l] in [0, prod(n_buckets)).
+
+    Round r projects x on fresh Gaussian directions R[:, r, :] (not orthogonalised)
+    and takes argmax(concat(xR, -xR)). Rotations differ per head, and per example
+    when `per_example`. Factorised buckets: each factor f_i takes its own f_i/2
+    columns, bucket = a_1 + f_1 * a_2 + f_1 * f_2 * a_3 + ...
+    Buckets are integers, so no gradient flows through them.
+    """
+    _check_rank(x, 4, "x")
+    factors = bucket_factors(n_buckets)
+    if not isinstance(n_hashes, int) or n_hashes < 1:
+        raise ValueError(f"n_hashes must be a positive int, got {n_hashes!r}.")
+    b, h, _, d = x.shape
+    n_cols = sum(f // 2 for f in factors)
+    rot_shape = (b if per_example else 1, h, d, n_hashes, n_cols)
+    rotations = jax.random.normal(key, rot_shape, jnp.float32)
+    # Hash in float32: the bucket of a bfloat16 vector should not depend on
+    # rounding inside the projection.
+    proj = jnp.einsum("bhld,bhdrk->bhrlk", x.astype(jnp.float32), rotations)
+    buckets = jnp.zeros(proj.shape[:-1], jnp.int32)
+    offset, stride = 0, 1
+    for f in factors:
+        p = proj[..., offset : offset + f // 2]
+        a = jnp.argmax(jnp.concatenate([p, -p], axis=-1), axis=-1).astype(jnp.int32)
+        buckets = buckets + stride * a
+        offset, stride = offset + f // 2, stride * f
+    return jax.lax.stop_gradient(buckets)
+
+
+def sort_by_bucket(buckets: jax.Array, n_buckets_total: int) -> tuple[jax.Array, jax.Array]:
+    """Round-major sort of hashed positions.
+
+    buckets: [b, h, r, l] -> (perm, inv), both int32 [b, h, n] with n = r * l.
+    perm[s] is the flat index r * l + t of the (round, position) pair in sorted
+    slot s; inv is its inverse (inv[perm[s]] = s). The order is by round, then
+    bucket, then position: the stable sort of round * n_b + bucket over the
+    round-major flattening (which is already in position order) gives exactly
+    that, without a composite integer key that could overflow at long lengths.
+    """
+    b, h, r, l = buckets.shape
+    rounds = jnp.arange(r, dtype=jnp.int32)[:, None]
+    keys = (rounds * n_buckets_total + buckets).reshape(b, h, r * l)
+    perm = jnp.argsort(keys, axis=-1, stable=True).astype(jnp.int32)
+    inv = jnp.argsort(perm, axis=-1).astype(jnp.int32)
+    return perm, inv
+
+
+@jax.custom_vjp
+def permute(x: jax.Array, perm: jax.Array, inv: jax.Array) -> jax.Array:
+    """y[..., s, :] = x[..., perm[s], :] along axis 2 of [b, h, n, ...].
+
+    `inv` must be the inverse permutation. The gradient is the inverse gather
+    (g[..., inv[t], :]) rather than autodiff's scatter-add: DESIGN "What makes it
+    fast".
+    """
+    return _take(x, perm)
+
+
+def _permute_fwd(x, perm, inv):
+    return _take(x, perm), (perm, inv)
+
+
+def _permute_bwd(res, g):
+    perm, inv = res
+    return _take(g, inv), None, None
+
+
+permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+def _take(x: jax.Array, idx: jax.Array) -> jax.Array:
+    """x: [b, h, n, ...], idx: [b, h, m] -> [b, h, m, ...]."""
+    idx = idx.reshape(idx.shape + (1,) * (x.ndim - 3))
+    return jnp.take_along_axis(x, idx, axis=2)
+
+
+def chunk(x: jax.Array, chunk_len: int) -> jax.Array:
+    """[b, h, n, ...] -> [b, h, n / c, c, ...]."""
+    b, h, n = x.shape[:3]
+    return x.reshape(b, h, n // chunk_len, chunk_len, *x.shape[3:])
+
+
+def look_around(x: jax.Array, before: int, after: int) -> jax.Array:
+    """Concatenates each chunk with its neighbours, wrapping around.
+
+    x: [b, h, n_c, c, ...] -> [b, h, n_c, (before + 1 + after) * c, ...]; the
+    window of chunk i is chunks i - before, ..., i + after (mod n_c), in that
+    order. Callers clamp before/after with `window_sizes` so no chunk repeats.
+    """
+    parts = [jnp.roll(x, i, axis=2) for i in range(before, 0, -1)]
+    parts.append(x)
+    parts += [jnp.roll(x, -i, axis=2) for i in range(1, after + 1)]
+    return jnp.concatenate(parts, axis=3) if len(parts) > 1 else x
+
+
+def window_sizes(n_chunks: int, before: int, after: int) -> tuple[int, int]:
+    """Clamps (before, after) so a window never holds the same chunk twice.
+
+    With few chunks the wrapped window would repeat a chunk and count its keys
+    twice in one softmax; the clamped window covers each chunk once.
+    """
+    if before < 0 or after < 0:
+        raise ValueError(f"n_chunks_before={before} and n_chunks_after={after} must be >= 0.")
+    before = min(before, n_chunks - 1)
+    after = min(after, n_chunks - 1 - before)
+    return before, after
+
+
+def pad_length(x: jax.Array, length: int, axis: int, value=0) -> jax.Array:
+    """Pads axis `axis` of x at the end up to `length`."""
+    extra = length - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _check_rank(x, rank: int, name: str) -> None:
+    if getattr(x, "ndim", None) != rank:
+        raise ValueError(
+            f"{name} must have rank {rank} ([batch, heads, length, dim]), "
+            f"got shape {getattr(x, 'shape', None)}."
+        )

@@ -1,0 +1,265 @@
+"""Benchmarks for reformer_jax.
+
+Usage:
+    python scripts/benchmark.py attention [--lengths 1K 2K ... 64K] [--tokens 65536]
+        [--hashes 1 2 4 8] [--chunk 64] [--heads 4] [--dim 64] [--dtype float32|bfloat16]
+        [--repeats 5] [--memory-budget-gib G] [--max-seconds 60] [--json results.json]
+
+`attention` reproduces the setup of the paper's Figure 5 (right): the number of
+tokens per step is fixed (batch = tokens // L) and, for each sequence length L,
+it times one forward+backward step (jit of value_and_grad of the summed output)
+of full causal attention and of causal LSH attention with 1, 2, 4 and 8 hashes
+(n_buckets = default_n_buckets(L, chunk)). Each cell is compiled once (compile
+time reported separately, in the JSON), run once to warm up, then timed
+`--repeats` times; the table gives the median seconds per step and XLA's
+compiled temp memory. A cell whose compiled temp + argument memory exceeds the
+budget is not run ("skipped (memory)"); once a method takes longer than
+`--max-seconds` per step its longer lengths are skipped ("skipped (time)").
+The table goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from reformer_jax.attention import full_attention, lsh_attention
+from reformer_jax.lsh import default_n_buckets
+
+MIB = 2**20
+GIB = 2**30
+
+
+def parse_length(text: str) -> int:
+    """'4096', '4K' or '4k' -> 4096."""
+    text = text.strip()
+    if text[-1:] in ("K", "k"):
+        return int(text[:-1]) * 1024
+    return int(text)
+
+
+def default_memory_budget() -> float:
+    """Bytes: the GPU's bytes_limit if known, else 60% of physical RAM."""
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return float(stats["bytes_limit"])
+    return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def make_step(method: str, n_hashes: int, length: int, chunk: int):
+    """A jitted forward+backward step and a function making its inputs."""
+    if method == "full":
+
+        def loss(q, k, v):
+            out = full_attention(q, k, v, causal=True)
+            return jnp.sum(out.astype(jnp.float32))
+
+        argnums: tuple[int, ...] = (0, 1, 2)
+    else:
+        n_buckets = default_n_buckets(length, chunk)
+
+        def loss(qk, v, key):
+            out, _ = lsh_attention(
+                qk, v, key=key, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk, causal=True
+            )
+            return jnp.sum(out.astype(jnp.float32))
+
+        argnums = (0, 1)
+    return jax.jit(jax.value_and_grad(loss, argnums=argnums))
+
+
+def make_inputs(method: str, shape: tuple[int, ...], dtype: Any, seed: int) -> list[jax.Array]:
+    """Fresh normal arrays; a fixed key per cell (also the LSH rotation key)."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+    n_arrays = 3 if method == "full" else 2
+    arrays = [jax.random.normal(k, shape, jnp.float32).astype(dtype) for k in keys[:n_arrays]]
+    if method != "full":
+        arrays.append(keys[3])
+    return jax.block_until_ready(arrays)
+
+
+def run_cell(
+    args: argparse.Namespace, method: str, n_hashes: int, length: int, budget: float, dtype: Any
+) -> dict[str, Any]:
+    batch = max(1, args.tokens // length)
+    shape = (batch, args.heads, length, args.dim)
+    cell: dict[str, Any] = {
+        "method": method,
+        "n_hashes": n_hashes,
+        "length": length,
+        "batch": batch,
+        "status": "ok",
+    }
+    if method != "full":
+        cell["n_buckets"] = default_n_buckets(length, args.chunk)
+    inputs = make_inputs(method, shape, dtype, args.seed)
+    step = make_step(method, n_hashes, length, args.chunk)
+
+    t0 = time.perf_counter()
+    compiled = step.lower(*inputs).compile()
+    cell["compile_s"] = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        for name in ("temp", "argument", "output", "generated_code"):
+            cell[f"{name}_mib"] = getattr(mem, f"{name}_size_in_bytes") / MIB
+        if (cell["temp_mib"] + cell["argument_mib"]) * MIB > budget:
+            cell["status"] = "skipped (memory)"
+            return cell
+
+    try:
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*inputs))
+        cell["warmup_s"] = time.perf_counter() - t0
+        # A warm-up already over the time limit: one timed run is enough.
+        repeats = 1 if cell["warmup_s"] > args.max_seconds else args.repeats
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*inputs))
+            times.append(time.perf_counter() - t0)
+    except Exception as err:  # e.g. XLA RESOURCE_EXHAUSTED at run time
+        cell["status"] = f"failed ({type(err).__name__})"
+        cell["error"] = str(err)[:500]
+        return cell
+    cell["times_s"] = times
+    cell["median_s"] = statistics.median(times)
+    return cell
+
+
+def format_cell(cell: dict[str, Any]) -> str:
+    temp = f"{cell['temp_mib']:.0f} MiB" if "temp_mib" in cell else "? MiB"
+    if cell["status"] == "ok":
+        return f"{cell['median_s']:.4g} s / {temp}"
+    if cell["status"] == "skipped (memory)":
+        return f"skipped (memory): {temp} temp + {cell['argument_mib']:.0f} MiB args"
+    return cell["status"]
+
+
+def bench_attention(args: argparse.Namespace) -> None:
+    dtype = jnp.dtype(args.dtype)
+    budget = (
+        args.memory_budget_gib * GIB
+        if args.memory_budget_gib is not None
+        else default_memory_budget()
+    )
+    device = jax.devices()[0]
+    methods = [("full", 0)] + [(f"LSH-{r}", r) for r in args.hashes]
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    config["memory_budget_gib"] = budget / GIB
+    header = {
+        "device": f"{device.device_kind} (platform {device.platform}, "
+        f"{jax.device_count()} device(s))",
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "host": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    }
+
+    print("# Attention forward+backward time (paper Fig. 5 right)\n")
+    for name, value in header.items():
+        print(f"- {name}: {value}")
+    print(f"- config: {json.dumps(config)}")
+    print(
+        "- full = standard causal attention (q, k, v); LSH-r = causal shared-QK LSH "
+        "attention with r hashes, n_buckets = default_n_buckets(L, chunk)"
+    )
+    print(
+        "- step = jit(value_and_grad(sum(out))); cell = median s/step over repeats / "
+        "XLA compiled temp memory\n"
+    )
+    sys.stdout.flush()
+
+    results: list[dict[str, Any]] = []
+    too_slow: set[str] = set()
+    rows = []
+    for length in args.lengths:
+        row = [
+            str(length),
+            str(max(1, args.tokens // length)),
+            str(default_n_buckets(length, args.chunk)),
+        ]
+        for method, n_hashes in methods:
+            if method in too_slow:
+                cell = {"method": method, "length": length, "status": "skipped (time)"}
+            else:
+                print(f"[bench] L={length} {method} ...", file=sys.stderr, flush=True)
+                kind = "full" if method == "full" else "lsh"
+                cell = run_cell(args, kind, n_hashes, length, budget, dtype)
+                cell["method"] = method
+                if cell.get("median_s", 0.0) > args.max_seconds:
+                    too_slow.add(method)
+                print(
+                    f"[bench]   {format_cell(cell)} (compile {cell['compile_s']:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            results.append(cell)
+            row.append(format_cell(cell))
+        rows.append(row)
+
+    columns = ["L", "batch", "n_buckets"] + [m for m, _ in methods]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---:" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "config": config, "results": results}, f, indent=2)
+        print(f"\nRaw results written to {args.json}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    att = sub.add_parser("attention", help="attention fwd+bwd time vs. length (paper Fig. 5)")
+    att.add_argument(
+        "--lengths",
+        type=parse_length,
+        nargs="+",
+        default=[2**i * 1024 for i in range(7)],
+        help="sequence lengths, e.g. 1024 or 1K (default 1K..64K)",
+    )
+    att.add_argument(
+        "--tokens", type=int, default=65536, help="tokens per step; batch = tokens // L"
+    )
+    att.add_argument("--hashes", type=int, nargs="+", default=[1, 2, 4, 8])
+    att.add_argument("--chunk", type=int, default=64, help="LSH chunk length")
+    att.add_argument("--heads", type=int, default=4)
+    att.add_argument("--dim", type=int, default=64, help="head dim (of q, k and v)")
+    att.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    att.add_argument("--repeats", type=int, default=5, help="timed runs per cell")
+    att.add_argument(
+        "--memory-budget-gib",
+        type=float,
+        default=None,
+        help="skip cells whose compiled temp + args exceed this (default: "
+        "GPU bytes_limit, or 60%% of physical RAM on CPU)",
+    )
+    att.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="skip longer lengths of a method once a step takes longer",
+    )
+    att.add_argument("--seed", type=int, default=0)
+    att.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
+    att.set_defaults(func=bench_attention)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
