@@ -1,0 +1,303 @@
+"""Flax modules that own the Reformer's parameters and call the pure math.
+
+Einsum legend: b batch, l length, d d_model, h heads, k per-head dim, f d_ff,
+n sequence chunks, c chunk length.
+
+The two halves of a reversible block (SPEC §3) are modules whose `apply` is a
+pure function of (params, x, key): the reversible stack (reversible.py)
+differentiates and replays them with `jax.vjp`. Every random choice inside a
+half (hashing, attention dropout, output dropout, feed-forward dropout) comes
+from the `key` argument, never from Flax's rng streams, so the backward pass
+regenerates the forward's masks exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reformer_jax import attention, lsh
+
+Array = jax.Array
+ATTENTION_KINDS = ("lsh", "local", "full", "full_shared")
+SHARED_QK_KINDS = ("lsh", "full_shared")
+ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+
+# Sub-keys of a layer key (DESIGN "Keys").
+HASH, ATTN_DROPOUT, OUT_DROPOUT, FF_DROPOUT = range(4)
+
+
+def layer_keys(key: Array) -> Array:
+    """A layer key -> 4 keys: hashing, attention dropout, output dropout, FF dropout."""
+    return jax.random.split(key, 4)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float = 1e-6) -> Array:
+    """LayerNorm over the last axis with float32 statistics; output in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+    return y.astype(x.dtype)
+
+
+def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Array:
+    """Inverted dropout; identity when deterministic or rate == 0."""
+    if deterministic or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError("dropout in training mode needs a PRNG key.")
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with float32 parameters and statistics."""
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        d = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
+        return layer_norm(x, scale, bias)
+
+
+class AttentionHalf(nn.Module):
+    """F of a reversible block: LayerNorm -> attention -> W_o -> dropout.
+
+    `kind` is one of "lsh" (shared-QK LSH, SPEC §1), "local" (chunked, SPEC §2),
+    "full" (dense, separate W_k) or "full_shared" (dense shared-QK, the same
+    parameters as "lsh": an LSH layer can be evaluated with full attention).
+    Projections have no biases (SPEC §1.1).
+    """
+
+    cfg: Any  # reformer_jax.model.ReformerConfig
+    kind: str
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        key: Array,
+        *,
+        n_hashes: int | None = None,
+        buckets: Array | None = None,
+        deterministic: bool = True,
+        mask: Array | None = None,
+    ) -> tuple[Array, Array | None]:
+        """x: [b, l, d] -> (y [b, l, d], LSH buckets [b, h, r, l] or None)."""
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
+        init = nn.initializers.lecun_normal()
+        proj = lambda name: self.param(name, init, (d, heads, dk), jnp.float32)
+        wq = proj("wq")
+        wk = None if self.kind in SHARED_QK_KINDS else proj("wk")
+        wv = proj("wv")
+        wo = self.param(
+            "wo",
+            nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+            (heads, dk, d),
+            jnp.float32,
+        )
+        keys = layer_keys(key)
+
+        h = LayerNorm(name="norm")(x).astype(dtype)
+        project = lambda w: jnp.einsum("bld,dhk->bhlk", h, w.astype(dtype))
+        q, v = project(wq), project(wv)
+        k = None if wk is None else project(wk)
+        if self.kind not in ATTENTION_KINDS:
+            raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
+        n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
+        attn_rate = 0.0 if deterministic else cfg.attention_dropout
+
+        def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
+            common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
+            if self.kind == "lsh":
+                return attention.lsh_attention(
+                    q,
+                    v,
+                    key=hash_key,
+                    n_hashes=n_hashes,
+                    n_buckets=cfg.lsh_buckets(x.shape[1]),
+                    chunk_len=cfg.chunk_len,
+                    causal=cfg.causal,
+                    n_chunks_before=cfg.n_chunks_before,
+                    n_chunks_after=cfg.n_chunks_after,
+                    dedup=cfg.dedup,
+                    buckets=buckets,
+                    **common,
+                )
+            if self.kind == "local":
+                out = attention.local_attention(
+                    q,
+                    k,
+                    v,
+                    chunk_len=cfg.local_chunk_len,
+                    causal=cfg.causal,
+                    n_chunks_before=cfg.n_chunks_before,
+                    n_chunks_after=cfg.n_chunks_after,
+                    **common,
+                )
+            else:
+                out = attention.full_attention(
+                    q, k, v, causal=cfg.causal, shared_qk=self.kind == "full_shared", **common
+                )
+            return out, None
+
+        group = cfg.attention_head_chunk or heads
+        if group >= heads:
+            out, new_buckets = attend(q, k, v, keys[HASH], keys[ATTN_DROPOUT], buckets)
+        else:
+            # Heads in groups under jax.checkpoint: one group's [chunks, c, w]
+            # logits are alive at a time, forward and backward. Group i hashes
+            # and drops out with keys folded with i.
+            n = heads // group
+
+            def split(a):  # [b, h, ...] -> [n, b, g, ...]
+                return (
+                    None
+                    if a is None
+                    else a.reshape(a.shape[0], n, group, *a.shape[2:]).swapaxes(0, 1)
+                )
+
+            def body(args):
+                i, qi, ki, vi, bi = args
+                return attend(
+                    qi,
+                    ki,
+                    vi,
+                    jax.random.fold_in(keys[HASH], i),
+                    jax.random.fold_in(keys[ATTN_DROPOUT], i),
+                    bi,
+                )
+
+            outs, group_buckets = jax.lax.map(
+                jax.checkpoint(body), (jnp.arange(n), split(q), split(k), split(v), split(buckets))
+            )
+            merge = lambda a: a.swapaxes(0, 1).reshape(a.shape[1], heads, *a.shape[3:])
+            out = merge(outs)
+            new_buckets = None if group_buckets is None else merge(group_buckets)
+        y = jnp.einsum("bhlk,hkd->bld", out, wo.astype(dtype))
+        return dropout(y, cfg.dropout, keys[OUT_DROPOUT], deterministic), new_buckets
+
+
+class FeedForwardHalf(nn.Module):
+    """G of a reversible block: LayerNorm -> Dense(d_ff) -> dropout -> act -> Dense -> dropout.
+
+    Dropout sits before the activation, as in trax (SPEC §4). With
+    `cfg.ff_chunk_size`, the sequence is processed in chunks under
+    `jax.checkpoint`, so only one chunk's [b, c, f] activation is alive in the
+    forward or the backward pass. Each chunk draws its dropout mask from
+    fold_in(key, chunk index), so masks depend on the chunk size.
+    """
+
+    cfg: Any
+
+    @nn.compact
+    def __call__(self, x: Array, key: Array, *, deterministic: bool = True) -> Array:
+        """x: [b, l, d] -> [b, l, d]."""
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        d, f = cfg.d_model, cfg.d_ff
+        params = {
+            "norm_scale": self.param("norm_scale", nn.initializers.ones, (d,), jnp.float32),
+            "norm_bias": self.param("norm_bias", nn.initializers.zeros, (d,), jnp.float32),
+            "w1": self.param("w1", nn.initializers.lecun_normal(), (d, f), jnp.float32),
+            "b1": self.param("b1", nn.initializers.zeros, (f,), jnp.float32),
+            "w2": self.param("w2", nn.initializers.lecun_normal(), (f, d), jnp.float32),
+            "b2": self.param("b2", nn.initializers.zeros, (d,), jnp.float32),
+        }
+        ff_key = layer_keys(key)[FF_DROPOUT]
+        act = ACTIVATIONS[cfg.ff_activation]
+
+        def block(p, xc, k):  # xc: [b, c, d]
+            h = layer_norm(xc, p["norm_scale"], p["norm_bias"]).astype(dtype)
+            k1, k2 = jax.random.split(k)
+            h = jnp.einsum("bcd,df->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
+            h = act(dropout(h, cfg.dropout, k1, deterministic))
+            h = jnp.einsum("bcf,fd->bcd", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
+            return dropout(h, cfg.dropout, k2, deterministic)
+
+        b, length, _ = x.shape
+        c = cfg.ff_chunk_size
+        if not c or c >= length:
+            return block(params, x, ff_key)
+        padded = lsh.round_up(length, c)
+        xs = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
+        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [n, b, c, d]
+        chunk_fn = jax.checkpoint(lambda args: block(params, args[0], args[1]))
+        chunk_keys = jax.vmap(lambda i: jax.random.fold_in(ff_key, i))(jnp.arange(padded // c))
+        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [n, b, c, d]
+        return ys.transpose(1, 0, 2, 3).reshape(b, padded, d)[:, :length]
+
+
+def check_axial(shape: Sequence[int], dims: Sequence[int], length: int, d_model: int) -> None:
+    """Clear errors for axial shapes that cannot encode `length` positions in d_model."""
+    if len(shape) != len(dims) or not shape:
+        raise ValueError(
+            f"axial_shape {tuple(shape)} and axial_dims {tuple(dims)} must be non-empty and "
+            "of the same length (one embedding width per axis)."
+        )
+    if math.prod(shape) != length:
+        raise ValueError(
+            f"axial_shape {tuple(shape)} multiplies to {math.prod(shape)}, but the sequence "
+            f"length is {length}: choose axes whose product is {length}, e.g. "
+            f"({_near_sqrt_factor(length)}, {length // _near_sqrt_factor(length)})."
+        )
+    if sum(dims) != d_model:
+        raise ValueError(
+            f"axial_dims {tuple(dims)} sum to {sum(dims)}, but d_model is {d_model}: the "
+            "per-axis embeddings are concatenated, so their widths must add up to d_model."
+        )
+
+
+def _near_sqrt_factor(n: int) -> int:
+    for f in range(math.isqrt(n), 0, -1):
+        if n % f == 0:
+            return f
+    return 1
+
+
+class AxialPositionalEmbedding(nn.Module):
+    """Axial positions (SPEC §5): one N(0, 1) table per axis, concatenated.
+
+    Position p of a shape (s_1, ..., s_k) has coordinates (p_1, ..., p_k) in
+    row-major order and encoding concat(E_1[p_1], ..., E_k[p_k]). A call with a
+    shorter length takes the first positions, so a model trained at length
+    prod(shape) evaluates and decodes at any length up to it.
+    """
+
+    shape: tuple[int, ...]
+    dims: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, length: int) -> Array:
+        """-> [length, sum(dims)] float32."""
+        total = math.prod(self.shape)
+        if length > total:
+            raise ValueError(
+                f"sequence length {length} exceeds the axial positions' capacity {total} "
+                f"(axial_shape {self.shape}); enlarge axial_shape."
+            )
+        parts = []
+        for i, (s, e) in enumerate(zip(self.shape, self.dims, strict=True)):
+            table = self.param(f"axis_{i}", nn.initializers.normal(1.0), (s, e), jnp.float32)
+            view = [1] * len(self.shape) + [e]
+            view[i] = s
+            parts.append(jnp.broadcast_to(table.reshape(view), (*self.shape, e)))
+        return jnp.concatenate(parts, axis=-1).reshape(total, sum(self.dims))[:length]
+
+
+def sinusoidal_positions(length: int, d_model: int) -> Array:
+    """The Transformer's fixed sin/cos encoding, [length, d_model] float32."""
+    pos = jnp.arange(length, dtype=jnp.float32)[:, None]
+    freq = jnp.exp(-math.log(10000.0) * jnp.arange(0, d_model, 2, dtype=jnp.float32) / d_model)
+    enc = jnp.zeros((length, d_model), jnp.float32)
+    enc = enc.at[:, 0::2].set(jnp.sin(pos * freq))
+    return enc.at[:, 1::2].set(jnp.cos(pos * freq[: d_model // 2]))

@@ -1,0 +1,360 @@
+"""ReformerLM (SPEC §5) and its frozen config.
+
+Einsum legend: b batch, l length, d d_model, v vocabulary, n loss chunks,
+c loss chunk length.
+
+    tokens [b, l] -> shift right -> embed -> dropout -> + positions
+      -> (x1, x2) = (e, e) -> reversible stack -> concat(y1, y2) [b, l, 2d]
+      -> LayerNorm -> dropout -> Dense(vocab) -> log-softmax
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from reformer_jax import layers, lsh, reversible
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ReformerConfig:
+    """Everything that shapes a ReformerLM. Defaults: a small LSH language model.
+
+    attention_kinds is the per-layer cycle ("lsh", "local", "full",
+    "full_shared"); n_layers must be a multiple of its length. n_buckets=None
+    uses the paper's 2L/c (SPEC §1.2). axial_shape=None uses fixed sinusoidal
+    positions; pos_encoding="none" uses none.
+    """
+
+    vocab_size: int = 256
+    max_len: int = 1024
+    d_model: int = 256
+    d_ff: int = 512
+    n_heads: int = 4
+    d_head: int = 64
+    n_layers: int = 2
+    attention_kinds: tuple[str, ...] = ("lsh",)
+    chunk_len: int = 64
+    local_chunk_len: int = 128
+    n_hashes: int = 2
+    n_buckets: int | tuple[int, ...] | None = None
+    n_chunks_before: int = 1
+    n_chunks_after: int = 0
+    dedup: bool = False
+    axial_shape: tuple[int, ...] | None = None
+    axial_dims: tuple[int, ...] | None = None
+    pos_encoding: str = "auto"  # "auto" (axial if axial_shape else sinusoidal), "none"
+    dropout: float = 0.0
+    attention_dropout: float | None = None  # None: same as dropout
+    ff_activation: str = "relu"
+    ff_chunk_size: int | None = None
+    attention_head_chunk: int | None = None  # heads per step; None = all at once
+    loss_chunk_size: int | None = None
+    reversible: bool = True
+    remat: bool = False
+    causal: bool = True
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        # Sequences given as lists (gin, JSON) become tuples so the config hashes.
+        for name in ("attention_kinds", "n_buckets", "axial_shape", "axial_dims"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if self.attention_dropout is None:
+            object.__setattr__(self, "attention_dropout", self.dropout)
+        self.validate()
+
+    def validate(self) -> None:
+        positive = (
+            "vocab_size",
+            "max_len",
+            "d_model",
+            "d_ff",
+            "n_heads",
+            "d_head",
+            "n_layers",
+            "chunk_len",
+            "local_chunk_len",
+            "n_hashes",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ReformerConfig.{name} must be a positive int, got {value!r}.")
+        kinds = self.attention_kinds
+        if not kinds or any(k not in layers.ATTENTION_KINDS for k in kinds):
+            raise ValueError(
+                f"ReformerConfig.attention_kinds={kinds!r}: each kind must be one of "
+                f"{layers.ATTENTION_KINDS}."
+            )
+        if self.n_layers % len(kinds):
+            raise ValueError(
+                f"n_layers={self.n_layers} is not a multiple of the attention cycle "
+                f"{kinds} (length {len(kinds)}): layers are stacked per cycle position, so "
+                f"use n_layers = {len(kinds)} * k."
+            )
+        if self.n_buckets is not None:
+            lsh.bucket_factors(self.n_buckets)
+        if self.ff_activation not in layers.ACTIVATIONS:
+            raise ValueError(
+                f"ff_activation={self.ff_activation!r}; use one of {sorted(layers.ACTIVATIONS)}."
+            )
+        if self.attention_head_chunk is not None and (
+            not isinstance(self.attention_head_chunk, int)
+            or self.attention_head_chunk <= 0
+            or self.n_heads % self.attention_head_chunk
+        ):
+            raise ValueError(
+                f"attention_head_chunk={self.attention_head_chunk!r} must be a positive divisor "
+                f"of n_heads={self.n_heads} (or None for all heads at once)."
+            )
+        for name in ("ff_chunk_size", "loss_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.pos_encoding not in ("auto", "none"):
+            raise ValueError(f"pos_encoding={self.pos_encoding!r}; use 'auto' or 'none'.")
+        if (self.axial_shape is None) != (self.axial_dims is None):
+            raise ValueError("set both axial_shape and axial_dims, or neither.")
+        if self.axial_shape is not None:
+            layers.check_axial(self.axial_shape, self.axial_dims, self.max_len, self.d_model)
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r}; use 'float32' or 'bfloat16'.")
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_layers // len(self.attention_kinds)
+
+    def lsh_buckets(self, length: int) -> int | tuple[int, ...]:
+        """Buckets per round: as configured, or the paper's default for `length`."""
+        if self.n_buckets is not None:
+            return self.n_buckets
+        return lsh.default_n_buckets(lsh.round_up(length, self.chunk_len), self.chunk_len)
+
+    def replace(self, **changes) -> ReformerConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def shift_right(tokens: Array) -> Array:
+    """[b, l] -> [b, l]: prepend 0 and drop the last token (teacher forcing)."""
+    return jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+
+
+class ReformerLM(nn.Module):
+    """Decoder-only Reformer language model (SPEC §5).
+
+    Call with `key` (a PRNG key, required when training) for hashing and
+    dropout: layer i of a call uses fold_in(key, i). Without a key, hashing
+    uses a fixed key (evaluation is then deterministic). `n_hashes` overrides
+    the config's hash rounds for this call (the paper's Table 2).
+    """
+
+    cfg: ReformerConfig
+
+    def _halves(self):
+        # parent=None: detached modules whose `apply` is a pure function of params.
+        cfg = self.cfg
+        return (
+            [layers.AttentionHalf(cfg, kind, parent=None) for kind in cfg.attention_kinds],
+            [layers.FeedForwardHalf(cfg, parent=None) for _ in cfg.attention_kinds],
+        )
+
+    def _init_blocks(self, rng: Array) -> tuple:
+        """Stacked parameters: per cycle position, ([G, ...] of F, [G, ...] of G)."""
+        cfg = self.cfg
+        attn, ff = self._halves()
+        x = jnp.zeros((1, 2 * max(cfg.chunk_len, cfg.local_chunk_len), cfg.d_model), jnp.float32)
+        blocks = []
+        for j, rj in enumerate(jax.random.split(rng, len(attn))):
+
+            def init_one(r, j=j):
+                ra, rf = jax.random.split(r)
+                pa = attn[j].init(ra, x, jax.random.key(0))["params"]
+                pf = ff[j].init(rf, x, jax.random.key(0))["params"]
+                return pa, pf
+
+            blocks.append(jax.vmap(init_one)(jax.random.split(rj, cfg.n_groups)))
+        return tuple(blocks)
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: Array,
+        *,
+        key: Array | None = None,
+        deterministic: bool = True,
+        n_hashes: int | None = None,
+        mask: Array | None = None,
+        weights: Array | None = None,
+        output: str = "log_probs",
+    ):
+        """Runs the model on tokens [b, l] (int).
+
+        output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2d] before the
+        head; "loss": float32 sums {"nll", "correct", "weight"} of the
+        next-token loss weighted by `weights` [b, l] (default all ones),
+        computed in cfg.loss_chunk_size chunks so [b, l, v] logits are never
+        alive at once. `mask` (bool [b, l], True = real token) hides padding
+        keys from attention.
+        """
+        cfg = self.cfg
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}.")
+        length = tokens.shape[1]
+        if length > cfg.max_len:
+            raise ValueError(f"sequence length {length} exceeds cfg.max_len={cfg.max_len}.")
+        if key is None:
+            if not deterministic and (cfg.dropout or cfg.attention_dropout):
+                raise ValueError("training with dropout needs `key`.")
+            key = jax.random.key(0)
+        dtype = jnp.dtype(cfg.dtype)
+        embed_key, stack_key, head_key = jax.random.split(key, 3)
+
+        x = nn.Embed(
+            cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
+        )(shift_right(tokens))
+        x = layers.dropout(x, cfg.dropout, embed_key, deterministic)
+        x = (x + self._positions(length)[None]).astype(dtype)
+
+        blocks = self.param("blocks", self._init_blocks)
+        attn, ff = self._halves()
+
+        def make_f(module):
+            def f(p, x, k, buckets):
+                return module.apply(
+                    {"params": p},
+                    x,
+                    k,
+                    n_hashes=n_hashes,
+                    buckets=buckets,
+                    deterministic=deterministic,
+                    mask=mask,
+                )
+
+            return f
+
+        def make_g(module):
+            return lambda p, x, k: module.apply({"params": p}, x, k, deterministic=deterministic)
+
+        y1, y2 = reversible.reversible_stack(
+            [make_f(m) for m in attn],
+            [make_g(m) for m in ff],
+            blocks,
+            x,
+            x,
+            stack_key,
+            reversible=cfg.reversible,
+            remat=cfg.remat,
+        )
+        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2d]
+        head = OutputHead(cfg, name="head")
+        if output == "hidden":
+            return h
+        if output == "log_probs":
+            return head(h, head_key, deterministic=deterministic)
+        if output == "loss":
+            if weights is None:
+                weights = jnp.ones(tokens.shape, jnp.float32)
+            return head.loss(h, tokens, weights, head_key, deterministic=deterministic)
+        raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
+
+    def _positions(self, length: int) -> Array:
+        cfg = self.cfg
+        if cfg.pos_encoding == "none":
+            return jnp.zeros((length, cfg.d_model), jnp.float32)
+        if cfg.axial_shape is not None:
+            return layers.AxialPositionalEmbedding(
+                cfg.axial_shape, cfg.axial_dims, name="axial_pos"
+            )(length)
+        return layers.sinusoidal_positions(length, cfg.d_model)
+
+
+class OutputHead(nn.Module):
+    """LayerNorm(2d) -> dropout -> Dense(vocab) -> log-softmax, optionally in chunks."""
+
+    cfg: ReformerConfig
+
+    def setup(self):
+        width, vocab = 2 * self.cfg.d_model, self.cfg.vocab_size
+        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (width,), jnp.float32)
+        self.norm_bias = self.param("norm_bias", nn.initializers.zeros, (width,), jnp.float32)
+        self.kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (width, vocab), jnp.float32
+        )
+        self.bias = self.param("bias", nn.initializers.zeros, (vocab,), jnp.float32)
+
+    def __call__(self, h: Array, key: Array, *, deterministic: bool = True) -> Array:
+        """h [b, l, 2d] -> float32 log-probs [b, l, v]."""
+        return self._log_probs(self._params(), h, key, deterministic)
+
+    def _params(self):
+        return {
+            "norm_scale": self.norm_scale,
+            "norm_bias": self.norm_bias,
+            "kernel": self.kernel,
+            "bias": self.bias,
+        }
+
+    def _log_probs(self, p, h, key, deterministic):
+        # Pure in p: safe inside lax.map / checkpoint.
+        h = layers.layer_norm(h, p["norm_scale"], p["norm_bias"])
+        h = layers.dropout(h, self.cfg.dropout, key, deterministic)
+        logits = (
+            jnp.einsum(
+                "bld,dv->blv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32
+            )
+            + p["bias"]
+        )
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    def loss(
+        self, h: Array, targets: Array, weights: Array, key: Array, *, deterministic: bool = True
+    ) -> dict[str, Array]:
+        """Sums of weighted NLL (nats), correct predictions and weights."""
+        params = self._params()
+
+        def chunk_stats(args):
+            h_c, t_c, w_c, k_c = args
+            logp = self._log_probs(params, h_c, k_c, deterministic)
+            nll = -jnp.take_along_axis(logp, t_c[..., None], axis=-1)[..., 0]
+            correct = (jnp.argmax(logp, axis=-1) == t_c).astype(jnp.float32)
+            return jnp.stack([jnp.sum(nll * w_c), jnp.sum(correct * w_c), jnp.sum(w_c)])
+
+        weights = weights.astype(jnp.float32)
+        b, length, _ = h.shape
+        c = self.cfg.loss_chunk_size
+        if not c or c >= length:
+            sums = chunk_stats((h, targets, weights, key))
+        else:
+            padded = lsh.round_up(length, c)
+
+            def split(x):  # [b, l, ...] -> [n, b, c, ...]
+                x = jnp.pad(x, ((0, 0), (0, padded - length)) + ((0, 0),) * (x.ndim - 2))
+                return x.reshape(b, padded // c, c, *x.shape[2:]).swapaxes(0, 1)
+
+            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(padded // c))
+            per_chunk = jax.lax.map(
+                jax.checkpoint(chunk_stats), (split(h), split(targets), split(weights), keys)
+            )
+            sums = jnp.sum(per_chunk, axis=0)
+        return {"nll": sums[0], "correct": sums[1], "weight": sums[2]}
+
+
+def bits_per_token(nll_sum: Array | float, weight_sum: Array | float) -> Array | float:
+    """Mean NLL in nats -> bits (bits per character / per dim for bytes / pixels)."""
+    return nll_sum / weight_sum / math.log(2.0)
+
+
+def count_params(params: Any) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(params))
