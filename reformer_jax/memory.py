@@ -1,0 +1,151 @@
+"""Memory planner: will this training step fit my accelerator?
+
+    python -m reformer_jax.memory --gin_file=configs/enwik8.gin [--gin_param=...]
+        [--batch_size=1] [--seq_len=N] [--optimizer=adam|adafactor] [--json]
+
+Compiles one training step (loss, gradients, optimizer update; parameters and
+optimizer state donated) for abstract inputs, without allocating or running
+anything, and prints XLA's compiled memory analysis: parameter, optimizer-state
+and temporary bytes and their total. The figures are those of the device JAX
+compiles for (run it with the target backend for exact numbers; the CPU
+compiler's buffer assignment is a close guide for GPU/TPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from reformer_jax import cli, optim, train
+from reformer_jax.model import ReformerConfig, ReformerLM, count_params
+
+GIB = 2**30
+
+
+def _tree_bytes(tree: Any) -> int:
+    return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))
+
+
+def plan(
+    cfg: ReformerConfig,
+    *,
+    batch_size: int,
+    seq_len: int | None = None,
+    optimizer: str = "adam",
+    grad_accum_steps: int = 1,
+) -> dict[str, int]:
+    """Bytes of one compiled `train.train_step` of `cfg` at [batch_size, seq_len] tokens."""
+    seq_len = cfg.max_len if seq_len is None else seq_len
+    model = ReformerLM(cfg)
+    # The schedule does not change memory; the optimizer's state does.
+    schedule = optim.make_schedule("constant", learning_rate=1e-3, warmup_steps=0)
+    opt = optim.make_optimizer(optimizer, schedule=schedule)
+
+    def init_state():
+        params = model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
+        return train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+
+    state = jax.eval_shape(init_state)
+    batch = {
+        "tokens": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
+        "weights": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32),
+    }
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    step = jax.jit(
+        lambda s, b, k: train.train_step(
+            s,
+            b,
+            k,
+            model=model,
+            optimizer=opt,
+            schedule=schedule,
+            grad_accum_steps=grad_accum_steps,
+        ),
+        donate_argnums=0,
+    )
+    mem = step.lower(state, batch, key).compile().memory_analysis()
+    temp = int(mem.temp_size_in_bytes)
+    # The donated state aliases the new state, so the live total is arguments
+    # + temporaries + outputs not aliased to an argument.
+    total = int(
+        mem.argument_size_in_bytes + temp + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    )
+    return {
+        "n_params": count_params(state.params),
+        "params_bytes": _tree_bytes(state.params),
+        "optimizer_bytes": _tree_bytes(state.opt_state),
+        "temp_bytes": temp,
+        "batch_bytes": _tree_bytes(batch),
+        "total_bytes": total,
+    }
+
+
+def format_plan(
+    result: dict[str, int], cfg: ReformerConfig, batch_size: int, seq_len: int, optimizer: str
+) -> str:
+    gib = lambda n: f"{n / GIB:8.3f} GiB"
+    lines = [
+        f"model: {cfg.n_layers} layers {cfg.attention_kinds}, d_model {cfg.d_model}, "
+        f"d_ff {cfg.d_ff}, {cfg.n_heads}x{cfg.d_head} heads, reversible={cfg.reversible}, "
+        f"dtype {cfg.dtype}",
+        f"step: batch {batch_size} x {seq_len} tokens, {optimizer}, "
+        f"device {jax.devices()[0].platform}",
+        f"parameters   {gib(result['params_bytes'])}  ({result['n_params']:,} params)",
+        f"optimizer    {gib(result['optimizer_bytes'])}",
+        f"temporaries  {gib(result['temp_bytes'])}",
+        f"total        {gib(result['total_bytes'])}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m reformer_jax.memory", description=__doc__.split("\n\n")[0]
+    )
+    cli.add_gin_flags(parser)
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=None,
+        help="sequences per step (default: train.batch_size, else 1)",
+    )
+    parser.add_argument("--seq_len", type=int, default=None, help="default: max_len")
+    parser.add_argument(
+        "--optimizer",
+        default=None,
+        choices=optim.OPTIMIZERS,
+        help="default: train.optimizer, else adam",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    cli.parse_gin(args.gin_file, args.gin_param)
+    cfg = cli.model_config()
+    seq_len = args.seq_len or cfg.max_len
+    args.batch_size = args.batch_size or cli.query("train.batch_size", 1)
+    args.optimizer = args.optimizer or cli.query("train.optimizer", "adam")
+    if args.batch_size <= 0:
+        raise cli.UsageError(f"--batch_size must be positive, got {args.batch_size}.")
+    if not 0 < seq_len <= cfg.max_len:
+        raise cli.UsageError(
+            f"--seq_len={seq_len} must be in [1, max_len={cfg.max_len}]; "
+            "raise ReformerConfig.max_len (and axial_shape) for longer inputs."
+        )
+    result = plan(
+        cfg,
+        batch_size=args.batch_size,
+        seq_len=seq_len,
+        optimizer=args.optimizer,
+        grad_accum_steps=cli.query("train.grad_accum_steps", 1),
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_plan(result, cfg, args.batch_size, seq_len, args.optimizer))
+
+
+if __name__ == "__main__":
+    cli.run_main(main)
