@@ -120,7 +120,7 @@ def call_train(**kwargs):
     try:
         return gin.get_configurable("train")(**kwargs)
     except TrainingError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(_first_line(e)) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"bad configuration: {_first_line(e)}") from None
 

@@ -382,9 +382,17 @@ def train(
             return
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched, strict=True):
-            if not np.isfinite(m["nll"]):
+            # The loss of step s uses the parameters before its update; the
+            # parameter norm checks the update itself, so no NaN is saved.
+            bad = [
+                n
+                for n, k in (("loss", "nll"), ("parameters", "param_norm"))
+                if not np.isfinite(m[k])
+            ]
+            if bad:
                 raise TrainingError(
-                    f"non-finite loss at step {s}; stopped, the last good checkpoint "
+                    f"non-finite {' and '.join(bad)} at step {s + 1}; stopped, the last good "
+                    "checkpoint "
                     f"(step {ckpt.manager.latest_step()}) is kept in {workdir}. Lower the "
                     "learning rate or set clip_norm."
                 )

@@ -219,6 +219,28 @@ def bench_attention(args: argparse.Namespace) -> None:
         print(f"\nRaw results written to {args.json}")
 
 
+def bench_depth(args: argparse.Namespace) -> None:
+    """Compiled memory of one training step vs. depth, reversible and not."""
+    from reformer_jax import cli, memory
+
+    cli.parse_gin(args.gin_file, args.gin_param)
+    cfg = cli.model_config()
+    print(
+        f"# Training-step memory vs. depth ({args.gin_file}, batch {args.batch_size}, "
+        f"{cfg.max_len} tokens, device {jax.devices()[0].platform}, jax {jax.__version__})"
+    )
+    print()
+    print("| layers | reversible: temp / total GiB | plain: temp / total GiB |")
+    print("|---:|---:|---:|")
+    for n in args.layers:
+        cells = []
+        for rev in (True, False):
+            plan = memory.plan(cfg.replace(n_layers=n, reversible=rev), batch_size=args.batch_size)
+            cells.append(f"{plan['temp_bytes'] / GIB:.2f} / {plan['total_bytes'] / GIB:.2f}")
+            print(f"[bench] {n} layers reversible={rev}: {cells[-1]}", file=sys.stderr, flush=True)
+        print(f"| {n} | {cells[0]} | {cells[1]} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +278,13 @@ def main(argv: list[str] | None = None) -> None:
     att.add_argument("--seed", type=int, default=0)
     att.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
     att.set_defaults(func=bench_attention)
+
+    depth = sub.add_parser("depth", help="compiled train-step memory vs. layers (no run)")
+    depth.add_argument("--gin_file", action="append", default=[])
+    depth.add_argument("--gin_param", action="append", default=[])
+    depth.add_argument("--layers", type=int, nargs="+", default=[2, 6, 12, 24])
+    depth.add_argument("--batch_size", type=int, default=1)
+    depth.set_defaults(func=bench_depth)
 
     args = parser.parse_args(argv)
     args.func(args)

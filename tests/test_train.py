@@ -263,3 +263,21 @@ def test_eight_devices_match_one_and_checkpoint_restores_on_one(tmp_path, device
     # The 8-device checkpoint restores on one device and continues identically.
     resumed = run(many_dir, 1, 4)
     np.testing.assert_allclose(resumed[4], one[4], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
+    wd = str(tmp_path / "run")
+    assert _cli(f"--gin_file={TINY}", f"--workdir={wd}").returncode == 0
+    # An absurd learning rate from step 4 on drives the parameters to inf.
+    result = _cli(
+        f"--gin_file={TINY}",
+        f"--workdir={wd}",
+        "--gin_param=train.steps=8",
+        "--gin_param=train.learning_rate=1e35",
+        "--gin_param=train.schedule='constant'",
+        "--gin_param=train.warmup_steps=0",
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "non-finite" in last and "at step" in last, last
+    assert _checkpoint_steps(wd) == [2, 3]

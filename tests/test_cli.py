@@ -1,0 +1,68 @@
+"""The command-line tools: memory planner, evaluate, sweep."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
+
+
+def _run(*cmd, timeout=300):
+    return subprocess.run(
+        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_memory_planner_json_and_errors():
+    result = _run("-m", "reformer_jax.memory", f"--gin_file={TINY}", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert set(plan) >= {"params_bytes", "optimizer_bytes", "temp_bytes", "total_bytes"}
+    # Adam keeps two float32 moments per parameter.
+    assert plan["optimizer_bytes"] >= 2 * plan["params_bytes"]
+    assert plan["total_bytes"] >= plan["params_bytes"] + plan["optimizer_bytes"]
+    bad = _run(
+        "-m", "reformer_jax.memory", f"--gin_file={TINY}", "--gin_param=ReformerConfig.n_layers = 3"
+    )
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "multiple of the attention cycle" in bad.stderr
+
+
+def test_sweep_then_evaluate(tmp_path):
+    root = str(tmp_path / "sweep")
+    result = _run(
+        "scripts/sweep.py",
+        f"--gin_file={TINY}",
+        "--sweep",
+        "N_HASHES=[1,2]",
+        "--gin_param=train.steps=2",
+        "--gin_param=train.final_eval=('lsh-1',)",
+        f"--root={root}",
+        "--parallel=2",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    table = result.stdout.strip().splitlines()
+    assert table[0].startswith("| N_HASHES | exit | step")
+    assert len(table) == 4 and table[2].startswith("| 1 | 0 | 2 |")
+    assert table[3].startswith("| 2 | 0 | 2 |")
+    workdir = os.path.join(root, "N_HASHES=2")
+    assert "N_HASHES = 2" in open(os.path.join(workdir, "config.gin")).read()
+
+    ev = _run(
+        "-m",
+        "reformer_jax.evaluate",
+        f"--workdir={workdir}",
+        "--variants",
+        "full",
+        "lsh-4",
+        "--json",
+    )
+    assert ev.returncode == 0, ev.stderr
+    out = json.loads(ev.stdout)
+    assert out["step"] == 2 and set(out["results"]) == {"Full", "LSH-4"}
+    assert 0.0 <= out["results"]["LSH-4"]["accuracy"] <= 1.0
+    missing = _run("-m", "reformer_jax.evaluate", f"--workdir={tmp_path / 'nothing'}")
+    assert missing.returncode == 2 and "config.gin not found" in missing.stderr
