@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,21 @@ def _losses(workdir):
 def _checkpoint_steps(workdir):
     d = os.path.join(workdir, "checkpoints")
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A finished 3-step tiny run (checkpoints at steps 2 and 3), trained once."""
+    wd = str(tmp_path_factory.mktemp("trained") / "run")
+    result = _cli(f"--gin_file={TINY}", f"--workdir={wd}")
+    assert result.returncode == 0, result.stderr
+    return wd
+
+
+def _copy_of(trained, tmp_path):
+    wd = str(tmp_path / "run")
+    shutil.copytree(trained, wd)
+    return wd
 
 
 def test_end_to_end_then_resume(tmp_path):
@@ -145,9 +161,8 @@ def test_bad_input_is_one_clear_line(tmp_path):
     assert "workdir" in result.stderr.strip().splitlines()[-1]
 
 
-def test_bad_config_leaves_checkpoints_alone(tmp_path):
-    wd = str(tmp_path / "run")
-    assert _cli(f"--gin_file={TINY}", f"--workdir={wd}").returncode == 0
+def test_bad_config_leaves_checkpoints_alone(trained, tmp_path):
+    wd = _copy_of(trained, tmp_path)
     before = _checkpoint_steps(wd)
     bad = _cli(f"--gin_file={TINY}", f"--workdir={wd}", "--gin_param=ReformerConfig.n_heads=0")
     assert bad.returncode != 0 and "n_heads" in bad.stderr
@@ -166,9 +181,8 @@ def test_length_not_a_multiple_of_the_chunk_trains(tmp_path):
     assert all(np.isfinite(v) for v in _losses(wd).values())
 
 
-def test_corrupt_latest_checkpoint_falls_back(tmp_path):
-    wd = str(tmp_path / "run")
-    assert _cli(f"--gin_file={TINY}", f"--workdir={wd}").returncode == 0
+def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path):
+    wd = _copy_of(trained, tmp_path)
     latest = os.path.join(wd, "checkpoints", "3")
     for root, _, files in os.walk(latest):
         for name in files:
@@ -214,8 +228,18 @@ def test_train_step_compiles_once():
 
 
 def test_gradient_accumulation_equals_one_big_batch():
+    # Local attention and no dropout: micro-batch i draws its keys from
+    # fold_in(step_key, i), so LSH rotations would differ from the whole batch's.
     cfg = ReformerConfig(
-        vocab_size=8, max_len=32, d_model=16, d_ff=32, n_heads=2, d_head=8, n_layers=1, chunk_len=8
+        vocab_size=8,
+        max_len=32,
+        d_model=16,
+        d_ff=32,
+        n_heads=2,
+        d_head=8,
+        n_layers=1,
+        local_chunk_len=8,
+        attention_kinds=("local",),
     )
     model = ReformerLM(cfg)
     lr = optim.make_schedule("constant", learning_rate=1e-2, warmup_steps=0)
@@ -265,9 +289,8 @@ def test_eight_devices_match_one_and_checkpoint_restores_on_one(tmp_path, device
     np.testing.assert_allclose(resumed[4], one[4], rtol=1e-5)
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(tmp_path):
-    wd = str(tmp_path / "run")
-    assert _cli(f"--gin_file={TINY}", f"--workdir={wd}").returncode == 0
+def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(trained, tmp_path):
+    wd = _copy_of(trained, tmp_path)
     # An absurd learning rate from step 4 on drives the parameters to inf.
     result = _cli(
         f"--gin_file={TINY}",
