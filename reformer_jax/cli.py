@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import gin
 
-from reformer_jax.data import synthetic
+from reformer_jax.data import enwik8, imagenet64, synthetic
 from reformer_jax.model import ReformerConfig
 
 _REGISTERED = False
@@ -41,6 +41,8 @@ def register_configurables() -> None:
     gin.external_configurable(ReformerConfig, name="ReformerConfig")
     gin.external_configurable(train.train, name="train")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
+    gin.external_configurable(enwik8.enwik8_dataset, name="enwik8_dataset")
+    gin.external_configurable(imagenet64.imagenet64_dataset, name="imagenet64_dataset")
     _REGISTERED = True
 
 
@@ -119,7 +121,7 @@ def call_train(**kwargs):
     register_configurables()
     try:
         return gin.get_configurable("train")(**kwargs)
-    except TrainingError as e:
+    except (TrainingError, enwik8.DatasetError, imagenet64.DatasetError) as e:
         raise UsageError(_first_line(e)) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"bad configuration: {_first_line(e)}") from None

@@ -104,9 +104,14 @@ def main(argv: Sequence[str]) -> None:
     params, step = restore_params(args.workdir, abstract, mesh)
     kw = dict(
         batch_size=cli.query("train.batch_size", 8),
-        eval_batches=args.eval_batches or cli.query("train.eval_batches", 4),
+        eval_batches=(
+            args.eval_batches
+            if args.eval_batches is not None
+            else cli.query("train.eval_batches", 4)
+        ),
         seed=cli.query("train.seed", 0),
         mesh=mesh,
+        split=args.split,
     )
     results = {}
     for variant in args.variants or [None]:

@@ -94,7 +94,8 @@ class AttentionHalf(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
-        init = nn.initializers.lecun_normal()
+        # Fan-in is d_model for the [d, h, k] projections, h * k for [h, k, d].
+        init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         proj = lambda name: self.param(name, init, (d, heads, dk), jnp.float32)
         wq = proj("wq")
         wk = None if self.kind in SHARED_QK_KINDS else proj("wk")

@@ -13,6 +13,7 @@ run never interrupted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -250,20 +251,24 @@ def evaluate_params(
     dataset_fn: Callable,
     *,
     batch_size: int,
-    eval_batches: int,
+    eval_batches: int | None,
     seed: int,
     mesh: Mesh,
+    split: str = "eval",
 ) -> dict:
-    """Mean metrics over the first `eval_batches` batches of the eval split."""
+    """Mean metrics over the first `eval_batches` batches of `split`.
+
+    eval_batches=None (or 0) runs until the split's iterator ends: the whole
+    validation/test split for enwik8 (bits per character over every byte).
+    """
     model = ReformerLM(cfg)
     step = jax.jit(lambda p, b, k: eval_step(p, b, k, model=model))
-    data = dataset_fn(split="eval", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
+    data = dataset_fn(split=split, batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
+    batches = itertools.islice(data, eval_batches) if eval_batches else data
     key = jax.random.key(seed)
     totals = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
-    for i in range(eval_batches):
-        sums = jax.device_get(
-            step(params, shard_batch(next(data), mesh), jax.random.fold_in(key, i))
-        )
+    for i, batch in enumerate(batches):
+        sums = jax.device_get(step(params, shard_batch(batch, mesh), jax.random.fold_in(key, i)))
         totals = {k: totals[k] + float(sums[k]) for k in totals}
     return summarize(totals)
 
