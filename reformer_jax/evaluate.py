@@ -1,7 +1,7 @@
 """Evaluate the latest checkpoint of a training run.
 
     python -m reformer_jax.evaluate --workdir=DIR [--gin_param=...] [--variants full lsh-1 ...]
-        [--eval_batches=N]
+        [--eval_batches=N] [--split=eval|test]
 
 Reads <workdir>/config.gin (written by the trainer), applies --gin_param
 overrides on top (e.g. 'ReformerConfig.n_hashes = 8', or
@@ -81,7 +81,15 @@ def main(argv: Sequence[str]) -> None:
         help="evaluate each of: full, lsh-1, lsh-2, ... (paper Table 2)",
     )
     parser.add_argument(
-        "--eval_batches", type=int, default=None, help="default: train.eval_batches of the run"
+        "--eval_batches",
+        type=int,
+        default=None,
+        help="batches to evaluate; 0 = the whole split (default: train.eval_batches of the run)",
+    )
+    parser.add_argument(
+        "--split",
+        default="eval",
+        help="dataset split: eval (validation), or test where the dataset has one",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
