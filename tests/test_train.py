@@ -194,7 +194,8 @@ def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path):
     assert 4 in _losses(wd) and 3 in _checkpoint_steps(wd)
 
 
-def test_train_step_compiles_once():
+def _tiny_setup(schedule, learning_rate, warmup_steps, **cfg_changes):
+    """A one-layer model, its optimizer and a fresh TrainState."""
     cfg = ReformerConfig(
         vocab_size=8,
         max_len=32,
@@ -204,13 +205,19 @@ def test_train_step_compiles_once():
         d_head=8,
         n_layers=1,
         chunk_len=8,
-        dropout=0.1,
+        local_chunk_len=8,
+        **cfg_changes,
     )
     model = ReformerLM(cfg)
-    lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=2)
+    lr = optim.make_schedule(schedule, learning_rate=learning_rate, warmup_steps=warmup_steps)
     opt = optim.make_optimizer("adam", schedule=lr)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    return model, opt, lr, state
+
+
+def test_train_step_compiles_once():
+    model, opt, lr, state = _tiny_setup("rsqrt", 0.05, 2, dropout=0.1)
     data = synthetic.duplication_dataset(
         split="train", batch_size=4, seq_len=32, seed=0, vocab_size=8
     )
@@ -230,22 +237,7 @@ def test_train_step_compiles_once():
 def test_gradient_accumulation_equals_one_big_batch():
     # Local attention and no dropout: micro-batch i draws its keys from
     # fold_in(step_key, i), so LSH rotations would differ from the whole batch's.
-    cfg = ReformerConfig(
-        vocab_size=8,
-        max_len=32,
-        d_model=16,
-        d_ff=32,
-        n_heads=2,
-        d_head=8,
-        n_layers=1,
-        local_chunk_len=8,
-        attention_kinds=("local",),
-    )
-    model = ReformerLM(cfg)
-    lr = optim.make_schedule("constant", learning_rate=1e-2, warmup_steps=0)
-    opt = optim.make_optimizer("adam", schedule=lr)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
-    state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    model, opt, lr, state = _tiny_setup("constant", 1e-2, 0, attention_kinds=("local",))
     batch = synthetic.DuplicationTask(32, 8, 8, seed=3).batch(0)
     run = lambda k: train.train_step(
         state, batch, jax.random.key(1), model=model, optimizer=opt, schedule=lr, grad_accum_steps=k
