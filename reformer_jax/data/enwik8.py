@@ -123,6 +123,8 @@ def _check_zip(zip_path: str, expected_size: int | None, url: str) -> None:
             bad = zf.testzip()
             names = zf.namelist()
             size = zf.getinfo(RAW_NAME).file_size if RAW_NAME in names else None
+    # zipfile raises NotImplementedError for a compression method it cannot
+    # read: that zip is unusable too, not an unfinished code path.
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise DatasetError(
             f"enwik8: {zip_path} is not a readable zip ({_one_line(e)}); {redo}."
