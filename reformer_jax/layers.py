@@ -56,15 +56,22 @@ def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Ar
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with float32 parameters and statistics."""
+class LayerNormParams(nn.Module):
+    """The parameters of a LayerNorm, `<name>/scale` and `<name>/bias` (float32).
+
+    Calling it returns them as a dict for the pure `layer_norm`, so code that
+    runs under `lax.map`/`jax.checkpoint` can pass them explicitly. Every
+    LayerNorm in the model is named `norm`.
+    """
+
+    width: int
 
     @nn.compact
-    def __call__(self, x: Array) -> Array:
-        d = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (d,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (d,), jnp.float32)
-        return layer_norm(x, scale, bias)
+    def __call__(self) -> dict[str, Array]:
+        return {
+            "scale": self.param("scale", nn.initializers.ones, (self.width,), jnp.float32),
+            "bias": self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32),
+        }
 
 
 class AttentionHalf(nn.Module):
@@ -108,7 +115,8 @@ class AttentionHalf(nn.Module):
         )
         keys = layer_keys(key)
 
-        h = LayerNorm(name="norm")(x).astype(dtype)
+        norm = LayerNormParams(d, name="norm")()
+        h = layer_norm(x, norm["scale"], norm["bias"]).astype(dtype)
         project = lambda w: jnp.einsum("bld,dhk->bhlk", h, w.astype(dtype))
         q, v = project(wq), project(wv)
         k = None if wk is None else project(wk)
@@ -207,8 +215,7 @@ class FeedForwardHalf(nn.Module):
         dtype = jnp.dtype(cfg.dtype)
         d, f = cfg.d_model, cfg.d_ff
         params = {
-            "norm_scale": self.param("norm_scale", nn.initializers.ones, (d,), jnp.float32),
-            "norm_bias": self.param("norm_bias", nn.initializers.zeros, (d,), jnp.float32),
+            "norm": LayerNormParams(d, name="norm")(),
             "w1": self.param("w1", nn.initializers.lecun_normal(), (d, f), jnp.float32),
             "b1": self.param("b1", nn.initializers.zeros, (f,), jnp.float32),
             "w2": self.param("w2", nn.initializers.lecun_normal(), (f, d), jnp.float32),
@@ -218,7 +225,7 @@ class FeedForwardHalf(nn.Module):
         act = ACTIVATIONS[cfg.ff_activation]
 
         def block(p, xc, k):  # xc: [b, c, d]
-            h = layer_norm(xc, p["norm_scale"], p["norm_bias"]).astype(dtype)
+            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"]).astype(dtype)
             k1, k2 = jax.random.split(k)
             h = jnp.einsum("bcd,df->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
             h = act(dropout(h, cfg.dropout, k1, deterministic))

@@ -146,6 +146,18 @@ class ReformerConfig:
         return dataclasses.replace(self, **changes)
 
 
+def block_names(cfg: ReformerConfig) -> list[str]:
+    """Names of the stacked parameter blocks, in cycle order: "0_local", "1_shared_qk", ...
+
+    A name says which parameters the block holds, not how it attends: "lsh"
+    and "full_shared" layers have the same shared-QK parameters (no W_k) and
+    are both named "shared_qk", so a model trained with LSH attention
+    evaluates with full attention on the same checkpoint (paper Table 2).
+    """
+    family = {"lsh": "shared_qk", "full_shared": "shared_qk", "local": "local", "full": "full"}
+    return [f"{j}_{family[kind]}" for j, kind in enumerate(cfg.attention_kinds)]
+
+
 def shift_right(tokens: Array) -> Array:
     """[b, l] -> [b, l]: prepend 0 and drop the last token (teacher forcing)."""
     return jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
@@ -170,22 +182,28 @@ class ReformerLM(nn.Module):
             [layers.FeedForwardHalf(cfg, parent=None) for _ in cfg.attention_kinds],
         )
 
-    def _init_blocks(self, rng: Array) -> tuple:
-        """Stacked parameters: per cycle position, ([G, ...] of F, [G, ...] of G)."""
+    def _init_blocks(self, rng: Array) -> dict:
+        """Stacked parameters, one entry per cycle position (see `block_names`).
+
+        blocks["<j>_<kind>"] = {"attention": ..., "feed_forward": ...}, every
+        leaf with a leading axis of size n_groups: layer g * len(cycle) + j of
+        the model is index g of entry j.
+        """
         cfg = self.cfg
         attn, ff = self._halves()
         x = jnp.zeros((1, 2 * max(cfg.chunk_len, cfg.local_chunk_len), cfg.d_model), jnp.float32)
-        blocks = []
+        blocks = {}
+        names = block_names(cfg)
         for j, rj in enumerate(jax.random.split(rng, len(attn))):
 
             def init_one(r, j=j):
                 ra, rf = jax.random.split(r)
                 pa = attn[j].init(ra, x, jax.random.key(0))["params"]
                 pf = ff[j].init(rf, x, jax.random.key(0))["params"]
-                return pa, pf
+                return {"attention": pa, "feed_forward": pf}
 
-            blocks.append(jax.vmap(init_one)(jax.random.split(rj, cfg.n_groups)))
-        return tuple(blocks)
+            blocks[names[j]] = jax.vmap(init_one)(jax.random.split(rj, cfg.n_groups))
+        return blocks
 
     @nn.compact
     def __call__(
@@ -250,7 +268,7 @@ class ReformerLM(nn.Module):
         y1, y2 = reversible.reversible_stack(
             [make_f(m) for m in attn],
             [make_g(m) for m in ff],
-            blocks,
+            [(blocks[n]["attention"], blocks[n]["feed_forward"]) for n in block_names(cfg)],
             x,
             x,
             stack_key,
@@ -287,8 +305,7 @@ class OutputHead(nn.Module):
 
     def setup(self):
         width, vocab = 2 * self.cfg.d_model, self.cfg.vocab_size
-        self.norm_scale = self.param("norm_scale", nn.initializers.ones, (width,), jnp.float32)
-        self.norm_bias = self.param("norm_bias", nn.initializers.zeros, (width,), jnp.float32)
+        self.norm = layers.LayerNormParams(width, name="norm")
         self.kernel = self.param(
             "kernel", nn.initializers.lecun_normal(), (width, vocab), jnp.float32
         )
@@ -300,15 +317,14 @@ class OutputHead(nn.Module):
 
     def _params(self):
         return {
-            "norm_scale": self.norm_scale,
-            "norm_bias": self.norm_bias,
+            "norm": self.norm(),
             "kernel": self.kernel,
             "bias": self.bias,
         }
 
     def _log_probs(self, p, h, key, deterministic):
         # Pure in p: safe inside lax.map / checkpoint.
-        h = layers.layer_norm(h, p["norm_scale"], p["norm_bias"])
+        h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"])
         h = layers.dropout(h, self.cfg.dropout, key, deterministic)
         logits = (
             jnp.einsum(
