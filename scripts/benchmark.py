@@ -4,6 +4,10 @@ Usage:
     python scripts/benchmark.py attention [--lengths 1K 2K ... 64K] [--tokens 65536]
         [--hashes 1 2 4 8] [--chunk 64] [--heads 4] [--dim 64] [--dtype float32|bfloat16]
         [--repeats 5] [--memory-budget-gib G] [--max-seconds 60] [--json results.json]
+        [--plot fig5.png]
+    python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
+        [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
+    python scripts/benchmark.py depth --gin_file=configs/enwik8.gin [--layers 4 8 12 24]
 
 `attention` reproduces the setup of the paper's Figure 5 (right): the number of
 tokens per step is fixed (batch = tokens // L) and, for each sequence length L,
@@ -12,10 +16,11 @@ of full causal attention and of causal LSH attention with 1, 2, 4 and 8 hashes
 (n_buckets = default_n_buckets(L, chunk)). Each cell is compiled once (compile
 time reported separately, in the JSON), run once to warm up, then timed
 `--repeats` times; the table gives the median seconds per step and XLA's
-compiled temp memory. A cell whose compiled temp + argument memory exceeds the
-budget is not run ("skipped (memory)"); once a method takes longer than
-`--max-seconds` per step its longer lengths are skipped ("skipped (time)").
-The table goes to stdout, progress to stderr.
+compiled temp memory; `--plot PATH` draws seconds per step against length
+(log-log), one line per method, like the paper's figure. A cell whose
+compiled temp + argument memory exceeds the budget is not run ("skipped
+(memory)"); once a method takes longer than `--max-seconds` per step, its
+longer lengths are skipped ("skipped (time)"). The table goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
@@ -217,6 +222,37 @@ def bench_attention(args: argparse.Namespace) -> None:
         with open(args.json, "w") as f:
             json.dump({"header": header, "config": config, "results": results}, f, indent=2)
         print(f"\nRaw results written to {args.json}")
+    if args.plot:
+        plot_attention(results, [m for m, _ in methods], header["device"], args)
+        print(f"Plot written to {args.plot}")
+
+
+def plot_attention(results, methods, device, args) -> None:
+    """Seconds per step against length, log-log, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for method in methods:
+        cells = [c for c in results if c["method"] == method and c["status"] == "ok"]
+        if cells:
+            ax.plot(
+                [c["length"] for c in cells],
+                [c["median_s"] for c in cells],
+                marker="o",
+                label=method if method != "full" else "full attention",
+            )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("seconds per step (forward + backward)")
+    ax.set_title(f"{args.tokens:,} tokens per step, {args.dtype}\n{device}", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
 
 
 def bench_depth(args: argparse.Namespace) -> None:
@@ -239,6 +275,139 @@ def bench_depth(args: argparse.Namespace) -> None:
             cells.append(f"{plan['temp_bytes'] / GIB:.2f} / {plan['total_bytes'] / GIB:.2f}")
             print(f"[bench] {n} layers reversible={rev}: {cells[-1]}", file=sys.stderr, flush=True)
         print(f"| {n} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def model_flops(cfg, batch: int, length: int) -> dict[str, float]:
+    """Matmul FLOPs of one training step of ReformerLM `cfg` on [batch, length] tokens.
+
+    Counted the usual way: 2 FLOPs per multiply-add; a training step is the
+    forward pass plus a backward pass of twice its cost. `train` is that
+    (3x forward); `train_with_recompute` adds the reversible backward pass's
+    second forward through every layer (4x forward for the layers, 3x for the
+    embedding and head). Attention counts every admissible window slot,
+    masked or not (causal masking halves the useful work of full attention).
+    """
+    t = batch * length
+    d, h, k = cfg.d_model, cfg.n_heads, cfg.d_head
+    layer = 0.0
+    for kind in cfg.attention_kinds:
+        n_proj = 3 if kind in ("lsh", "full_shared") else 4  # q(k), v, o (+ k)
+        proj = 2 * t * d * h * k * n_proj
+        if kind == "lsh":
+            window = cfg.n_hashes * cfg.chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
+        elif kind == "local":
+            window = cfg.local_chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
+        else:
+            window = length
+        attend = 2 * 2 * t * h * k * window  # logits and probs @ v
+        ff = 2 * 2 * t * d * cfg.d_ff
+        layer += proj + attend + ff
+    layers = layer * cfg.n_groups
+    head = 2 * t * 2 * d * cfg.vocab_size
+    forward = layers + head
+    return {
+        "forward": forward,
+        "train": 3 * forward,
+        "train_with_recompute": 3 * forward + (layers if cfg.reversible else 0.0),
+    }
+
+
+def matmul_peak_tflops(dtype: Any, n: int | None = None, repeats: int = 10) -> float:
+    """Measured peak of one square matmul on the default device (a probe, not a spec)."""
+    n = n or (8192 if jax.devices()[0].platform != "cpu" else 2048)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    mm = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(mm(a, b))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(mm(a, b))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def bench_step(args: argparse.Namespace) -> None:
+    """One real training step of a gin config: time, MFU, planner vs. measured peak memory."""
+    import numpy as np
+
+    from reformer_jax import cli, memory, optim, train
+    from reformer_jax.model import ReformerLM
+
+    cli.parse_gin(args.gin_file, args.gin_param)
+    cfg = cli.model_config()
+    batch_size = args.batch_size
+    grad_accum = min(cli.query("train.grad_accum_steps", 1), batch_size)
+    device = jax.devices()[0]
+    result: dict[str, Any] = {
+        "gin_file": args.gin_file,
+        "gin_param": args.gin_param,
+        "device": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "batch_size": batch_size,
+        "seq_len": cfg.max_len,
+        "grad_accum_steps": grad_accum,
+        "dtype": cfg.dtype,
+    }
+    print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
+    plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum)
+    result["planner_total_gib"] = plan["total_bytes"] / GIB
+    result["planner_temp_gib"] = plan["temp_bytes"] / GIB
+    result["n_params"] = plan["n_params"]
+
+    model = ReformerLM(cfg)
+    schedule = optim.make_schedule("constant", learning_rate=1e-4, warmup_steps=0)
+    opt = optim.make_optimizer("adam", schedule=schedule)
+
+    def init_state():
+        params = model.init(jax.random.key(0), jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
+        return train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+
+    step = jax.jit(
+        lambda s, b, k: train.train_step(
+            s, b, k, model=model, optimizer=opt, schedule=schedule, grad_accum_steps=grad_accum
+        ),
+        donate_argnums=0,
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "tokens": jnp.asarray(
+            rng.integers(0, cfg.vocab_size, (batch_size, cfg.max_len)), jnp.int32
+        ),
+        "weights": jnp.ones((batch_size, cfg.max_len), jnp.float32),
+    }
+    state = jax.jit(init_state)()
+    key = jax.random.key(1)
+    t0 = time.perf_counter()
+    state, metrics = step(state, batch, key)
+    jax.block_until_ready(metrics)
+    result["first_step_s"] = time.perf_counter() - t0  # compile + run
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch, key)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+    result["step_s"] = statistics.median(times)
+    result["times_s"] = times
+    result["loss"] = float(metrics["nll"] / metrics["weight"])
+    tokens = batch_size * cfg.max_len
+    result["tokens_per_s"] = tokens / result["step_s"]
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        result["measured_peak_gib"] = stats["peak_bytes_in_use"] / GIB
+    flops = model_flops(cfg, batch_size, cfg.max_len)
+    peak = args.peak_tflops or matmul_peak_tflops(jnp.dtype(cfg.dtype))
+    result["matmul_peak_tflops"] = peak
+    for name in ("train", "train_with_recompute"):
+        achieved = flops[name] / result["step_s"] / 1e12
+        result[f"{name}_tflops"] = achieved
+        result[f"mfu_{name}"] = achieved / peak
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -277,7 +446,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     att.add_argument("--seed", type=int, default=0)
     att.add_argument("--json", metavar="PATH", help="also write raw results as JSON")
+    att.add_argument("--plot", metavar="PNG", help="also draw time against length (matplotlib)")
     att.set_defaults(func=bench_attention)
+
+    stp = sub.add_parser("step", help="one real training step: time, MFU, memory vs. planner")
+    stp.add_argument("--gin_file", action="append", default=[])
+    stp.add_argument("--gin_param", action="append", default=[])
+    stp.add_argument("--batch_size", type=int, default=1, help="sequences per step")
+    stp.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    stp.add_argument(
+        "--peak_tflops", type=float, default=None, help="default: a measured matmul peak"
+    )
+    stp.add_argument("--json", metavar="PATH")
+    stp.set_defaults(func=bench_step)
 
     depth = sub.add_parser("depth", help="compiled train-step memory vs. layers (no run)")
     depth.add_argument("--gin_file", action="append", default=[])
