@@ -175,10 +175,17 @@ def call_train(**kwargs):
         raise UsageError(f"bad configuration: {_first_line(e)}") from None
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (so in-process callers can capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
 def log_to_stderr() -> None:
     """The trainer's own messages (resume, warnings) on stderr, whatever absl did."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
