@@ -309,13 +309,13 @@ def train(
         weight_decay=weight_decay,
         clip_norm=clip_norm,
     )
+    train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
     model, primary = ReformerLM(cfg), jax.process_index() == 0
     init_state, abstract = _state_factory(model, opt, cfg, seed, mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
     state, extra = checkpoints.restore_train_state(
         ckpt, abstract, init_state, init_checkpoint=init_checkpoint
     )
-    train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
     if "data" in extra:
         train_data.set_state(extra["data"])
         if extra.get("seed", seed) != seed:
