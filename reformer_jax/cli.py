@@ -1,6 +1,6 @@
 """Shared command-line plumbing: gin registration and parsing, one-line errors.
 
-Gin lives only at the top (STYLE "Gin at the top only"): the command-line
+Gin lives only at the top: the command-line
 entry points call `parse_gin`, which registers the library's configurables
 here, so no library module imports gin.
 """

@@ -2,7 +2,7 @@
 
     python -m reformer_jax.train --gin_file=configs/copy.gin [--gin_param=...] [--workdir=DIR]
 
-Resume order (STYLE §10): the newest readable checkpoint in <workdir> ->
+Resume order: the newest readable checkpoint in <workdir> ->
 `init_checkpoint` (parameters only) -> from scratch. A checkpoint holds the
 train state (step, parameters, optimizer state) and, as JSON, the data
 iterator's position and the seed, so a killed run restarts on the batch it
