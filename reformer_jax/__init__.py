@@ -11,9 +11,11 @@ docstrings and einsum strings.
     u  chunks (attention, feed-      k  rotation columns per round (n_buckets / 2)
        forward or loss chunks)       n  sorted slots, r * l
     c  chunk length                  w  attention window, (before + 1 + after) * c
+    p  prompt length (sampling)      s  local-attention ring length (sampling)
 
 Modules, bottom to top: lsh, attention (pure functions) -> layers, reversible
--> model -> data, optim, checkpoints, metrics -> train (the library trainer) ->
+-> model -> sampling, data, optim, checkpoints, metrics -> train (the library
+trainer) ->
 cli (gin and flags) -> the entry points `python -m reformer_jax.train`,
 `reformer_jax.evaluate`, `reformer_jax.memory`.
 """
