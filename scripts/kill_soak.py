@@ -95,13 +95,14 @@ def _train_steps(workdir: str) -> int:
     return max(steps, default=0)
 
 
-def _writing_checkpoint(workdir: str) -> bool:
+def _tmp_checkpoints(workdir: str) -> set[str]:
+    """orbax's temporary directories: checkpoint writes under way (or cut short by a kill)."""
     d = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(d) and any("tmp" in n for n in os.listdir(d))
+    return {n for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n} if os.path.isdir(d) else set()
 
 
-def _phase(workdir: str, eval_every: int) -> str:
-    if _writing_checkpoint(workdir):
+def _phase(workdir: str, eval_every: int, stale: set[str]) -> str:
+    if _tmp_checkpoints(workdir) - stale:
         return "checkpoint"
     records = _records(workdir)
     if records and records[-1]["split"] == "train" and records[-1]["step"] % eval_every == 0:
@@ -161,6 +162,7 @@ def soak(
     cmd = _command(killed, steps, gin_file, list(extra))
     for i in range(kills):
         target = ("step", "checkpoint", "eval")[i % 3]
+        stale = _tmp_checkpoints(killed)  # left by earlier kills
         proc = _start(cmd)
         start_step = _train_steps(killed)
         if target == "step":
@@ -169,16 +171,16 @@ def soak(
             if hit:
                 time.sleep(rng.uniform(0.0, 0.02))  # inside the next step, at a random point
         elif target == "checkpoint":
-            hit = _wait_for(proc, lambda: _writing_checkpoint(killed), timeout)
+            hit = _wait_for(proc, lambda old=stale: bool(_tmp_checkpoints(killed) - old), timeout)
         else:
             hit = _wait_for(
                 proc,
-                lambda s=start_step: (
-                    _phase(killed, eval_every) == "eval" and _train_steps(killed) > s
+                lambda s=start_step, old=stale: (
+                    _phase(killed, eval_every, old) == "eval" and _train_steps(killed) > s
                 ),
                 timeout,
             )
-        observed = _phase(killed, eval_every)
+        observed = _phase(killed, eval_every, stale)
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
         if not hit and proc.returncode not in (0, -signal.SIGKILL):
