@@ -110,8 +110,19 @@ def _phase(workdir: str, eval_every: int, stale: set[str]) -> str:
     return "step"
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _env(root: str) -> dict[str, str]:
+    """The runs' environment: this checkout first on the path, and a shared XLA cache
+    so that each restart loads its compiled step instead of compiling it again."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(root, "xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        **os.environ,
+        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -146,10 +157,12 @@ def soak(
     rng = random.Random(seed)
     shutil.rmtree(root, ignore_errors=True)
     ref, killed = os.path.join(root, "reference"), os.path.join(root, "killed")
+    env = _env(root)
     t0 = time.monotonic()
     done = subprocess.run(
         _command(ref, steps, gin_file, list(extra)),
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -163,7 +176,7 @@ def soak(
     for i in range(kills):
         target = ("step", "checkpoint", "eval")[i % 3]
         stale = _tmp_checkpoints(killed)  # left by earlier kills
-        proc = _start(cmd)
+        proc = _start(cmd, env)
         start_step = _train_steps(killed)
         if target == "step":
             goal = start_step + rng.randint(1, max(1, 2 * steps // (kills + 1)))
@@ -196,7 +209,7 @@ def soak(
         )
         if not hit:  # the run ended before the moment came: nothing left to kill
             break
-    last = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    last = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if last.returncode:
         raise RuntimeError(f"final resume failed:\n{last.stderr}")
 
