@@ -83,6 +83,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reformer_jax import attention, layers, lsh
 from reformer_jax.model import ReformerConfig, block_names
@@ -307,46 +308,64 @@ def _project(p, x, dtype):
     return out
 
 
-def _attention_step(kind, p, cfg, c, x, pos):
-    """F on one new position: x [b, m] -> (y [b, m], updated cache entry c of this layer)."""
+def _write(stack, value, g, pos, axis=3):
+    """Writes value at group g and position pos (on `axis`) of a stacked cache array, in place.
+
+    stack: k/v [g, b, h, l, d] (axis 3) or buckets [g, b, h, r, l] (axis 4);
+    value: the slice without the group and position axes.
+    """
+    update = jnp.expand_dims(value, (0, axis)).astype(stack.dtype)
+    start = [jnp.int32(0)] * stack.ndim
+    start[0], start[axis] = jnp.int32(g), jnp.asarray(pos, jnp.int32)
+    return jax.lax.dynamic_update_slice(stack, update, start)
+
+
+def _attention_step(kind, p, cfg, c, g, x, pos):
+    """F on one new position: x [b, m] -> (y [b, m], cache entry c with layer g updated).
+
+    c holds the arrays of one cycle position stacked over groups; layer g's
+    slices are written in place and read without copying the stack.
+    """
     dtype = jnp.dtype(cfg.dtype)
     pr = _project(p, x[:, None], dtype)
     q, v = pr["wq"][:, :, 0], pr["wv"][:, :, 0]  # [b, h, d]
     c = dict(c)
     if kind == "local":
-        ring = c["k"].shape[2]
+        ring = c["k"].shape[3]
         slot = pos % ring
-        c["k"] = c["k"].at[:, :, slot].set(pr["wk"][:, :, 0])
-        c["v"] = c["v"].at[:, :, slot].set(v)
+        c["k"] = _write(c["k"], pr["wk"][:, :, 0], g, slot)
+        c["v"] = _write(c["v"], v, g, slot)
         # Slot s holds the latest position congruent to s; local attention
-        # sees its own chunk and n_chunks_before chunks before it (paper §2.2 / trax).
+        # sees its own chunk and n_chunks_before chunks before it, as in training.
         slots = jnp.arange(ring, dtype=jnp.int32)
         key_pos = pos - jnp.mod(pos - slots, ring)
         chunk = cfg.local_chunk_len
         ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.n_chunks_before)
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = _attend_one(q, c["k"], c["v"], ok)
+        out, _ = _attend_one(q, c["k"][g], c["v"][g], ok)
     elif kind == "full":
-        c["k"] = c["k"].at[:, :, pos].set(pr["wk"][:, :, 0])
-        c["v"] = c["v"].at[:, :, pos].set(v)
-        ok = jnp.arange(c["k"].shape[2]) <= pos
+        c["k"] = _write(c["k"], pr["wk"][:, :, 0], g, pos)
+        c["v"] = _write(c["v"], v, g, pos)
+        ok = jnp.arange(c["k"].shape[3]) <= pos
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = _attend_one(q, c["k"], c["v"], ok)
+        out, _ = _attend_one(q, c["k"][g], c["v"][g], ok)
     else:
-        c["k"] = c["k"].at[:, :, pos].set(attention.normalize_keys(q))
-        c["v"] = c["v"].at[:, :, pos].set(v)
+        c["k"] = _write(c["k"], attention.normalize_keys(q), g, pos)
+        c["v"] = _write(c["v"], v, g, pos)
         if kind == "full_shared":
-            positions = jnp.arange(c["k"].shape[2])
-            out, _ = _attend_one(q, c["k"], c["v"], positions <= pos, self_mask=positions == pos)
+            positions = jnp.arange(c["k"].shape[3])
+            out, _ = _attend_one(
+                q, c["k"][g], c["v"][g], positions <= pos, self_mask=positions == pos
+            )
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            new = hash_with(q[:, :, None], c["rotations"], factors)  # [b, h, r, 1]
-            c["buckets"] = jax.lax.dynamic_update_slice_in_dim(c["buckets"], new, pos, axis=3)
+            new = hash_with(q[:, :, None], c["rotations"][g], factors)  # [b, h, r, 1]
+            c["buckets"] = _write(c["buckets"], new[..., 0], g, pos, axis=4)
             out = lsh_decode_attention(
                 q,
-                c["k"],
-                c["v"],
-                c["buckets"],
+                c["k"][g],
+                c["v"][g],
+                c["buckets"][g],
                 pos,
                 n_buckets=math.prod(factors),
                 window=lsh_window(cfg),
@@ -409,13 +428,13 @@ def _head(params, cfg, h):
 # ----------------------------------------------------------------------------- prefill and step
 
 
-def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
-    """F over a whole prompt x [b, n, m] with training's attention; fills the cache entry."""
+def _prefill_attention(kind, p, cfg, x, c, g, n_hashes):
+    """F over a whole prompt x [b, n, m] with training's attention; fills layer g of entry c."""
     dtype = jnp.dtype(cfg.dtype)
     pr = _project(p, x, dtype)
     q, v = pr["wq"], pr["wv"]
     n = x.shape[1]
-    c = dict(cache_entry)
+    c = dict(c)
     if kind == "local":
         out = attention.local_attention(
             q,
@@ -426,23 +445,23 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
             n_chunks_before=cfg.n_chunks_before,
             n_chunks_after=0,
         )
-        ring = c["k"].shape[2]
+        ring = c["k"].shape[3]
         keep = min(ring, n)  # the last `keep` positions go to slots position % ring
-        slots = jnp.arange(n - keep, n) % ring
-        c["k"] = c["k"].at[:, :, slots].set(pr["wk"][:, :, n - keep :])
-        c["v"] = c["v"].at[:, :, slots].set(v[:, :, n - keep :])
+        slots = np.arange(n - keep, n) % ring
+        for f, a in (("k", pr["wk"]), ("v", v)):
+            c[f] = c[f].at[g].set(c[f][g].at[:, :, slots].set(a[:, :, n - keep :]))
     elif kind == "full":
         out = attention.full_attention(q, pr["wk"], v, causal=True)
-        c["k"] = c["k"].at[:, :, :n].set(pr["wk"])
-        c["v"] = c["v"].at[:, :, :n].set(v)
+        c["k"] = c["k"].at[g, :, :, :n].set(pr["wk"])
+        c["v"] = c["v"].at[g, :, :, :n].set(v)
     else:
-        c["k"] = c["k"].at[:, :, :n].set(attention.normalize_keys(q))
-        c["v"] = c["v"].at[:, :, :n].set(v)
+        c["k"] = c["k"].at[g, :, :, :n].set(attention.normalize_keys(q))
+        c["v"] = c["v"].at[g, :, :, :n].set(v)
         if kind == "full_shared":
             out = attention.full_attention(q, None, v, causal=True, shared_qk=True)
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            buckets = hash_with(q, c["rotations"], factors)  # [b, h, r, n]
+            buckets = hash_with(q, c["rotations"][g], factors)  # [b, h, r, n]
             out, _ = attention.lsh_attention(
                 q,
                 v,
@@ -455,7 +474,7 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
                 n_chunks_after=0,
                 dedup=cfg.dedup,
             )
-            c["buckets"] = c["buckets"].at[:, :, :, :n].set(buckets)
+            c["buckets"] = c["buckets"].at[g, :, :, :, :n].set(buckets)
     y = jnp.einsum("bhnk,hkm->bnm", out, p["wo"].astype(dtype))
     return y, c
 
@@ -463,9 +482,10 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
 def _run_layers(params, cfg, cache_layers, x, attn_fn):
     """The reversible blocks run forward: x [b, n, m] -> (concat(y1, y2) [b, n, 2m], new caches).
 
-    attn_fn(kind, attention params, cache entry of one layer, x2) -> (F(x2), new entry).
+    attn_fn(kind, attention params, cache entry, group, x2) -> (F(x2), new entry),
+    where the entry holds one cycle position's arrays stacked over groups.
     Groups are unrolled (a decode step is small), so every cache array is
-    updated in place with static group indices.
+    updated in place at a static group index.
     """
     names = block_names(cfg)
     x1 = x2 = x
@@ -473,12 +493,9 @@ def _run_layers(params, cfg, cache_layers, x, attn_fn):
     for g in range(cfg.n_groups):
         for name, kind in zip(names, cfg.attention_kinds, strict=True):
             p = _layer_params(params, name, g)
-            entry = {f: a[g] for f, a in new[name].items()}
-            y, entry = attn_fn(kind, p["attention"], entry, x2)
+            y, new[name] = attn_fn(kind, p["attention"], new[name], g, x2)
             x1 = x1 + y
             x2 = x2 + _feed_forward(cfg, p["feed_forward"], x1)
-            for f, a in entry.items():
-                new[name][f] = new[name][f].at[g].set(a)
     return jnp.concatenate([x1, x2], axis=-1), new
 
 
@@ -512,8 +529,8 @@ def prefill(
     positions = jnp.broadcast_to(jnp.arange(n_prompt + 1, dtype=jnp.int32), inputs.shape)
     x = _embed(params, cfg, inputs, positions)
 
-    def attn(kind, p, entry, x2):
-        return _prefill_attention(kind, p, cfg, x2, entry, n_hashes)
+    def attn(kind, p, entry, g, x2):
+        return _prefill_attention(kind, p, cfg, x2, entry, g, n_hashes)
 
     h, new = _run_layers(params, cfg, cache_layers, x, attn)
     return _head(params, cfg, h[:, -1]), Cache(layers=new, length=jnp.int32(n_prompt + 1))
@@ -531,8 +548,8 @@ def _decode_step(params, cfg, cache, token):
     pos = cache.length
     x = _embed(params, cfg, token[:, None], jnp.broadcast_to(pos, token.shape)[:, None])
 
-    def attn(kind, p, entry, x2):
-        y, entry = _attention_step(kind, p, cfg, entry, x2[:, 0], pos)
+    def attn(kind, p, entry, g, x2):
+        y, entry = _attention_step(kind, p, cfg, entry, g, x2[:, 0], pos)
         return y[:, None], entry
 
     h, new = _run_layers(params, cfg, cache.layers, x, attn)

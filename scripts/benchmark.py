@@ -8,6 +8,8 @@ Usage:
     python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
         [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
     python scripts/benchmark.py depth --gin_file=configs/enwik8.gin [--layers 4 8 12 24]
+    python scripts/benchmark.py sample --gin_file=configs/imagenet64.gin [--gin_param=...]
+        [--lengths 1K 4K 12288] [--new_tokens 16] [--repeats 3] [--memory configs/enwik8.gin ...]
 
 `attention` reproduces the setup of the paper's Figure 5 (right): the number of
 tokens per step is fixed (batch = tokens // L) and, for each sequence length L,
@@ -21,6 +23,16 @@ compiled temp memory; `--plot PATH` draws seconds per step against length
 compiled temp + argument memory exceeds the budget is not run ("skipped
 (memory)"); once a method takes longer than `--max-seconds` per step, its
 longer lengths are skipped ("skipped (time)"). The table goes to stdout, progress to stderr.
+
+`sample` times generation with the decoding caches of reformer_jax.sampling
+against recomputing the whole prefix for every new token, for the model of a
+gin config (random weights; speed does not depend on them) at each length L:
+cached = `--new_tokens` greedy decode steps at positions L - n .. L - 1 (the
+compiled scan, after a prefill of the first L - n tokens); recompute = one
+forward pass over L positions per token (what a cache-less sampler runs).
+Positions use the sinusoidal encoding so any L fits the model. `--memory`
+lists gin files whose decoding-cache size (one sample, at the file's
+max_len) is reported from array shapes alone.
 """
 
 from __future__ import annotations
@@ -410,6 +422,109 @@ def bench_step(args: argparse.Namespace) -> None:
             json.dump(result, f, indent=2)
 
 
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds (compile + run), median of `repeats` further calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def bench_sample(args: argparse.Namespace) -> None:
+    """Tokens per second of cached decoding vs. recomputing the prefix; cache memory."""
+    import functools
+
+    from reformer_jax import cli, sampling
+    from reformer_jax.model import ReformerLM
+
+    cli.parse_gin(args.gin_file, args.gin_param)
+    base = cli.model_config().replace(axial_shape=None, axial_dims=None)
+    device = jax.devices()[0]
+    print(
+        f"# Sampling speed ({' '.join(args.gin_file)} {' '.join(args.gin_param)}; "
+        f"{base.n_layers} layers {base.attention_kinds}, d_model {base.d_model}, "
+        f"{base.dtype}, batch {args.batch}; device {device.device_kind}, jax {jax.__version__})"
+    )
+    print()
+    print("| L | cached tokens/s | recompute tokens/s | speed-up | compile cached / recompute |")
+    print("|---:|---:|---:|---:|---:|")
+    n = args.new_tokens
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def decode_n(cfg, params, cache, token):
+        """n greedy decode steps from `cache`, one compiled scan."""
+
+        def step(carry, _):
+            cache, token = carry
+            log_probs, cache = sampling._decode_step(params, cfg, cache, token)
+            token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+            return (cache, token), token
+
+        return jax.lax.scan(step, (cache, token), None, length=n)[1]
+
+    results = []
+    for length in args.lengths:
+        cfg = base.replace(max_len=length)
+        params = jax.jit(
+            lambda cfg=cfg: ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))[
+                "params"
+            ]
+        )()
+        tokens = jax.random.randint(jax.random.key(1), (args.batch, length), 0, cfg.vocab_size)
+        key = jax.random.key(2)
+        _, cache = sampling.prefill(params, cfg, tokens[:, : length - n - 1], key)
+
+        print(f"[bench] L={length}: cached ...", file=sys.stderr, flush=True)
+        first_c, cached = _timed(
+            functools.partial(decode_n, cfg, params, cache, tokens[:, length - n - 1]),
+            args.repeats,
+        )
+        print(f"[bench] L={length}: recompute ...", file=sys.stderr, flush=True)
+        first_r, recompute = _timed(
+            functools.partial(
+                sampling.recompute_log_probs, params, cfg, tokens[:, : length - 1], key
+            ),
+            args.recompute_repeats,
+        )
+        row = {
+            "length": length,
+            "cached_tokens_per_s": args.batch * n / cached,
+            "recompute_tokens_per_s": args.batch / recompute,
+            "compile_cached_s": first_c - cached,
+            "compile_recompute_s": first_r - recompute,
+        }
+        row["speedup"] = row["cached_tokens_per_s"] / row["recompute_tokens_per_s"]
+        results.append(row)
+        print(
+            f"| {length} | {row['cached_tokens_per_s']:.1f} | {row['recompute_tokens_per_s']:.3f} "
+            f"| {row['speedup']:.0f}x | {row['compile_cached_s']:.0f} s / "
+            f"{row['compile_recompute_s']:.0f} s |",
+            flush=True,
+        )
+    if args.memory:
+        print()
+        print("| config | max_len | layers | dtype | cache per sample |")
+        print("|---|---:|---|---|---:|")
+        for path in args.memory:
+            cli.parse_gin([path], [])
+            cfg = cli.model_config()
+            size = sampling.cache_bytes(cfg, 1)
+            kinds = "/".join(cfg.attention_kinds)
+            print(
+                f"| {path} | {cfg.max_len} | {cfg.n_layers} x {kinds} | {cfg.dtype} "
+                f"| {size / MIB:.1f} MiB |"
+            )
+            results.append({"memory": path, "max_len": cfg.max_len, "cache_bytes": size})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -466,6 +581,20 @@ def main(argv: list[str] | None = None) -> None:
     depth.add_argument("--layers", type=int, nargs="+", default=[2, 6, 12, 24])
     depth.add_argument("--batch_size", type=int, default=1)
     depth.set_defaults(func=bench_depth)
+
+    smp = sub.add_parser("sample", help="cached decoding vs. recompute: tokens/s; cache memory")
+    smp.add_argument("--gin_file", action="append", default=[])
+    smp.add_argument("--gin_param", action="append", default=[])
+    smp.add_argument("--lengths", type=parse_length, nargs="+", default=[1024, 4096, 12288])
+    smp.add_argument("--new_tokens", type=int, default=16, help="decode steps timed per length")
+    smp.add_argument("--batch", type=int, default=1, help="samples decoded at once")
+    smp.add_argument("--repeats", type=int, default=3, help="timed runs of the cached loop")
+    smp.add_argument("--recompute_repeats", type=int, default=1, help="timed recompute passes")
+    smp.add_argument(
+        "--memory", nargs="*", default=[], help="gin files whose decoding-cache size to report"
+    )
+    smp.add_argument("--json", metavar="PATH")
+    smp.set_defaults(func=bench_sample)
 
     args = parser.parse_args(argv)
     args.func(args)
