@@ -3,7 +3,7 @@
 Einsum legend: b batch, l length, d d_model, h heads, k per-head dim, f d_ff,
 n sequence chunks, c chunk length.
 
-The two halves of a reversible block (SPEC §3) are modules whose `apply` is a
+The two halves of a reversible block (docs/algorithm.md §3) are modules whose `apply` is a
 pure function of (params, x, key): the reversible stack (reversible.py)
 differentiates and replays them with `jax.vjp`. Every random choice inside a
 half (hashing, attention dropout, output dropout, feed-forward dropout) comes
@@ -36,7 +36,7 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
 }
 
-# Sub-keys of a layer key (DESIGN "Keys").
+# Sub-keys of a layer key (docs/algorithm.md, "Keys and randomness").
 HASH, ATTN_DROPOUT, OUT_DROPOUT, FF_DROPOUT = range(4)
 
 
@@ -85,10 +85,11 @@ class LayerNormParams(nn.Module):
 class AttentionHalf(nn.Module):
     """F of a reversible block: LayerNorm -> attention -> W_o -> dropout.
 
-    `kind` is one of "lsh" (shared-QK LSH, SPEC §1), "local" (chunked, SPEC §2),
-    "full" (dense, separate W_k) or "full_shared" (dense shared-QK, the same
-    parameters as "lsh": an LSH layer can be evaluated with full attention).
-    Projections have no biases (SPEC §1.1).
+    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local"
+    (chunked, docs/algorithm.md §2), "full" (dense, separate W_k) or
+    "full_shared" (dense shared-QK, the same parameters as "lsh": an LSH layer
+    can be evaluated with full attention).
+    Projections have no biases (docs/algorithm.md §1.1).
     """
 
     cfg: Any  # reformer_jax.model.ReformerConfig
@@ -213,7 +214,7 @@ class AttentionHalf(nn.Module):
 class FeedForwardHalf(nn.Module):
     """G of a reversible block: LayerNorm -> Dense(d_ff) -> dropout -> act -> Dense -> dropout.
 
-    Dropout sits before the activation, as in trax (SPEC §4). With
+    Dropout sits before the activation, as in trax (docs/algorithm.md §4). With
     `cfg.ff_chunk_size`, the sequence is processed in chunks under
     `jax.checkpoint`, so only one chunk's [b, c, f] activation is alive in the
     forward or the backward pass. Each chunk draws its dropout mask from
@@ -288,7 +289,7 @@ def _near_sqrt_factor(n: int) -> int:
 
 
 class AxialPositionalEmbedding(nn.Module):
-    """Axial positions (SPEC §5): one N(0, 1) table per axis, concatenated.
+    """Axial positions (docs/algorithm.md §5): one N(0, 1) table per axis, concatenated.
 
     Position p of a shape (s_1, ..., s_k) has coordinates (p_1, ..., p_k) in
     row-major order and encoding concat(E_1[p_1], ..., E_k[p_k]). A call with a

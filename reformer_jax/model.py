@@ -1,4 +1,4 @@
-"""ReformerLM (SPEC §5) and its frozen config.
+"""ReformerLM (docs/algorithm.md §5) and its frozen config.
 
 Einsum legend: b batch, l length, d d_model, v vocabulary, n loss chunks,
 c loss chunk length.
@@ -29,7 +29,7 @@ class ReformerConfig:
 
     attention_kinds is the per-layer cycle ("lsh", "local", "full",
     "full_shared"); n_layers must be a multiple of its length. n_buckets=None
-    uses the paper's 2L/c (paper §2.2). axial_shape=None uses fixed sinusoidal
+    uses the paper's 2L/c (docs/algorithm.md §1.2). axial_shape=None uses fixed sinusoidal
     positions; pos_encoding="none" uses none.
 
     Fields that imported checkpoints need (reformer_jax.convert), each
@@ -210,7 +210,7 @@ def shift_right(tokens: Array) -> Array:
 
 
 class ReformerLM(nn.Module):
-    """Decoder-only Reformer language model (paper §5).
+    """Decoder-only Reformer language model (docs/algorithm.md §5).
 
     Call with `key` (a PRNG key, required when training) for hashing and
     dropout: layer i of a call uses fold_in(key, i). Without a key, hashing

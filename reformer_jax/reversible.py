@@ -1,4 +1,4 @@
-"""The reversible residual stack (SPEC §3, paper §3) with `jax.custom_vjp`.
+"""The reversible residual stack (docs/algorithm.md §3, paper §3) with `jax.custom_vjp`.
 
 Each layer holds two pure functions, F (attention half) and G (feed-forward
 half), and maps two streams (x1, x2) to
@@ -36,7 +36,8 @@ GFn = Callable[[PyTree, Array, Array], Array]
 
 
 def layer_key(key: PyTree, layer: Array | int) -> PyTree:
-    """The key of layer `layer`: fold_in(step_key, layer).
+    """The key of layer `layer`: fold_in(step_key, layer) (docs/algorithm.md, "Keys and
+    randomness").
 
     `key` may be a pytree of keys (e.g. a step key and a fixed hashing key);
     each is folded with the layer index.

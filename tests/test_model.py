@@ -1,4 +1,4 @@
-"""ReformerLM, its layers and its memory behaviour (SPEC §3-§5)."""
+"""ReformerLM, its layers and its memory behaviour (docs/algorithm.md §3-§5)."""
 
 import chex
 import jax
@@ -99,7 +99,7 @@ def test_axial_positions_concatenate_per_axis_tables():
 
 
 def test_model_uses_the_configured_axial_shape():
-    # trax after Jan 2021 ignored axial_pos_shape unless pos_type was set (SPEC §5).
+    # trax after Jan 2021 ignored axial_pos_shape unless pos_type was set (docs/algorithm.md §5).
     cfg = _cfg(axial_shape=(8, 8), axial_dims=(20, 12))
     params = ReformerLM(cfg).init(jax.random.key(0), _tokens(0, (1, 64)))["params"]
     assert params["axial_pos"]["axis_0"].shape == (8, 20)
