@@ -34,6 +34,7 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -342,8 +343,7 @@ def params_from_hf(
 
 def _check_tree(params: dict, cfg: ReformerConfig) -> None:
     """The converted tree must be exactly the tree ReformerLM(cfg).init makes."""
-    tokens = jnp.zeros((1, min(cfg.max_len, 2 * max(cfg.chunk_len, cfg.local_chunk_len))), int)
-    wanted = jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+    wanted = _model_shapes(cfg)
     got_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
     want_shapes = jax.tree_util.tree_map(lambda x: x.shape, wanted)
     if got_shapes != want_shapes:  # a bug here, not in the checkpoint
@@ -431,4 +431,56 @@ def buckets_from_hf(buckets: dict[int, Any], cfg: ReformerConfig) -> dict[int, n
 
 
 def main(argv: Sequence[str]) -> None:
-    raise NotImplementedError
+    """python -m reformer_jax.convert --hf_dir=DIR --workdir=OUT [--gin_file=...] [--gin_param=...]
+
+    Writes <workdir>/checkpoints/0 (parameters and model config, as
+    `checkpoints.save_params`) and <workdir>/config.gin: the given gin files
+    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig bound
+    on top, then the --gin_param overrides. `evaluate`, `train`
+    (fine-tuning) and `sampling` read that workdir.
+    """
+    from reformer_jax import checkpoints, cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reformer_jax.convert",
+        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir.",
+    )
+    parser.add_argument("--hf_dir", required=True, help="local HF checkpoint directory")
+    parser.add_argument("--workdir", required=True, help="new workdir to write")
+    cli.add_gin_flags(parser)
+    args = parser.parse_args(argv)
+    cli.log_to_stderr()
+    try:
+        cfg, params = load_hf_reformer(args.hf_dir)
+    except ConversionError as e:
+        raise cli.UsageError(str(e)) from None
+    directory = checkpoints.find_directory(args.workdir)
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise cli.UsageError(
+            f"{directory} already holds checkpoints; convert into a new --workdir."
+        )
+    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
+    cli.parse_gin(args.gin_file, bindings + args.gin_param)
+    final = cli.model_config()
+    try:
+        checkpoints.check_params_fit(params, _model_shapes(final), "the converted checkpoint")
+    except checkpoints.CheckpointError as e:
+        raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
+    cli.prepare_workdir(args.workdir)
+    checkpoints.save_params(args.workdir, final, params, step=0)
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    print(
+        f"converted {args.hf_dir} ({n:,} parameters, {final.n_layers} layers "
+        f"{final.attention_kinds}) into {args.workdir}"
+    )
+
+
+def _model_shapes(cfg: ReformerConfig):
+    tokens = jnp.zeros((1, min(cfg.max_len, 2 * max(cfg.chunk_len, cfg.local_chunk_len))), int)
+    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+
+
+if __name__ == "__main__":
+    from reformer_jax import cli
+
+    cli.run_main(main)

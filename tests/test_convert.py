@@ -215,3 +215,47 @@ def test_attention_cycle_is_the_shortest_period():
     )
     assert convert._cycle(["lsh", "local", "local"]) == ("lsh", "local", "local")
     assert convert._cycle(["lsh"] * 4) == ("lsh",)
+
+
+# ----------------------------------------------------------------------------- CLI round trip
+
+
+def test_cli_convert_then_load_and_sample(tmp_path):
+    """convert CLI -> workdir -> checkpoints.load_run -> sampling: the model HF gave us."""
+    from reformer_jax import checkpoints, sampling
+
+    case = os.path.join(HF_DIR, "axial_enwik8_like")
+    workdir = str(tmp_path / "run")
+    convert.main([f"--hf_dir={case}", f"--workdir={workdir}"])
+    assert os.path.isfile(os.path.join(workdir, "config.gin"))
+    run = checkpoints.load_run(workdir)
+    cfg, params = convert.load_hf_reformer(case)
+    assert run.config == cfg and run.step == 0
+    jax.tree_util.tree_map(np.testing.assert_array_equal, run.params, params)
+
+    # The sampler's prefill reads the prompt as HF does (no shift) and, with
+    # the fixture's hash_seed, hashes with the forward pass's rotations.
+    tokens, _, _ = _expected("axial_enwik8_like")
+    prompt = jnp.asarray(tokens[:, :40])
+    forward = ReformerLM(cfg).apply({"params": run.params}, prompt)[:, -1]
+    first, _ = sampling.prefill(run.params, cfg, prompt, jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(first), np.asarray(forward), atol=1e-5, rtol=0)
+    ids = sampling.generate(run.params, cfg, prompt, jax.random.key(0), num_tokens=8, greedy=True)
+    assert ids.shape == (2, 8) and int(ids.min()) >= 0 and int(ids.max()) < cfg.vocab_size
+    np.testing.assert_array_equal(np.asarray(ids[:, 0]), np.asarray(jnp.argmax(forward, -1)))
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from reformer_jax import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.run_main(convert.main, [f"--hf_dir={tmp_path}/none", f"--workdir={tmp_path}/out"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "is not a directory" in err and "\n" not in err
+    workdir = str(tmp_path / "run")
+    case = os.path.join(HF_DIR, "short")
+    convert.main([f"--hf_dir={case}", f"--workdir={workdir}"])
+    with pytest.raises(SystemExit):
+        cli.run_main(convert.main, [f"--hf_dir={case}", f"--workdir={workdir}"])
+    assert "already holds checkpoints" in capsys.readouterr().err
