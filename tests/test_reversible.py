@@ -1,4 +1,4 @@
-"""The custom_vjp reversible stack against plain autodiff (SPEC §3)."""
+"""The custom_vjp reversible stack against plain autodiff (docs/algorithm.md §3)."""
 
 import jax
 import jax.numpy as jnp
