@@ -65,7 +65,8 @@ it and no later token takes a slot in its window, so it uses the same window
 size and the same neighbours-in-sorted-order notion of similarity as
 training, while depending only on the past: a token's attention is fixed
 when it is decoded and never changes with the sample's length, and the cost
-per step is one top-w selection over the cache (no re-sort). When the
+per step is one pass of attention over the cache plus a threshold search
+for the window (no re-sort). When the
 positions so far fit in one window (at most `window` tokens) every round
 sees every earlier key and decoding equals shared-QK full attention, as
 training does when the sequence fits one chunk. HF transformers instead
@@ -287,24 +288,44 @@ def lsh_decode_attention(
     # ranks highest, then the next lower buckets; future slots rank below all.
     rank = jnp.mod(buckets - mine - 1, n_buckets) * length + positions
     rank = jnp.where(positions <= pos, rank, -1)
-    top, idx = jax.lax.top_k(rank, window)  # [b, h, r, w]
-    b, h, r, w = idx.shape
-    flat = idx.reshape(b, h, r * w)
-    kw = jnp.take_along_axis(k, flat[..., None], axis=2).reshape(b, h, r, w, -1)
-    vw = jnp.take_along_axis(v, flat[..., None], axis=2).reshape(b, h, r, w, -1)
-    valid = top >= 0
-    bias = None
+    in_window = rank >= _window_threshold(rank, window, n_buckets * length)  # [b, h, r, l]
+    # One [l] row of logits serves every round: rounds differ only in their window.
+    logits = jnp.einsum("bhd,bhld->bhl", q, k, preferred_element_type=jnp.float32)
+    logits = logits[:, :, None] - jnp.where(positions == pos, attention.SELF_PENALTY, 0.0)
+    logits = logits + jnp.where(in_window, 0.0, -attention.MASK_PENALTY)
     if dedup:
         # N_j: in how many rounds' windows key j appears (paper App. A).
-        same = (idx[:, :, :, :, None, None] == idx[:, :, None, None, :, :]) & valid[
-            :, :, None, None
-        ]
-        counts = jnp.sum(same, axis=(-2, -1)).astype(jnp.float32)
-        bias = -jnp.log(jnp.maximum(counts, 1.0))
-    qr = jnp.broadcast_to(q[:, :, None], (b, h, r, q.shape[-1]))
-    out, lse = _attend_one(qr, kw, vw, valid, self_mask=idx == pos, bias=bias)
+        counts = jnp.sum(in_window, axis=2, keepdims=True).astype(jnp.float32)
+        logits = logits - jnp.log(jnp.maximum(counts, 1.0))
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnorm = jnp.exp(logits - peak)
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)
+    lse = (peak + jnp.log(total))[..., 0]  # [b, h, r]
+    out = jnp.einsum(
+        "bhrl,bhle->bhre", (unnorm / total).astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
     weights = jax.nn.softmax(lse, axis=2)[..., None]  # paper eq. 14
-    return jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(v.dtype)
+    return jnp.sum(out * weights, axis=2).astype(v.dtype)
+
+
+def _window_threshold(rank: Array, window: int, bound: int) -> Array:
+    """The window-th largest value of each row of rank [..., l] -> [..., 1] (0 if fewer valid).
+
+    Valid ranks are distinct integers in [0, bound); invalid ones are -1. A
+    bisection on the threshold (about log2(bound) counting passes over the
+    row) replaces a top-k, which XLA's CPU backend runs as a slow sort.
+    """
+    lo = jnp.zeros(rank.shape[:-1], jnp.int32)  # count(rank >= lo) >= window, or lo = 0
+    hi = jnp.full(rank.shape[:-1], bound, jnp.int32)  # count(rank >= hi) = 0 < window
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(rank >= mid[..., None], axis=-1) >= window
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, max(bound, 2).bit_length(), halve, (lo, hi))
+    return lo[..., None]
 
 
 def _project(p, x, dtype, eps):
