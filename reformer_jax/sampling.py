@@ -65,11 +65,10 @@ it and no later token takes a slot in its window, so it uses the same window
 size and the same neighbours-in-sorted-order notion of similarity as
 training, while depending only on the past: a token's attention is fixed
 when it is decoded and never changes with the sample's length, and the cost
-per step is one pass of attention over the cache plus a threshold search
-for the window (no re-sort). When the
-positions so far fit in one window (at most `window` tokens) every round
-sees every earlier key and decoding equals shared-QK full attention, as
-training does when the sequence fits one chunk. HF transformers instead
+per step is one pass of attention over the cache plus a threshold search for
+the window (no re-sort). When the positions so far fit in one window (at most
+`window` tokens) every round sees every earlier key and decoding equals
+shared-QK full attention, as training does when the sequence fits one chunk. HF transformers instead
 widens the matching bucket's past positions to the sorted chunks they would
 occupy (which depends on the prefix length); trax keeps a bounded memory of
 past keys. docs/benchmarks.md measures how often the greedy token of this

@@ -307,7 +307,7 @@ def test_copy_task_model_writes_the_second_copy_by_greedy_lsh4_decoding():
 def _saved_run(tmp_path, **cfg_changes):
     from reformer_jax import checkpoints
 
-    cfg = _cfg(n_layers=2, attention_kinds=("local", "lsh"), **cfg_changes)
+    cfg = _cfg(**{"n_layers": 2, "attention_kinds": ("local", "lsh"), **cfg_changes})
     params = ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
     workdir = str(tmp_path / "run")
     checkpoints.save_params(workdir, cfg, params, step=7)
@@ -344,8 +344,11 @@ def test_cli_image_prompt_writes_a_png_grid(tmp_path):
 
     from .inprocess import run
 
+    # One local layer keeps the 12,096-token prefill cheap; the CLI path is what is tested.
     workdir, _, _ = _saved_run(
         tmp_path,
+        n_layers=1,
+        attention_kinds=("local",),
         vocab_size=256,
         max_len=12288,
         d_model=16,
