@@ -283,3 +283,29 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.run_main(convert.main, [f"--hf_dir={case}", f"--workdir={workdir}"])
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_converted_workdir(tmp_path, capsys):
+    """evaluate on a converted workdir scores next tokens as HF does (shift_inputs=False)."""
+    from reformer_jax import evaluate
+    from reformer_jax.data import synthetic
+
+    workdir = str(tmp_path / "run")
+    convert.main(
+        [f"--hf_dir={os.path.join(HF_DIR, 'axial_enwik8_like')}", f"--workdir={workdir}"]
+        + ["--gin_file=copy.gin", "--gin_param=duplication_dataset.vocab_size = 24"]
+        + ["--gin_param=train.batch_size = 2", "--gin_param=train.eval_batches = 1"]
+    )
+    capsys.readouterr()
+    evaluate.main([f"--workdir={workdir}", "--json"])
+    result = json.loads(capsys.readouterr().out)["results"]["as configured"]
+    cfg, params = convert.load_hf_reformer(os.path.join(HF_DIR, "axial_enwik8_like"))
+    data = synthetic.duplication_dataset(
+        split="eval", batch_size=2, seq_len=cfg.max_len, seed=0, vocab_size=24
+    )
+    batch = next(iter(data))
+    log_probs = ReformerLM(cfg).apply({"params": params}, jnp.asarray(batch["tokens"]))
+    tokens, weights = np.asarray(batch["tokens"]), np.asarray(batch["weights"], np.float64)
+    nll = -np.take_along_axis(np.asarray(log_probs)[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    want = (nll * weights[:, 1:]).sum() / weights[:, 1:].sum()
+    np.testing.assert_allclose(result["loss"], want, rtol=1e-5)
