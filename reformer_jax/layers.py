@@ -1,7 +1,8 @@
 """Flax modules that own the Reformer's parameters and call the pure math.
 
-Einsum legend: b batch, l length, d d_model, h heads, k per-head dim, f d_ff,
-n sequence chunks, c chunk length.
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here b
+batch, l length, m d_model, h heads, g heads per group, d per-head dim,
+f d_ff, u chunks, c chunk length.
 
 The two halves of a reversible block (docs/algorithm.md §3) are modules whose `apply` is a
 pure function of (params, x, key): the reversible stack (reversible.py)
@@ -107,7 +108,7 @@ class AttentionHalf(nn.Module):
         deterministic: bool = True,
         mask: Array | None = None,
     ) -> tuple[Array, Array | None]:
-        """x: [b, l, d] -> (y [b, l, d], LSH buckets [b, h, r, l] or None).
+        """x: [b, l, m] -> (y [b, l, m], LSH buckets [b, h, r, l] or None).
 
         LSH rotations come from `hash_key` when given (a fixed hash seed),
         else from `key`; `buckets` skips hashing altogether.
@@ -115,7 +116,7 @@ class AttentionHalf(nn.Module):
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
-        # Fan-in is d_model for the [d, h, k] projections, h * k for [h, k, d].
+        # Fan-in is d_model for the [m, h, d] projections, h * d for [h, d, m].
         init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         proj = lambda name: self.param(name, init, (d, heads, dk), jnp.float32)
         wq = proj("wq")
@@ -131,7 +132,7 @@ class AttentionHalf(nn.Module):
 
         norm = LayerNormParams(d, name="norm")()
         h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
-        project = lambda w: jnp.einsum("bld,dhk->bhlk", h, w.astype(dtype))
+        project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
         q, v = project(wq), project(wv)
         k = None if wk is None else project(wk)
         if self.kind not in ATTENTION_KINDS:
@@ -183,7 +184,7 @@ class AttentionHalf(nn.Module):
             # and drops out with keys folded with i.
             n = heads // group
 
-            def split(a):  # [b, h, ...] -> [n, b, g, ...]
+            def split(a):  # [b, h, ...] -> [u, b, g, ...] (u = n groups here)
                 return (
                     None
                     if a is None
@@ -207,7 +208,7 @@ class AttentionHalf(nn.Module):
             merge = lambda a: a.swapaxes(0, 1).reshape(a.shape[1], heads, *a.shape[3:])
             out = merge(outs)
             new_buckets = None if group_buckets is None else merge(group_buckets)
-        y = jnp.einsum("bhlk,hkd->bld", out, wo.astype(dtype))
+        y = jnp.einsum("bhld,hdm->blm", out, wo.astype(dtype))
         return dropout(y, cfg.dropout, keys[OUT_DROPOUT], deterministic), new_buckets
 
 
@@ -225,7 +226,7 @@ class FeedForwardHalf(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key: Array, *, deterministic: bool = True) -> Array:
-        """x: [b, l, d] -> [b, l, d]."""
+        """x: [b, l, m] -> [b, l, m]."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, f = cfg.d_model, cfg.d_ff
@@ -239,13 +240,13 @@ class FeedForwardHalf(nn.Module):
         ff_key = layer_keys(key)[FF_DROPOUT]
         act = ACTIVATIONS[cfg.ff_activation]
 
-        def block(p, xc, k):  # xc: [b, c, d]
+        def block(p, xc, k):  # xc: [b, c, m]
             h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
             h = h.astype(dtype)
             k1, k2 = jax.random.split(k)
-            h = jnp.einsum("bcd,df->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
+            h = jnp.einsum("bcm,mf->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
             h = act(dropout(h, cfg.dropout, k1, deterministic))
-            h = jnp.einsum("bcf,fd->bcd", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
+            h = jnp.einsum("bcf,fm->bcm", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
             return dropout(h, cfg.dropout, k2, deterministic)
 
         b, length, _ = x.shape
@@ -254,10 +255,10 @@ class FeedForwardHalf(nn.Module):
             return block(params, x, ff_key)
         padded = lsh.round_up(length, c)
         xs = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
-        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [n, b, c, d]
+        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [u, b, c, m]
         chunk_fn = jax.checkpoint(lambda args: block(params, args[0], args[1]))
         chunk_keys = jax.vmap(lambda i: jax.random.fold_in(ff_key, i))(jnp.arange(padded // c))
-        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [n, b, c, d]
+        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [u, b, c, m]
         return ys.transpose(1, 0, 2, 3).reshape(b, padded, d)[:, :length]
 
 

@@ -1,10 +1,10 @@
 """ReformerLM (docs/algorithm.md §5) and its frozen config.
 
-Einsum legend: b batch, l length, d d_model, v vocabulary, n loss chunks,
-c loss chunk length.
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here b
+batch, l length, m d_model, v vocabulary, u loss chunks, c loss chunk length.
 
     tokens [b, l] -> shift right (unless cfg.shift_inputs=False) -> embed -> dropout -> + positions
-      -> (x1, x2) = (e, e) -> reversible stack -> concat(y1, y2) [b, l, 2d]
+      -> (x1, x2) = (e, e) -> reversible stack -> concat(y1, y2) [b, l, 2m]
       -> LayerNorm -> dropout -> Dense(vocab) -> log-softmax
 """
 
@@ -267,7 +267,7 @@ class ReformerLM(nn.Module):
     ):
         """Runs the model on tokens [b, l] (int).
 
-        output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2d] before the
+        output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2m] before the
         head; "loss": float32 sums {"nll", "correct", "weight"} of the
         next-token loss weighted by `weights` [b, l] (default all ones),
         computed in cfg.loss_chunk_size chunks so [b, l, v] logits are never
@@ -340,7 +340,7 @@ class ReformerLM(nn.Module):
             buckets=stacked_buckets,
             return_buckets=True,
         )
-        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2d]
+        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2m]
         head = OutputHead(cfg, name="head")
         if output == "hidden":
             result = h
@@ -425,7 +425,7 @@ class OutputHead(nn.Module):
         self.bias = self.param("bias", nn.initializers.zeros, (vocab,), jnp.float32)
 
     def __call__(self, h: Array, key: Array, *, deterministic: bool = True) -> Array:
-        """h [b, l, 2d] -> float32 log-probs [b, l, v]."""
+        """h [b, l, 2m] -> float32 log-probs [b, l, v]."""
         return self._log_probs(self._params(), h, key, deterministic)
 
     def _params(self):
@@ -441,7 +441,7 @@ class OutputHead(nn.Module):
         h = layers.dropout(h, self.cfg.dropout, key, deterministic)
         logits = (
             jnp.einsum(
-                "bld,dv->blv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32
+                "blm,mv->blv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32
             )
             + p["bias"]
         )
@@ -468,7 +468,7 @@ class OutputHead(nn.Module):
         else:
             padded = lsh.round_up(length, c)
 
-            def split(x):  # [b, l, ...] -> [n, b, c, ...]
+            def split(x):  # [b, l, ...] -> [u, b, c, ...]
                 x = jnp.pad(x, ((0, 0), (0, padded - length)) + ((0, 0),) * (x.ndim - 2))
                 return x.reshape(b, padded // c, c, *x.shape[2:]).swapaxes(0, 1)
 

@@ -147,7 +147,7 @@ def reversible_stack(
       fs, gs: per cycle position j, the pure halves F_j and G_j.
       params: per cycle position j, (params of F_j, params of G_j), every leaf
         stacked along a leading axis of size n_groups.
-      x1, x2: [b, l, d] the two streams.
+      x1, x2: [b, l, m] the two streams.
       key: the step key; layer i uses fold_in(key, i) for hashing and dropout.
       reversible: True = the memory-saving custom backward pass; False = the
         same layers under ordinary autodiff (the reference network).
@@ -158,7 +158,7 @@ def reversible_stack(
       return_buckets: also return the buckets every F used.
 
     Returns:
-      (y1, y2), each [b, l, d]; with return_buckets, (y1, y2, buckets) where
+      (y1, y2), each [b, l, m]; with return_buckets, (y1, y2, buckets) where
       buckets[j] is None or F_j's buckets stacked along n_groups.
     """
     fs, gs = tuple(fs), tuple(gs)
