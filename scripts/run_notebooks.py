@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -113,21 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for path in paths:
         t0 = time.perf_counter()
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         nb = execute(path, smoke=not args.full, timeout=args.timeout)
         seconds = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        # The kernel is a child process: its CPU time, unlike wall time, does
-        # not grow when other jobs share the machine.
-        cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
         images = count_images(nb)
         if args.inplace:
             nbformat.write(nb, path)
-        print(
-            f"{path.relative_to(ROOT)}: {seconds:.0f} s wall, {cpu:.0f} s CPU (kernel), "
-            f"{images} image(s)",
-            flush=True,
-        )
+        print(f"{path.relative_to(ROOT)}: ran in {seconds:.0f} s, {images} image(s)", flush=True)
         if not images:
             print(f"{path.name} drew no image: a plot cell silently drew nothing", file=sys.stderr)
             return 1
