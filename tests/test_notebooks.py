@@ -37,8 +37,9 @@ def test_committed_outputs_include_an_image(path):
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path):
-    # 300 s per cell: a smoke run takes about two minutes in all on 2 cores.
-    nb = run_notebooks.execute(path, smoke=True, timeout=300)
+    # The limit only catches a hung kernel: a smoke run takes about two
+    # minutes in all on 2 idle cores, and several times that on a busy machine.
+    nb = run_notebooks.execute(path, smoke=True, timeout=900)
     assert run_notebooks.count_images(nb) >= 1, f"{path.name} ran but drew no image"
     smoke_lines = [
         out.get("text", "")
