@@ -78,7 +78,12 @@ def execute(path: Path, *, smoke: bool = True, timeout: int | None = 600):
             kernel_name=KERNEL_NAME,
             resources={"metadata": {"path": str(path.parent)}},
         )
-        client.execute()
+        try:
+            client.execute()
+        finally:
+            # nbclient shuts down only kernels it created itself; this one is ours.
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     # The committed kernel spec is the ordinary one, whatever ran it here.
     nb.metadata["kernelspec"] = {
         "display_name": "Python 3",
