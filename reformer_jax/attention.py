@@ -1,8 +1,9 @@
 """LSH, local and full attention as pure, jit-able functions.
 
-Arrays are [batch, heads, length, dim]. Einsum legend: b batch, h heads,
-r hash rounds, l length, d head dim (e for values), n sorted slots (r * l),
-u chunks, c chunk length, w window length ((before + 1 + after) * c).
+Arrays are [batch, heads, length, dim]. Shapes use the package's einsum legend
+(reformer_jax/__init__.py): here b batch, h heads, r hash rounds, l length,
+d per-head dim (e for values), n sorted slots (r * l), u chunks, c chunk
+length, w window length ((before + 1 + after) * c).
 
 All three share one chunked kernel (`_attend`): dot products of a chunk of
 queries against a window of keys, additive float32 masks computed from the

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax import checkpoints, cli, train
+from reformer_jax.data import DatasetError
 from reformer_jax.model import ReformerLM
 
 
@@ -107,12 +108,20 @@ def main(argv: Sequence[str]) -> None:
         mesh=mesh,
         split=args.split,
     )
-    results = {}
-    for variant in args.variants or [None]:
-        var_cfg, label = (
-            (cfg, "as configured") if variant is None else (train.eval_variant_config(cfg, variant))
+    try:
+        variants = (
+            [(cfg, "as configured")]
+            if not args.variants
+            else [train.eval_variant_config(cfg, v) for v in args.variants]
         )
-        results[label] = train.Evaluator(var_cfg, dataset_fn, **kw)(params)
+    except ValueError as e:
+        raise cli.UsageError(f"--variants: {e}") from None
+    results = {}
+    for var_cfg, label in variants:
+        try:
+            results[label] = train.Evaluator(var_cfg, dataset_fn, **kw)(params)
+        except DatasetError as e:
+            raise cli.UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"step": step, "results": results}))
     else:

@@ -1,7 +1,8 @@
 """Flax modules that own the Reformer's parameters and call the pure math.
 
-Einsum legend: b batch, l length, d d_model, h heads, k per-head dim, f d_ff,
-n sequence chunks, c chunk length.
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here b
+batch, l length, m d_model, h heads, g heads per group, d per-head dim,
+f d_ff, u chunks, c chunk length.
 
 The two halves of a reversible block (docs/algorithm.md §3) are modules whose `apply` is a
 pure function of (params, x, key): the reversible stack (reversible.py)
@@ -13,6 +14,7 @@ regenerates the forward's masks exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -26,7 +28,14 @@ from reformer_jax import attention, lsh
 Array = jax.Array
 ATTENTION_KINDS = ("lsh", "local", "full", "full_shared")
 SHARED_QK_KINDS = ("lsh", "full_shared")
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+# "gelu" is the tanh approximation (trax's and jax's default); "gelu_exact" the
+# erf form (PyTorch's and HF transformers' "gelu").
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+}
 
 # Sub-keys of a layer key (docs/algorithm.md, "Keys and randomness").
 HASH, ATTN_DROPOUT, OUT_DROPOUT, FF_DROPOUT = range(4)
@@ -77,9 +86,10 @@ class LayerNormParams(nn.Module):
 class AttentionHalf(nn.Module):
     """F of a reversible block: LayerNorm -> attention -> W_o -> dropout.
 
-    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local" (chunked, docs/algorithm.md §2),
-    "full" (dense, separate W_k) or "full_shared" (dense shared-QK, the same
-    parameters as "lsh": an LSH layer can be evaluated with full attention).
+    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local"
+    (chunked, docs/algorithm.md §2), "full" (dense, separate W_k) or
+    "full_shared" (dense shared-QK, the same parameters as "lsh": an LSH layer
+    can be evaluated with full attention).
     Projections have no biases (docs/algorithm.md §1.1).
     """
 
@@ -94,14 +104,19 @@ class AttentionHalf(nn.Module):
         *,
         n_hashes: int | None = None,
         buckets: Array | None = None,
+        hash_key: Array | None = None,
         deterministic: bool = True,
         mask: Array | None = None,
     ) -> tuple[Array, Array | None]:
-        """x: [b, l, d] -> (y [b, l, d], LSH buckets [b, h, r, l] or None)."""
+        """x: [b, l, m] -> (y [b, l, m], LSH buckets [b, h, r, l] or None).
+
+        LSH rotations come from `hash_key` when given (a fixed hash seed),
+        else from `key`; `buckets` skips hashing altogether.
+        """
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
-        # Fan-in is d_model for the [d, h, k] projections, h * k for [h, k, d].
+        # Fan-in is d_model for the [m, h, d] projections, h * d for [h, d, m].
         init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         proj = lambda name: self.param(name, init, (d, heads, dk), jnp.float32)
         wq = proj("wq")
@@ -116,14 +131,15 @@ class AttentionHalf(nn.Module):
         keys = layer_keys(key)
 
         norm = LayerNormParams(d, name="norm")()
-        h = layer_norm(x, norm["scale"], norm["bias"]).astype(dtype)
-        project = lambda w: jnp.einsum("bld,dhk->bhlk", h, w.astype(dtype))
+        h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
+        project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
         q, v = project(wq), project(wv)
         k = None if wk is None else project(wk)
         if self.kind not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
         n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
         attn_rate = 0.0 if deterministic else cfg.attention_dropout
+        hash_key = keys[HASH] if hash_key is None else hash_key
 
         def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
             common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
@@ -149,8 +165,8 @@ class AttentionHalf(nn.Module):
                     v,
                     chunk_len=cfg.local_chunk_len,
                     causal=cfg.causal,
-                    n_chunks_before=cfg.n_chunks_before,
-                    n_chunks_after=cfg.n_chunks_after,
+                    n_chunks_before=cfg.local_window[0],
+                    n_chunks_after=cfg.local_window[1],
                     **common,
                 )
             else:
@@ -161,14 +177,14 @@ class AttentionHalf(nn.Module):
 
         group = cfg.attention_head_chunk or heads
         if group >= heads:
-            out, new_buckets = attend(q, k, v, keys[HASH], keys[ATTN_DROPOUT], buckets)
+            out, new_buckets = attend(q, k, v, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
             # Heads in groups under jax.checkpoint: one group's [chunks, c, w]
             # logits are alive at a time, forward and backward. Group i hashes
             # and drops out with keys folded with i.
             n = heads // group
 
-            def split(a):  # [b, h, ...] -> [n, b, g, ...]
+            def split(a):  # [b, h, ...] -> [u, b, g, ...] (u = n groups here)
                 return (
                     None
                     if a is None
@@ -181,7 +197,7 @@ class AttentionHalf(nn.Module):
                     qi,
                     ki,
                     vi,
-                    jax.random.fold_in(keys[HASH], i),
+                    jax.random.fold_in(hash_key, i),
                     jax.random.fold_in(keys[ATTN_DROPOUT], i),
                     bi,
                 )
@@ -192,7 +208,7 @@ class AttentionHalf(nn.Module):
             merge = lambda a: a.swapaxes(0, 1).reshape(a.shape[1], heads, *a.shape[3:])
             out = merge(outs)
             new_buckets = None if group_buckets is None else merge(group_buckets)
-        y = jnp.einsum("bhlk,hkd->bld", out, wo.astype(dtype))
+        y = jnp.einsum("bhld,hdm->blm", out, wo.astype(dtype))
         return dropout(y, cfg.dropout, keys[OUT_DROPOUT], deterministic), new_buckets
 
 
@@ -210,7 +226,7 @@ class FeedForwardHalf(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key: Array, *, deterministic: bool = True) -> Array:
-        """x: [b, l, d] -> [b, l, d]."""
+        """x: [b, l, m] -> [b, l, m]."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, f = cfg.d_model, cfg.d_ff
@@ -224,12 +240,13 @@ class FeedForwardHalf(nn.Module):
         ff_key = layer_keys(key)[FF_DROPOUT]
         act = ACTIVATIONS[cfg.ff_activation]
 
-        def block(p, xc, k):  # xc: [b, c, d]
-            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"]).astype(dtype)
+        def block(p, xc, k):  # xc: [b, c, m]
+            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
+            h = h.astype(dtype)
             k1, k2 = jax.random.split(k)
-            h = jnp.einsum("bcd,df->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
+            h = jnp.einsum("bcm,mf->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
             h = act(dropout(h, cfg.dropout, k1, deterministic))
-            h = jnp.einsum("bcf,fd->bcd", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
+            h = jnp.einsum("bcf,fm->bcm", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
             return dropout(h, cfg.dropout, k2, deterministic)
 
         b, length, _ = x.shape
@@ -238,10 +255,10 @@ class FeedForwardHalf(nn.Module):
             return block(params, x, ff_key)
         padded = lsh.round_up(length, c)
         xs = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
-        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [n, b, c, d]
+        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [u, b, c, m]
         chunk_fn = jax.checkpoint(lambda args: block(params, args[0], args[1]))
         chunk_keys = jax.vmap(lambda i: jax.random.fold_in(ff_key, i))(jnp.arange(padded // c))
-        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [n, b, c, d]
+        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [u, b, c, m]
         return ys.transpose(1, 0, 2, 3).reshape(b, padded, d)[:, :length]
 
 

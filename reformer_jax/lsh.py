@@ -1,9 +1,9 @@
 """Hashing, sorting and chunking for LSH attention: pure jnp functions.
 
-Einsum legend used in shapes below:
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here
     b batch, h heads, r hash rounds (n_hashes), l sequence length, d per-head dim,
-    k rotation columns, n = r * l sorted slots, c chunk length, w window length
-    ((n_chunks_before + 1 + n_chunks_after) * c).
+    k rotation columns, n = r * l sorted slots, u chunks, c chunk length, w window
+    length ((n_chunks_before + 1 + n_chunks_after) * c).
 
 Everything here follows docs/algorithm.md §1 (paper §2.1-2.2): angular LSH by random
 rotations, a round-major sort by (round, bucket, position), and chunking of the

@@ -18,7 +18,9 @@ cfg.max_len, r hash rounds, w LSH window, s local ring length, p prompt length):
 The model shifts its input right (a 0 in front), so the prompt p_0..p_{P-1}
 is run as the inputs 0, p_0, ..., p_{P-1} at positions 0..P; the output at
 position P gives the first new token, which is fed back at position P + 1,
-and so on. P + num_tokens must not exceed cfg.max_len.
+and so on. P + num_tokens must not exceed cfg.max_len. A model with
+cfg.shift_inputs=False (HF checkpoints, reformer_jax.convert) reads the prompt
+as given at positions 0..P-1; the output at P-1 gives the first new token.
 
 Caches (`Cache.layers[name]` mirrors `params["blocks"][name]`: one entry per
 cycle position, every array stacked over the n_groups layers of that
@@ -165,7 +167,7 @@ def lsh_window(cfg: ReformerConfig) -> int:
 
 
 def local_ring_len(cfg: ReformerConfig) -> int:
-    return (cfg.n_chunks_before + 1) * cfg.local_chunk_len
+    return (cfg.local_window[0] + 1) * cfg.local_chunk_len
 
 
 def init_cache(cfg: ReformerConfig, batch: int, *, n_hashes: int | None = None) -> Cache:
@@ -212,11 +214,18 @@ def hash_with(x: Array, rotations: Array, factors: tuple[int, ...]) -> Array:
 
 
 def _rotations(cfg, key, batch, layer, n_hashes):
-    """Per-sample rotations of one layer: [b, h, d, r, k], from fold_in(key, sample), layer."""
+    """Per-sample rotations of one layer: [b, h, d, r, k], from fold_in(key, sample), layer.
+
+    With cfg.hash_seed every sample uses the rotations the model's forward
+    pass uses: fold_in(key(hash_seed), layer).
+    """
     _, cols = _lsh_shape(cfg, n_hashes)
 
     def one(s):
-        k = jax.random.fold_in(jax.random.fold_in(key, s), layer)
+        if cfg.hash_seed is not None:
+            k = jax.random.fold_in(jax.random.key(cfg.hash_seed), layer)
+        else:
+            k = jax.random.fold_in(jax.random.fold_in(key, s), layer)
         return jax.random.normal(k, (cfg.n_heads, cfg.d_head, n_hashes, cols), jnp.float32)
 
     return jax.vmap(one)(jnp.arange(batch))
@@ -297,9 +306,9 @@ def lsh_decode_attention(
     return jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(v.dtype)
 
 
-def _project(p, x, dtype):
+def _project(p, x, dtype, eps):
     """LayerNorm -> per-head projections as in training: x [b, n, m] -> dict of [b, h, n, .]."""
-    hn = layers.layer_norm(x, p["norm"]["scale"], p["norm"]["bias"]).astype(dtype)
+    hn = layers.layer_norm(x, p["norm"]["scale"], p["norm"]["bias"], eps).astype(dtype)
     out = {}
     for name in ("wq", "wk", "wv"):
         if name in p:
@@ -310,7 +319,7 @@ def _project(p, x, dtype):
 def _attention_step(kind, p, cfg, c, x, pos):
     """F on one new position: x [b, m] -> (y [b, m], updated cache entry c of this layer)."""
     dtype = jnp.dtype(cfg.dtype)
-    pr = _project(p, x[:, None], dtype)
+    pr = _project(p, x[:, None], dtype, cfg.layer_norm_eps)
     q, v = pr["wq"][:, :, 0], pr["wv"][:, :, 0]  # [b, h, d]
     c = dict(c)
     if kind == "local":
@@ -323,7 +332,7 @@ def _attention_step(kind, p, cfg, c, x, pos):
         slots = jnp.arange(ring, dtype=jnp.int32)
         key_pos = pos - jnp.mod(pos - slots, ring)
         chunk = cfg.local_chunk_len
-        ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.n_chunks_before)
+        ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.local_window[0])
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
         out, _ = _attend_one(q, c["k"], c["v"], ok)
     elif kind == "full":
@@ -398,7 +407,7 @@ def _positions(params, cfg, positions):
 def _head(params, cfg, h):
     """h [b, 2m] -> float32 log-probs [b, v] (the training head without dropout)."""
     p = params["head"]
-    h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"])
+    h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
     logits = (
         jnp.einsum("bd,dv->bv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32)
         + p["bias"]
@@ -412,7 +421,7 @@ def _head(params, cfg, h):
 def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
     """F over a whole prompt x [b, n, m] with training's attention; fills the cache entry."""
     dtype = jnp.dtype(cfg.dtype)
-    pr = _project(p, x, dtype)
+    pr = _project(p, x, dtype, cfg.layer_norm_eps)
     q, v = pr["wq"], pr["wv"]
     n = x.shape[1]
     c = dict(cache_entry)
@@ -423,7 +432,7 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
             v,
             chunk_len=cfg.local_chunk_len,
             causal=True,
-            n_chunks_before=cfg.n_chunks_before,
+            n_chunks_before=cfg.local_window[0],
             n_chunks_after=0,
         )
         ring = c["k"].shape[2]
@@ -495,11 +504,12 @@ def prefill(
 
     `key` draws each sample's LSH rotations (sample s, layer i:
     fold_in(fold_in(key, s), i)); they stay in the cache for every later step.
-    No input checks here (see `generate`): prompt length + 1 <= cfg.max_len.
+    No input checks here (see `generate`): prompt length + 1 <= cfg.max_len
+    (prompt length <= cfg.max_len without cfg.shift_inputs).
     """
     _check_decodable(cfg)
     n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
-    b, n_prompt = prompt.shape
+    b = prompt.shape[0]
     cache_layers = dict(init_cache(cfg, b, n_hashes=n_hashes).layers)
     names = block_names(cfg)
     for j, (name, kind) in enumerate(zip(names, cfg.attention_kinds, strict=True)):
@@ -508,15 +518,19 @@ def prefill(
                 _rotations(cfg, key, b, g * len(names) + j, n_hashes) for g in range(cfg.n_groups)
             ]
             cache_layers[name] = {**cache_layers[name], "rotations": jnp.stack(rot)}
-    inputs = jnp.pad(prompt, ((0, 0), (1, 0)))  # shift right: 0, p_0, ..., p_{P-1}
-    positions = jnp.broadcast_to(jnp.arange(n_prompt + 1, dtype=jnp.int32), inputs.shape)
+    if cfg.shift_inputs:
+        inputs = jnp.pad(prompt, ((0, 0), (1, 0)))  # shift right: 0, p_0, ..., p_{P-1}
+    else:
+        inputs = prompt
+    n_inputs = inputs.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(n_inputs, dtype=jnp.int32), inputs.shape)
     x = _embed(params, cfg, inputs, positions)
 
     def attn(kind, p, entry, x2):
         return _prefill_attention(kind, p, cfg, x2, entry, n_hashes)
 
     h, new = _run_layers(params, cfg, cache_layers, x, attn)
-    return _head(params, cfg, h[:, -1]), Cache(layers=new, length=jnp.int32(n_prompt + 1))
+    return _head(params, cfg, h[:, -1]), Cache(layers=new, length=jnp.int32(n_inputs))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))

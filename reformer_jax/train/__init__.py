@@ -309,21 +309,20 @@ def train(
         weight_decay=weight_decay,
         clip_norm=clip_norm,
     )
+    train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
     model, primary = ReformerLM(cfg), jax.process_index() == 0
     init_state, abstract = _state_factory(model, opt, cfg, seed, mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
     state, extra = checkpoints.restore_train_state(
         ckpt, abstract, init_state, init_checkpoint=init_checkpoint
     )
-    train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
     if "data" in extra:
         train_data.set_state(extra["data"])
         if extra.get("seed", seed) != seed:
             log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
     step_fn = _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh)
-    evaluate = Evaluator(
-        cfg, dataset_fn, batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh
-    )
+    eval_kw = dict(batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh)
+    evaluate = Evaluator(cfg, dataset_fn, **eval_kw)
     writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=extra.get("metrics_bytes"))
     bar = metrics.progress_bar(int(state.step), steps, progress and primary)
     meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
@@ -341,24 +340,13 @@ def train(
             if eval_every and (done % eval_every == 0 or last):
                 writer.write(done, "eval", evaluate(state.params))
             if save:  # after the step's records, so a resume from here repeats none of them
-                extra = {
-                    "data": train_data.get_state(),
-                    "seed": seed,
-                    "metrics_bytes": writer.offset(),
-                }
-                ckpt.save(done, state, config=cfg, extra=extra)
+                position = {"data": train_data.get_state(), "metrics_bytes": writer.offset()}
+                ckpt.save(done, state, config=cfg, extra={**position, "seed": seed})
         ckpt.wait()
         final = {}
         for variant in final_eval:
             var_cfg, label = eval_variant_config(cfg, variant)
-            final[label] = Evaluator(
-                var_cfg,
-                dataset_fn,
-                batch_size=batch_size,
-                eval_batches=eval_batches,
-                seed=seed,
-                mesh=mesh,
-            )(state.params)
+            final[label] = Evaluator(var_cfg, dataset_fn, **eval_kw)(state.params)
             writer.write(int(state.step), f"final/{label}", final[label])
         if final and primary:
             print(format_eval_table(final), flush=True)
