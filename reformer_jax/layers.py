@@ -14,6 +14,7 @@ regenerates the forward's masks exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -27,7 +28,14 @@ from reformer_jax import attention, lsh
 Array = jax.Array
 ATTENTION_KINDS = ("lsh", "local", "full", "full_shared")
 SHARED_QK_KINDS = ("lsh", "full_shared")
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+# "gelu" is the tanh approximation (trax's and jax's default); "gelu_exact" the
+# erf form (PyTorch's and HF transformers' "gelu").
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+}
 
 # Sub-keys of a layer key (docs/algorithm.md, "Keys and randomness").
 HASH, ATTN_DROPOUT, OUT_DROPOUT, FF_DROPOUT = range(4)
@@ -78,9 +86,10 @@ class LayerNormParams(nn.Module):
 class AttentionHalf(nn.Module):
     """F of a reversible block: LayerNorm -> attention -> W_o -> dropout.
 
-    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local" (chunked, docs/algorithm.md §2),
-    "full" (dense, separate W_k) or "full_shared" (dense shared-QK, the same
-    parameters as "lsh": an LSH layer can be evaluated with full attention).
+    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local"
+    (chunked, docs/algorithm.md §2), "full" (dense, separate W_k) or
+    "full_shared" (dense shared-QK, the same parameters as "lsh": an LSH layer
+    can be evaluated with full attention).
     Projections have no biases (docs/algorithm.md §1.1).
     """
 
@@ -95,10 +104,15 @@ class AttentionHalf(nn.Module):
         *,
         n_hashes: int | None = None,
         buckets: Array | None = None,
+        hash_key: Array | None = None,
         deterministic: bool = True,
         mask: Array | None = None,
     ) -> tuple[Array, Array | None]:
-        """x: [b, l, m] -> (y [b, l, m], LSH buckets [b, h, r, l] or None)."""
+        """x: [b, l, m] -> (y [b, l, m], LSH buckets [b, h, r, l] or None).
+
+        LSH rotations come from `hash_key` when given (a fixed hash seed),
+        else from `key`; `buckets` skips hashing altogether.
+        """
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
@@ -117,7 +131,7 @@ class AttentionHalf(nn.Module):
         keys = layer_keys(key)
 
         norm = LayerNormParams(d, name="norm")()
-        h = layer_norm(x, norm["scale"], norm["bias"]).astype(dtype)
+        h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
         project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
         q, v = project(wq), project(wv)
         k = None if wk is None else project(wk)
@@ -125,6 +139,7 @@ class AttentionHalf(nn.Module):
             raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
         n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
         attn_rate = 0.0 if deterministic else cfg.attention_dropout
+        hash_key = keys[HASH] if hash_key is None else hash_key
 
         def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
             common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
@@ -150,8 +165,8 @@ class AttentionHalf(nn.Module):
                     v,
                     chunk_len=cfg.local_chunk_len,
                     causal=cfg.causal,
-                    n_chunks_before=cfg.n_chunks_before,
-                    n_chunks_after=cfg.n_chunks_after,
+                    n_chunks_before=cfg.local_window[0],
+                    n_chunks_after=cfg.local_window[1],
                     **common,
                 )
             else:
@@ -162,7 +177,7 @@ class AttentionHalf(nn.Module):
 
         group = cfg.attention_head_chunk or heads
         if group >= heads:
-            out, new_buckets = attend(q, k, v, keys[HASH], keys[ATTN_DROPOUT], buckets)
+            out, new_buckets = attend(q, k, v, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
             # Heads in groups under jax.checkpoint: one group's [chunks, c, w]
             # logits are alive at a time, forward and backward. Group i hashes
@@ -182,7 +197,7 @@ class AttentionHalf(nn.Module):
                     qi,
                     ki,
                     vi,
-                    jax.random.fold_in(keys[HASH], i),
+                    jax.random.fold_in(hash_key, i),
                     jax.random.fold_in(keys[ATTN_DROPOUT], i),
                     bi,
                 )
@@ -226,7 +241,8 @@ class FeedForwardHalf(nn.Module):
         act = ACTIVATIONS[cfg.ff_activation]
 
         def block(p, xc, k):  # xc: [b, c, m]
-            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"]).astype(dtype)
+            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
+            h = h.astype(dtype)
             k1, k2 = jax.random.split(k)
             h = jnp.einsum("bcm,mf->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
             h = act(dropout(h, cfg.dropout, k1, deterministic))
