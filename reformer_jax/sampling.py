@@ -65,10 +65,10 @@ it and no later token takes a slot in its window, so it uses the same window
 size and the same neighbours-in-sorted-order notion of similarity as
 training, while depending only on the past: a token's attention is fixed
 when it is decoded and never changes with the sample's length, and the cost
-per step is one top-w selection over the cache (no re-sort). When the
-positions so far fit in one window (at most `window` tokens) every round
-sees every earlier key and decoding equals shared-QK full attention, as
-training does when the sequence fits one chunk. HF transformers instead
+per step is one pass of attention over the cache plus a threshold search for
+the window (no re-sort). When the positions so far fit in one window (at most
+`window` tokens) every round sees every earlier key and decoding equals
+shared-QK full attention, as training does when the sequence fits one chunk. HF transformers instead
 widens the matching bucket's past positions to the sorted chunks they would
 occupy (which depends on the prefix length); trax keeps a bounded memory of
 past keys. docs/benchmarks.md measures how often the greedy token of this
@@ -85,6 +85,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from reformer_jax import attention, layers, lsh
 from reformer_jax.model import ReformerConfig, block_names
@@ -286,24 +287,44 @@ def lsh_decode_attention(
     # ranks highest, then the next lower buckets; future slots rank below all.
     rank = jnp.mod(buckets - mine - 1, n_buckets) * length + positions
     rank = jnp.where(positions <= pos, rank, -1)
-    top, idx = jax.lax.top_k(rank, window)  # [b, h, r, w]
-    b, h, r, w = idx.shape
-    flat = idx.reshape(b, h, r * w)
-    kw = jnp.take_along_axis(k, flat[..., None], axis=2).reshape(b, h, r, w, -1)
-    vw = jnp.take_along_axis(v, flat[..., None], axis=2).reshape(b, h, r, w, -1)
-    valid = top >= 0
-    bias = None
+    in_window = rank >= _window_threshold(rank, window, n_buckets * length)  # [b, h, r, l]
+    # One [l] row of logits serves every round: rounds differ only in their window.
+    logits = jnp.einsum("bhd,bhld->bhl", q, k, preferred_element_type=jnp.float32)
+    logits = logits[:, :, None] - jnp.where(positions == pos, attention.SELF_PENALTY, 0.0)
+    logits = logits + jnp.where(in_window, 0.0, -attention.MASK_PENALTY)
     if dedup:
         # N_j: in how many rounds' windows key j appears (paper App. A).
-        same = (idx[:, :, :, :, None, None] == idx[:, :, None, None, :, :]) & valid[
-            :, :, None, None
-        ]
-        counts = jnp.sum(same, axis=(-2, -1)).astype(jnp.float32)
-        bias = -jnp.log(jnp.maximum(counts, 1.0))
-    qr = jnp.broadcast_to(q[:, :, None], (b, h, r, q.shape[-1]))
-    out, lse = _attend_one(qr, kw, vw, valid, self_mask=idx == pos, bias=bias)
+        counts = jnp.sum(in_window, axis=2, keepdims=True).astype(jnp.float32)
+        logits = logits - jnp.log(jnp.maximum(counts, 1.0))
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnorm = jnp.exp(logits - peak)
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)
+    lse = (peak + jnp.log(total))[..., 0]  # [b, h, r]
+    out = jnp.einsum(
+        "bhrl,bhle->bhre", (unnorm / total).astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
     weights = jax.nn.softmax(lse, axis=2)[..., None]  # paper eq. 14
-    return jnp.sum(out.astype(jnp.float32) * weights, axis=2).astype(v.dtype)
+    return jnp.sum(out * weights, axis=2).astype(v.dtype)
+
+
+def _window_threshold(rank: Array, window: int, bound: int) -> Array:
+    """The window-th largest value of each row of rank [..., l] -> [..., 1] (0 if fewer valid).
+
+    Valid ranks are distinct integers in [0, bound); invalid ones are -1. A
+    bisection on the threshold (about log2(bound) counting passes over the
+    row) replaces a top-k, which XLA's CPU backend runs as a slow sort.
+    """
+    lo = jnp.zeros(rank.shape[:-1], jnp.int32)  # count(rank >= lo) >= window, or lo = 0
+    hi = jnp.full(rank.shape[:-1], bound, jnp.int32)  # count(rank >= hi) = 0 < window
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(rank >= mid[..., None], axis=-1) >= window
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, max(bound, 2).bit_length(), halve, (lo, hi))
+    return lo[..., None]
 
 
 def _project(p, x, dtype, eps):
@@ -316,46 +337,64 @@ def _project(p, x, dtype, eps):
     return out
 
 
-def _attention_step(kind, p, cfg, c, x, pos):
-    """F on one new position: x [b, m] -> (y [b, m], updated cache entry c of this layer)."""
+def _write(stack, value, g, pos, axis=3):
+    """Writes value at group g and position pos (on `axis`) of a stacked cache array, in place.
+
+    stack: k/v [g, b, h, l, d] (axis 3) or buckets [g, b, h, r, l] (axis 4);
+    value: the slice without the group and position axes.
+    """
+    update = jnp.expand_dims(value, (0, axis)).astype(stack.dtype)
+    start = [jnp.int32(0)] * stack.ndim
+    start[0], start[axis] = jnp.int32(g), jnp.asarray(pos, jnp.int32)
+    return jax.lax.dynamic_update_slice(stack, update, start)
+
+
+def _attention_step(kind, p, cfg, c, g, x, pos):
+    """F on one new position: x [b, m] -> (y [b, m], cache entry c with layer g updated).
+
+    c holds the arrays of one cycle position stacked over groups; layer g's
+    slices are written in place and read without copying the stack.
+    """
     dtype = jnp.dtype(cfg.dtype)
     pr = _project(p, x[:, None], dtype, cfg.layer_norm_eps)
     q, v = pr["wq"][:, :, 0], pr["wv"][:, :, 0]  # [b, h, d]
     c = dict(c)
     if kind == "local":
-        ring = c["k"].shape[2]
+        ring = c["k"].shape[3]
         slot = pos % ring
-        c["k"] = c["k"].at[:, :, slot].set(pr["wk"][:, :, 0])
-        c["v"] = c["v"].at[:, :, slot].set(v)
+        c["k"] = _write(c["k"], pr["wk"][:, :, 0], g, slot)
+        c["v"] = _write(c["v"], v, g, slot)
         # Slot s holds the latest position congruent to s; local attention
-        # sees its own chunk and n_chunks_before chunks before it (paper §2.2 / trax).
+        # sees its own chunk and n_chunks_before chunks before it, as in training.
         slots = jnp.arange(ring, dtype=jnp.int32)
         key_pos = pos - jnp.mod(pos - slots, ring)
         chunk = cfg.local_chunk_len
         ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.local_window[0])
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = _attend_one(q, c["k"], c["v"], ok)
+        out, _ = _attend_one(q, c["k"][g], c["v"][g], ok)
     elif kind == "full":
-        c["k"] = c["k"].at[:, :, pos].set(pr["wk"][:, :, 0])
-        c["v"] = c["v"].at[:, :, pos].set(v)
-        ok = jnp.arange(c["k"].shape[2]) <= pos
+        c["k"] = _write(c["k"], pr["wk"][:, :, 0], g, pos)
+        c["v"] = _write(c["v"], v, g, pos)
+        ok = jnp.arange(c["k"].shape[3]) <= pos
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = _attend_one(q, c["k"], c["v"], ok)
+        out, _ = _attend_one(q, c["k"][g], c["v"][g], ok)
     else:
-        c["k"] = c["k"].at[:, :, pos].set(attention.normalize_keys(q))
-        c["v"] = c["v"].at[:, :, pos].set(v)
+        c["k"] = _write(c["k"], attention.normalize_keys(q), g, pos)
+        c["v"] = _write(c["v"], v, g, pos)
         if kind == "full_shared":
-            positions = jnp.arange(c["k"].shape[2])
-            out, _ = _attend_one(q, c["k"], c["v"], positions <= pos, self_mask=positions == pos)
+            positions = jnp.arange(c["k"].shape[3])
+            out, _ = _attend_one(
+                q, c["k"][g], c["v"][g], positions <= pos, self_mask=positions == pos
+            )
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            new = hash_with(q[:, :, None], c["rotations"], factors)  # [b, h, r, 1]
-            c["buckets"] = jax.lax.dynamic_update_slice_in_dim(c["buckets"], new, pos, axis=3)
+            new = hash_with(q[:, :, None], c["rotations"][g], factors)  # [b, h, r, 1]
+            c["buckets"] = _write(c["buckets"], new[..., 0], g, pos, axis=4)
             out = lsh_decode_attention(
                 q,
-                c["k"],
-                c["v"],
-                c["buckets"],
+                c["k"][g],
+                c["v"][g],
+                c["buckets"][g],
                 pos,
                 n_buckets=math.prod(factors),
                 window=lsh_window(cfg),
@@ -418,13 +457,13 @@ def _head(params, cfg, h):
 # ----------------------------------------------------------------------------- prefill and step
 
 
-def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
-    """F over a whole prompt x [b, n, m] with training's attention; fills the cache entry."""
+def _prefill_attention(kind, p, cfg, x, c, g, n_hashes):
+    """F over a whole prompt x [b, n, m] with training's attention; fills layer g of entry c."""
     dtype = jnp.dtype(cfg.dtype)
     pr = _project(p, x, dtype, cfg.layer_norm_eps)
     q, v = pr["wq"], pr["wv"]
     n = x.shape[1]
-    c = dict(cache_entry)
+    c = dict(c)
     if kind == "local":
         out = attention.local_attention(
             q,
@@ -435,23 +474,23 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
             n_chunks_before=cfg.local_window[0],
             n_chunks_after=0,
         )
-        ring = c["k"].shape[2]
+        ring = c["k"].shape[3]
         keep = min(ring, n)  # the last `keep` positions go to slots position % ring
-        slots = jnp.arange(n - keep, n) % ring
-        c["k"] = c["k"].at[:, :, slots].set(pr["wk"][:, :, n - keep :])
-        c["v"] = c["v"].at[:, :, slots].set(v[:, :, n - keep :])
+        slots = np.arange(n - keep, n) % ring
+        for f, a in (("k", pr["wk"]), ("v", v)):
+            c[f] = c[f].at[g].set(c[f][g].at[:, :, slots].set(a[:, :, n - keep :]))
     elif kind == "full":
         out = attention.full_attention(q, pr["wk"], v, causal=True)
-        c["k"] = c["k"].at[:, :, :n].set(pr["wk"])
-        c["v"] = c["v"].at[:, :, :n].set(v)
+        c["k"] = c["k"].at[g, :, :, :n].set(pr["wk"])
+        c["v"] = c["v"].at[g, :, :, :n].set(v)
     else:
-        c["k"] = c["k"].at[:, :, :n].set(attention.normalize_keys(q))
-        c["v"] = c["v"].at[:, :, :n].set(v)
+        c["k"] = c["k"].at[g, :, :, :n].set(attention.normalize_keys(q))
+        c["v"] = c["v"].at[g, :, :, :n].set(v)
         if kind == "full_shared":
             out = attention.full_attention(q, None, v, causal=True, shared_qk=True)
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            buckets = hash_with(q, c["rotations"], factors)  # [b, h, r, n]
+            buckets = hash_with(q, c["rotations"][g], factors)  # [b, h, r, n]
             out, _ = attention.lsh_attention(
                 q,
                 v,
@@ -464,7 +503,7 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
                 n_chunks_after=0,
                 dedup=cfg.dedup,
             )
-            c["buckets"] = c["buckets"].at[:, :, :, :n].set(buckets)
+            c["buckets"] = c["buckets"].at[g, :, :, :, :n].set(buckets)
     y = jnp.einsum("bhnk,hkm->bnm", out, p["wo"].astype(dtype))
     return y, c
 
@@ -472,9 +511,10 @@ def _prefill_attention(kind, p, cfg, x, cache_entry, n_hashes):
 def _run_layers(params, cfg, cache_layers, x, attn_fn):
     """The reversible blocks run forward: x [b, n, m] -> (concat(y1, y2) [b, n, 2m], new caches).
 
-    attn_fn(kind, attention params, cache entry of one layer, x2) -> (F(x2), new entry).
+    attn_fn(kind, attention params, cache entry, group, x2) -> (F(x2), new entry),
+    where the entry holds one cycle position's arrays stacked over groups.
     Groups are unrolled (a decode step is small), so every cache array is
-    updated in place with static group indices.
+    updated in place at a static group index.
     """
     names = block_names(cfg)
     x1 = x2 = x
@@ -482,12 +522,9 @@ def _run_layers(params, cfg, cache_layers, x, attn_fn):
     for g in range(cfg.n_groups):
         for name, kind in zip(names, cfg.attention_kinds, strict=True):
             p = _layer_params(params, name, g)
-            entry = {f: a[g] for f, a in new[name].items()}
-            y, entry = attn_fn(kind, p["attention"], entry, x2)
+            y, new[name] = attn_fn(kind, p["attention"], new[name], g, x2)
             x1 = x1 + y
             x2 = x2 + _feed_forward(cfg, p["feed_forward"], x1)
-            for f, a in entry.items():
-                new[name][f] = new[name][f].at[g].set(a)
     return jnp.concatenate([x1, x2], axis=-1), new
 
 
@@ -526,8 +563,8 @@ def prefill(
     positions = jnp.broadcast_to(jnp.arange(n_inputs, dtype=jnp.int32), inputs.shape)
     x = _embed(params, cfg, inputs, positions)
 
-    def attn(kind, p, entry, x2):
-        return _prefill_attention(kind, p, cfg, x2, entry, n_hashes)
+    def attn(kind, p, entry, g, x2):
+        return _prefill_attention(kind, p, cfg, x2, entry, g, n_hashes)
 
     h, new = _run_layers(params, cfg, cache_layers, x, attn)
     return _head(params, cfg, h[:, -1]), Cache(layers=new, length=jnp.int32(n_inputs))
@@ -545,8 +582,8 @@ def _decode_step(params, cfg, cache, token):
     pos = cache.length
     x = _embed(params, cfg, token[:, None], jnp.broadcast_to(pos, token.shape)[:, None])
 
-    def attn(kind, p, entry, x2):
-        y, entry = _attention_step(kind, p, cfg, entry, x2[:, 0], pos)
+    def attn(kind, p, entry, g, x2):
+        y, entry = _attention_step(kind, p, cfg, entry, g, x2[:, 0], pos)
         return y[:, None], entry
 
     h, new = _run_layers(params, cfg, cache.layers, x, attn)

@@ -1,5 +1,7 @@
 """Cached decoding and sampling (reformer_jax/sampling.py)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -164,9 +166,7 @@ def test_top_k_1_and_temperature_to_zero_equal_greedy():
     for seed in range(5):
         key = jax.random.key(seed)
         np.testing.assert_array_equal(sampling.sample_logits(logits, key, top_k=1), greedy)
-        np.testing.assert_array_equal(
-            sampling.sample_logits(logits, key, temperature=1e-6), greedy
-        )
+        np.testing.assert_array_equal(sampling.sample_logits(logits, key, temperature=1e-6), greedy)
     # At temperature 1 the draws do differ from the argmax somewhere.
     draws = sampling.sample_logits(logits, jax.random.key(9))
     assert np.any(np.asarray(draws) != np.asarray(greedy))
@@ -299,3 +299,96 @@ def test_copy_task_model_writes_the_second_copy_by_greedy_lsh4_decoding():
     )
     accuracy = float(np.mean(np.asarray(ids) == tokens[:, half + 1 :]))
     assert accuracy >= 0.99, accuracy
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def _saved_run(tmp_path, **cfg_changes):
+    from reformer_jax import checkpoints
+
+    cfg = _cfg(**{"n_layers": 2, "attention_kinds": ("local", "lsh"), **cfg_changes})
+    params = ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"]
+    workdir = str(tmp_path / "run")
+    checkpoints.save_params(workdir, cfg, params, step=7)
+    return workdir, cfg, params
+
+
+def test_cli_text_prompt_prints_text_and_json_ids(tmp_path):
+    from reformer_jax import sample
+
+    from .inprocess import run
+
+    workdir, cfg, params = _saved_run(tmp_path, vocab_size=258, max_len=64, axial_shape=(8, 8))
+    args = [f"--workdir={workdir}", "--prompt=ab", "--num_tokens=5", "--seed=3", "--n_samples=2"]
+    result = run(sample.main, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2 and all(len(r["ids"]) == 5 for r in records)
+    # The CLI samples what the library samples: prompt "ab" = bytes + 2.
+    expected = sampling.generate(
+        params, cfg, np.array([[99, 100]] * 2), jax.random.key(3), num_tokens=5
+    )
+    assert [r["ids"] for r in records] == np.asarray(expected).tolist()
+    assert all(isinstance(r["text"], str) for r in records)
+    text = run(sample.main, *args)
+    assert text.returncode == 0, text.stderr
+    assert "--- sample 1 (checkpoint step 7) ---" in text.stdout
+    assert "\nab" in text.stdout  # each sample starts with its prompt
+
+
+def test_cli_image_prompt_writes_a_png_grid(tmp_path):
+    from PIL import Image
+
+    from reformer_jax import sample
+
+    from .inprocess import run
+
+    # One local layer keeps the 12,096-token prefill cheap; the CLI path is what is tested.
+    workdir, _, _ = _saved_run(
+        tmp_path,
+        n_layers=1,
+        attention_kinds=("local",),
+        vocab_size=256,
+        max_len=12288,
+        d_model=16,
+        d_ff=16,
+        d_head=8,
+        chunk_len=64,
+        local_chunk_len=64,
+        n_buckets=None,
+        axial_shape=(64, 64, 3),
+        axial_dims=(8, 4, 4),
+    )
+    rng = np.random.default_rng(0)
+    original = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    png = str(tmp_path / "prompt.png")
+    Image.fromarray(original).save(png)
+    out = str(tmp_path / "grid.png")
+    result = run(
+        sample.main,
+        f"--workdir={workdir}",
+        f"--image_prompt={png}",
+        "--prompt_rows=63",
+        "--n_samples=2",
+        f"--output={out}",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    ids = [json.loads(line)["ids"] for line in result.stdout.splitlines()]
+    assert [len(i) for i in ids] == [192, 192]  # the last pixel row, completed
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 * 64, 3 * 64, 3)
+    np.testing.assert_array_equal(grid[:64, 128:], original)  # the original column
+    np.testing.assert_array_equal(grid[64:, 64 : 64 + 64][:63], original[:63])  # kept rows
+    np.testing.assert_array_equal(grid[:64, 64:128][63].reshape(-1), ids[0])  # completion
+
+    small = str(tmp_path / "small.png")
+    Image.fromarray(original[:8, :8]).save(small)
+    bad = run(sample.main, f"--workdir={workdir}", f"--image_prompt={small}", "--prompt_rows=3")
+    assert bad.returncode == 2
+    assert bad.last_line.startswith("error: --image_prompt: expected a 64x64 RGB image, got a 8x8")
+    gray = str(tmp_path / "gray.png")
+    Image.fromarray(original[..., 0]).save(gray)
+    bad = run(sample.main, f"--workdir={workdir}", f"--image_prompt={gray}", "--prompt_rows=3")
+    assert "got a 64x64 L one" in bad.last_line
