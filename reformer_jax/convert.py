@@ -27,6 +27,10 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
 - num_buckets=None: HF picks a power of two from the first sequence it sees;
   we use the paper's 2L/c per call.
+- lengths: HF pads an input whose length is not a multiple of the chunk
+  lengths' lcm up to that multiple, pads hashed into an extra last bucket;
+  we do not, so log-probabilities agree at multiples of the lcm and at
+  lengths up to the smaller chunk, not in between.
 - dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
   and local rates differ we take the local rate (see `config_from_hf`).
   Evaluation and sampling are unaffected.

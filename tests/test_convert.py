@@ -298,3 +298,24 @@ def test_evaluate_reads_a_converted_workdir(tmp_path, capsys):
     nll = -np.take_along_axis(np.asarray(log_probs)[:, :-1], tokens[:, 1:, None], -1)[..., 0]
     want = (nll * weights[:, 1:]).sum() / weights[:, 1:].sum()
     np.testing.assert_allclose(result["loss"], want, rtol=1e-5)
+
+
+def test_sharded_safetensors_read_like_one_file(tmp_path):
+    path = _copy_case(tmp_path)
+    tensors = load_file(path / "model.safetensors")
+    os.remove(path / "model.safetensors")
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, path / file)
+    index = {"weight_map": {n: f for f, part in shards.items() for n in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    got, source = convert.read_hf_tensors(str(path))
+    assert source == "model.safetensors.index.json" and sorted(got) == names
+    for n in names:
+        np.testing.assert_array_equal(got[n], tensors[n])
+    os.remove(path / "model-00002-of-00002.safetensors")
+    _one_line_error(path, "names model-00002-of-00002.safetensors, which is not in")
