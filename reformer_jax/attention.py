@@ -1,12 +1,13 @@
 """LSH, local and full attention as pure, jit-able functions.
 
-Arrays are [batch, heads, length, dim]. Einsum legend: b batch, h heads,
-r hash rounds, l length, d head dim (e for values), n sorted slots (r * l),
-u chunks, c chunk length, w window length ((before + 1 + after) * c).
+Arrays are [batch, heads, length, dim]. Shapes use the package's einsum legend
+(reformer_jax/__init__.py): here b batch, h heads, r hash rounds, l length,
+d per-head dim (e for values), n sorted slots (r * l), u chunks, c chunk
+length, w window length ((before + 1 + after) * c).
 
 All three share one chunked kernel (`_attend`): dot products of a chunk of
 queries against a window of keys, additive float32 masks computed from the
-ORIGINAL positions of queries and keys (SPEC §1.7), a float32 softmax whose
+ORIGINAL positions of queries and keys (docs/algorithm.md §1.7), a float32 softmax whose
 log-sum-exp is kept, optional dropout on the probabilities, and the weighted
 sum of values. Memory is O(l * w) per head: no [l, l] array on the LSH or local
 path.
@@ -19,7 +20,7 @@ import jax.numpy as jnp
 
 from reformer_jax import lsh
 
-# Additive logit penalties (SPEC §1.7). Finite on purpose: a query whose only
+# Additive logit penalties (docs/algorithm.md §1.7). Finite on purpose: a query whose only
 # admissible key is itself still attends to itself instead of producing NaN.
 MASK_PENALTY = 1e9
 SELF_PENALTY = 1e5
@@ -48,7 +49,7 @@ def apply_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
 
 
 def normalize_keys(q: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Shared-QK keys: k = q * rsqrt(mean(q^2) + eps) / sqrt(d) (SPEC §1.6).
+    """Shared-QK keys: k = q * rsqrt(mean(q^2) + eps) / sqrt(d) (docs/algorithm.md §1.6).
 
     That is q/|q| up to eps; the statistics are computed in float32.
     """
@@ -75,7 +76,7 @@ def lsh_attention(
     buckets: jax.Array | None = None,
     per_example_rotations: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-    """Shared-QK LSH self-attention (SPEC §1, paper §2).
+    """Shared-QK LSH self-attention (docs/algorithm.md §1, paper §2).
 
     Args:
       qk: [b, h, l, d] shared queries/keys (keys are the normalised queries).
@@ -191,7 +192,7 @@ def local_attention(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
 ) -> jax.Array:
-    """Chunked local attention in the original order (SPEC §2).
+    """Chunked local attention in the original order (docs/algorithm.md §2).
 
     Each chunk of c queries attends to its own chunk and `n_chunks_before` /
     `n_chunks_after` neighbours, logits q.k / sqrt(d). Unlike LSH attention the
@@ -256,7 +257,7 @@ def full_attention(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
 ) -> jax.Array:
-    """Ordinary O(l^2) attention, and its shared-QK variant (SPEC §2).
+    """Ordinary O(l^2) attention, and its shared-QK variant (docs/algorithm.md §2).
 
     Standard: logits q.k / sqrt(d). Shared-QK (`shared_qk=True`, pass k=None):
     keys are `normalize_keys(q)`, queries unscaled, and a token attends to

@@ -1,29 +1,52 @@
-"""Shared command-line plumbing: gin registration and parsing, one-line errors.
+"""The command-line layer: gin, flags, one-line errors, and the trainer's `main`.
 
-Gin lives only at the top (STYLE "Gin at the top only"): the command-line
-entry points call `parse_gin`, which registers the library's configurables
-here, so no library module imports gin.
+    python -m reformer_jax.train --gin_file=configs/copy.gin [--gin_param=...] [--workdir=DIR]
+        [--gin_search_paths=DIR,...] [--coordinator_address=HOST:PORT --num_processes=N
+         --process_id=I | --distributed]
+
+Gin lives only here, at the top: this module registers the library's
+configurables, parses the user's files and bindings and calls plain Python
+(`train.train`). The entry points (`reformer_jax/train/__main__.py`,
+evaluate.py, memory.py) import this module; no library module imports gin,
+and the trainer does not import this module, so the imports point one way.
+
+Config files: `--gin_file=configs/x.gin` is read from that path when it
+exists, otherwise from the configs shipped inside the package
+(`reformer_jax.configs`), so an installed package runs from any directory.
+`include 'base.gin'` resolves next to the including file, then in each
+`--gin_search_paths` directory, then in the shipped configs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 import gin
+import jax
 
-from reformer_jax.data import enwik8, imagenet64, synthetic
+from reformer_jax import checkpoints, train
+from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
 from reformer_jax.model import ReformerConfig
 
 _REGISTERED = False
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+log = logging.getLogger("reformer_jax")
 
 
 class UsageError(Exception):
     """A problem with the user's input; printed as one line, exit status 2."""
+
+
+def config_dir() -> str:
+    """The directory of the shipped gin configs (package data, or the source tree's configs/)."""
+    try:
+        return str(importlib.resources.files("reformer_jax.configs"))
+    except ModuleNotFoundError:  # running from a source tree that is not installed
+        return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 def register_configurables() -> None:
@@ -36,8 +59,6 @@ def register_configurables() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from reformer_jax import train
-
     gin.external_configurable(ReformerConfig, name="ReformerConfig")
     gin.external_configurable(train.train, name="train")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
@@ -48,7 +69,11 @@ def register_configurables() -> None:
 
 def add_gin_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--gin_file", action="append", default=[], help="gin config file; repeat to layer several"
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin config file (a path, or configs/<name>.gin shipped with the package); "
+        "repeat to layer several",
     )
     parser.add_argument(
         "--gin_param",
@@ -56,23 +81,47 @@ def add_gin_flags(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="one gin binding, e.g. 'ReformerConfig.n_layers = 6'",
     )
+    parser.add_argument(
+        "--gin_search_paths",
+        default="",
+        help="comma-separated directories searched for gin `include`s, before the shipped configs",
+    )
 
 
-def parse_gin(files: Sequence[str], params: Sequence[str]) -> None:
+def resolve_gin_file(path: str) -> str:
+    """`path` if it exists, else the shipped config of the same name, else a UsageError."""
+    if os.path.isfile(path):
+        return path
+    shipped = os.path.join(config_dir(), os.path.basename(path))
+    if os.path.dirname(path) in ("", "configs") and os.path.isfile(shipped):
+        return shipped
+    raise UsageError(
+        f"gin file not found: {path} (give a path to a .gin file, or configs/<name>.gin for one "
+        f"of the shipped configs: {', '.join(_shipped_names())})"
+    )
+
+
+def _shipped_names() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(config_dir()) if n.endswith(".gin"))
+    except OSError:
+        return []
+
+
+def parse_gin(
+    files: Sequence[str], params: Sequence[str], search_paths: Sequence[str] = ()
+) -> None:
     """Parses gin files and bindings, turning gin's errors into UsageError."""
     register_configurables()
-    for path in files:
-        if not os.path.isfile(path):
-            raise UsageError(
-                f"gin file not found: {path} (give a path to a .gin file, "
-                "e.g. --gin_file=configs/copy.gin)"
-            )
+    files = [resolve_gin_file(p) for p in files]
     gin.clear_config()
-    # `include 'base.gin'` resolves next to the including file, then in the
-    # repository's configs/ directory.
     for path in files:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
-    gin.add_config_file_search_path(CONFIG_DIR)
+    for path in search_paths:
+        if not os.path.isdir(path):
+            raise UsageError(f"--gin_search_paths: {path} is not a directory")
+        gin.add_config_file_search_path(os.path.abspath(path))
+    gin.add_config_file_search_path(config_dir())
     # gin logs an error for every search path it tries before the one that works.
     logging.disable(logging.ERROR)
     try:
@@ -103,11 +152,12 @@ def query(binding: str, default=None):
 
 
 def prepare_workdir(workdir: str) -> None:
-    """Creates the workdir and writes the parsed config to <workdir>/config.gin."""
+    """Creates the workdir and (on process 0 only) writes the parsed config to config.gin."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.gin"), "w") as f:
-            f.write(gin.config_str())
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.gin"), "w") as f:
+                f.write(gin.config_str())
     except OSError as e:
         raise UsageError(
             f"cannot write to workdir {workdir!r}: {e.strerror}; choose a writable --workdir"
@@ -116,15 +166,95 @@ def prepare_workdir(workdir: str) -> None:
 
 def call_train(**kwargs):
     """Calls the gin-configured `train`; configuration mistakes become UsageError."""
-    from reformer_jax.train import TrainingError
-
     register_configurables()
     try:
         return gin.get_configurable("train")(**kwargs)
-    except (TrainingError, enwik8.DatasetError, imagenet64.DatasetError) as e:
+    except (train.TrainingError, checkpoints.CheckpointError, DatasetError) as e:
         raise UsageError(_first_line(e)) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"bad configuration: {_first_line(e)}") from None
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (so in-process callers can capture it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
+def log_to_stderr() -> None:
+    """The trainer's own messages (resume, warnings) on stderr, whatever absl did."""
+    if not log.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-host (one process per host)")
+    group.add_argument(
+        "--coordinator_address", default=None, help="host:port of process 0 (e.g. 10.0.0.1:1234)"
+    )
+    group.add_argument("--num_processes", type=int, default=None, help="number of processes")
+    group.add_argument("--process_id", type=int, default=None, help="this process's index")
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() with the cluster's own settings (SLURM, TPU pods)",
+    )
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize from the flags; nothing for a single process."""
+    given = [args.coordinator_address, args.num_processes, args.process_id]
+    if any(v is not None for v in given):
+        if any(v is None for v in given):
+            raise UsageError(
+                "give all of --coordinator_address, --num_processes and --process_id, or none"
+            )
+        if not 0 <= args.process_id < args.num_processes:
+            raise UsageError(
+                f"--process_id={args.process_id} must be in [0, {args.num_processes}), "
+                "the range --num_processes gives"
+            )
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def train_main(argv: Sequence[str]) -> None:
+    """`python -m reformer_jax.train`: flags -> gin -> workdir -> train()."""
+    parser = argparse.ArgumentParser(
+        prog="python -m reformer_jax.train", description="Train a ReformerLM from gin configs."
+    )
+    add_gin_flags(parser)
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="checkpoints, metrics and config.gin go here (default: runs/<first gin file's name>)",
+    )
+    add_distributed_flags(parser)
+    args = parser.parse_args(argv)
+    if not args.gin_file:
+        raise UsageError("give at least one --gin_file (e.g. --gin_file=configs/copy.gin)")
+    init_distributed(args)
+    log_to_stderr()
+    parse_gin(args.gin_file, args.gin_param, split_paths(args.gin_search_paths))
+    workdir = args.workdir or os.path.join(
+        "runs", os.path.splitext(os.path.basename(args.gin_file[0]))[0]
+    )
+    prepare_workdir(workdir)
+    call_train(workdir=workdir)
+
+
+def split_paths(value: str) -> list[str]:
+    return [p for p in value.split(",") if p]
 
 
 def run_main(main, argv: Sequence[str] | None = None) -> None:

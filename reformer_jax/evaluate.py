@@ -3,10 +3,11 @@
     python -m reformer_jax.evaluate --workdir=DIR [--gin_param=...] [--variants full lsh-1 ...]
         [--eval_batches=N] [--split=eval|test]
 
-Reads <workdir>/config.gin (written by the trainer), applies --gin_param
-overrides on top (e.g. 'ReformerConfig.n_hashes = 8', or
-'ReformerConfig.attention_kinds = ("full_shared",)'), restores the parameters
-of the newest readable checkpoint and evaluates on the eval split. With
+Restores the newest readable checkpoint of the run (reformer_jax/checkpoints.py:
+its parameters and its model config), applies --gin_param overrides on top
+(e.g. 'ReformerConfig.n_hashes = 8', or 'ReformerConfig.attention_kinds =
+("full_shared",)'), and evaluates on the eval split of the dataset that
+<workdir>/config.gin (written by the trainer) or --gin_file names. With
 --variants, evaluates each of "full" and "lsh-N" and prints the paper's
 Table 2 row.
 """
@@ -20,54 +21,31 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec
 
-from reformer_jax import cli, train
+from reformer_jax import checkpoints, cli, train
+from reformer_jax.data import DatasetError
 from reformer_jax.model import ReformerLM
 
 
-def restore_params(workdir: str, abstract_params, mesh):
-    """Parameters of the newest readable checkpoint in <workdir>/checkpoints, and its step."""
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
-        raise cli.UsageError(
-            f"no checkpoints in {directory}: train first, or pass the --workdir of a training run"
-        )
-    replicated = NamedSharding(mesh, PartitionSpec())
-    item = {
-        "params": jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract_params
-        )
-    }
-    manager = ocp.CheckpointManager(directory)
-    for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.PyTreeRestore(
-                        item=item,
-                        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                        partial_restore=True,
-                    )
-                ),
-            )
-            return restored["state"]["params"], step
-        except Exception as e:  # noqa: BLE001 - any failure means "unreadable"
-            train.log.warning(
-                "checkpoint at step %d is unreadable (%s); trying an older one",
-                step,
-                type(e).__name__,
-            )
-    raise cli.UsageError(f"no readable checkpoint in {directory}")
+def _config_bindings(cfg) -> list[str]:
+    """gin bindings that reproduce a checkpoint's ReformerConfig (before the user's overrides)."""
+    return [f"ReformerConfig.{name} = {value!r}" for name, value in vars(cfg).items()]
 
 
 def main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m reformer_jax.evaluate", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--workdir", required=True, help="a training run's workdir")
+    parser.add_argument(
+        "--workdir", required=True, help="a training run's workdir (or one written by save_params)"
+    )
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        default=[],
+        help="gin config naming the dataset (default: <workdir>/config.gin)",
+    )
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
     parser.add_argument(
         "--gin_param",
         action="append",
@@ -93,23 +71,32 @@ def main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    train._log_to_stderr()
+    cli.log_to_stderr()
     config = os.path.join(args.workdir, "config.gin")
-    if not os.path.isfile(config):
-        raise cli.UsageError(f"{config} not found: --workdir must be a training run's workdir")
-    cli.parse_gin([config], args.gin_param)
+    gin_files = args.gin_file or [config]
+    if not args.gin_file and not os.path.isfile(config):
+        raise cli.UsageError(
+            f"{config} not found: --workdir must be a training run's workdir (or give --gin_file "
+            "for the dataset of a run saved with save_params)"
+        )
+    mesh = train.make_mesh()
+    try:
+        run = checkpoints.load_run(args.workdir, args.step, mesh=mesh)
+    except checkpoints.CheckpointError as e:
+        raise cli.UsageError(str(e)) from None
+    # The model is the checkpoint's own config, with the user's overrides on top.
+    cli.parse_gin(gin_files, _config_bindings(run.config) + args.gin_param)
     cfg = cli.model_config()
     dataset_ref = cli.query("train.dataset_fn")
     if dataset_ref is None:
-        raise cli.UsageError(f"{config} binds no train.dataset_fn")
+        raise cli.UsageError(f"{gin_files[0]} binds no train.dataset_fn")
     dataset_fn = dataset_ref.scoped_configurable_fn  # the factory with its gin bindings
-    mesh = train.make_mesh()
-    abstract = jax.eval_shape(
-        lambda: ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, cfg.max_len), jnp.int32))[
-            "params"
-        ]
-    )
-    params, step = restore_params(args.workdir, abstract, mesh)
+    params, step = run.params, run.step
+    abstract = _abstract_params(cfg)
+    try:
+        checkpoints.check_params_fit(params, abstract, f"checkpoint step {step}")
+    except checkpoints.CheckpointError as e:
+        raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
     kw = dict(
         batch_size=cli.query("train.batch_size", 8),
         eval_batches=(
@@ -121,17 +108,30 @@ def main(argv: Sequence[str]) -> None:
         mesh=mesh,
         split=args.split,
     )
-    results = {}
-    for variant in args.variants or [None]:
-        var_cfg, label = (
-            (cfg, "as configured") if variant is None else (train.eval_variant_config(cfg, variant))
+    try:
+        variants = (
+            [(cfg, "as configured")]
+            if not args.variants
+            else [train.eval_variant_config(cfg, v) for v in args.variants]
         )
-        results[label] = train.evaluate_params(params, var_cfg, dataset_fn, **kw)
+    except ValueError as e:
+        raise cli.UsageError(f"--variants: {e}") from None
+    results = {}
+    for var_cfg, label in variants:
+        try:
+            results[label] = train.Evaluator(var_cfg, dataset_fn, **kw)(params)
+        except DatasetError as e:
+            raise cli.UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"step": step, "results": results}))
     else:
         print(f"checkpoint step {step} of {args.workdir}")
         print(train.format_eval_table(results))
+
+
+def _abstract_params(cfg):
+    tokens = jnp.zeros((1, cfg.max_len), jnp.int32)
+    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
 
 
 if __name__ == "__main__":

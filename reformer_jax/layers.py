@@ -1,9 +1,10 @@
 """Flax modules that own the Reformer's parameters and call the pure math.
 
-Einsum legend: b batch, l length, d d_model, h heads, k per-head dim, f d_ff,
-n sequence chunks, c chunk length.
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here b
+batch, l length, m d_model, h heads, g heads per group, d per-head dim,
+f d_ff, u chunks, c chunk length.
 
-The two halves of a reversible block (SPEC §3) are modules whose `apply` is a
+The two halves of a reversible block (docs/algorithm.md §3) are modules whose `apply` is a
 pure function of (params, x, key): the reversible stack (reversible.py)
 differentiates and replays them with `jax.vjp`. Every random choice inside a
 half (hashing, attention dropout, output dropout, feed-forward dropout) comes
@@ -27,9 +28,16 @@ from reformer_jax import attention, lsh
 Array = jax.Array
 ATTENTION_KINDS = ("lsh", "local", "full", "full_shared")
 SHARED_QK_KINDS = ("lsh", "full_shared")
-ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+# "gelu" is the tanh approximation (trax's and jax's default); "gelu_exact" the
+# erf form (PyTorch's and HF transformers' "gelu").
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "gelu_exact": functools.partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+}
 
-# Sub-keys of a layer key (DESIGN "Keys").
+# Sub-keys of a layer key (docs/algorithm.md, "Keys and randomness").
 HASH, ATTN_DROPOUT, OUT_DROPOUT, FF_DROPOUT = range(4)
 
 
@@ -111,10 +119,11 @@ class LayerNormParams(nn.Module):
 class AttentionHalf(nn.Module):
     """F of a reversible block: LayerNorm -> attention -> W_o -> dropout.
 
-    `kind` is one of "lsh" (shared-QK LSH, SPEC §1), "local" (chunked, SPEC §2),
-    "full" (dense, separate W_k) or "full_shared" (dense shared-QK, the same
-    parameters as "lsh": an LSH layer can be evaluated with full attention).
-    Projections have no biases (SPEC §1.1).
+    `kind` is one of "lsh" (shared-QK LSH, docs/algorithm.md §1), "local"
+    (chunked, docs/algorithm.md §2), "full" (dense, separate W_k) or
+    "full_shared" (dense shared-QK, the same parameters as "lsh": an LSH layer
+    can be evaluated with full attention).
+    Projections have no biases (docs/algorithm.md §1.1).
     """
 
     cfg: Any  # reformer_jax.model.ReformerConfig
@@ -128,14 +137,19 @@ class AttentionHalf(nn.Module):
         *,
         n_hashes: int | None = None,
         buckets: Array | None = None,
+        hash_key: Array | None = None,
         deterministic: bool = True,
         mask: Array | None = None,
     ) -> tuple[Array, Array | None]:
-        """x: [b, l, d] -> (y [b, l, d], LSH buckets [b, h, r, l] or None)."""
+        """x: [b, l, m] -> (y [b, l, m], LSH buckets [b, h, r, l] or None).
+
+        LSH rotations come from `hash_key` when given (a fixed hash seed),
+        else from `key`; `buckets` skips hashing altogether.
+        """
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, heads, dk = cfg.d_model, cfg.n_heads, cfg.d_head
-        # Fan-in is d_model for the [d, h, k] projections, h * k for [h, k, d].
+        # Fan-in is d_model for the [m, h, d] projections, h * d for [h, d, m].
         init = nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         proj = lambda name: self.param(name, init, (d, heads, dk), jnp.float32)
         wq = proj("wq")
@@ -150,11 +164,12 @@ class AttentionHalf(nn.Module):
         keys = layer_keys(key)
 
         norm = LayerNormParams(d, name="norm")()
-        h = layer_norm(x, norm["scale"], norm["bias"]).astype(dtype)
+        h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
         if self.kind not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
         n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
         attn_rate = 0.0 if deterministic else cfg.attention_dropout
+        hash_key = keys[HASH] if hash_key is None else hash_key
 
         def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
             common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
@@ -180,8 +195,8 @@ class AttentionHalf(nn.Module):
                     v,
                     chunk_len=cfg.local_chunk_len,
                     causal=cfg.causal,
-                    n_chunks_before=cfg.n_chunks_before,
-                    n_chunks_after=cfg.n_chunks_after,
+                    n_chunks_before=cfg.local_window[0],
+                    n_chunks_after=cfg.local_window[1],
                     **common,
                 )
             else:
@@ -191,18 +206,18 @@ class AttentionHalf(nn.Module):
             return out, None
 
         def heads_out(wq, wk, wv, wo, hash_key, drop_key, buckets):
-            """Heads of [d, g, k] projections -> (float32 [b, l, d] sum over them, buckets)."""
-            project = lambda w: jnp.einsum("bld,dhk->bhlk", h, w.astype(dtype))
+            """Heads of [m, g, d] projections -> (float32 [b, l, m] sum over them, buckets)."""
+            project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
             k = None if wk is None else project(wk)
             out, new_buckets = attend(project(wq), k, project(wv), hash_key, drop_key, buckets)
             y = jnp.einsum(
-                "bhlk,hkd->bld", out, wo.astype(dtype), preferred_element_type=jnp.float32
+                "bhld,hdm->blm", out, wo.astype(dtype), preferred_element_type=jnp.float32
             )
             return y, new_buckets
 
         group = cfg.attention_head_chunk or heads
         if group >= heads:
-            y, new_buckets = heads_out(wq, wk, wv, wo, keys[HASH], keys[ATTN_DROPOUT], buckets)
+            y, new_buckets = heads_out(wq, wk, wv, wo, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
             # Heads in groups, from the projections on, under jax.checkpoint:
             # one group's q, v and [chunks, c, w] logits are alive at a time,
@@ -225,7 +240,7 @@ class AttentionHalf(nn.Module):
                     wk_i,
                     wv_i,
                     wo_i,
-                    jax.random.fold_in(keys[HASH], i),
+                    jax.random.fold_in(hash_key, i),
                     jax.random.fold_in(keys[ATTN_DROPOUT], i),
                     b_i,
                 )
@@ -252,10 +267,10 @@ class AttentionHalf(nn.Module):
 class FeedForwardHalf(nn.Module):
     """G of a reversible block: LayerNorm -> Dense(d_ff) -> dropout -> act -> Dense -> dropout.
 
-    Dropout sits before the activation, as in trax (SPEC §4). With
-    `cfg.ff_chunk_size`, the sequence is processed in chunks under
-    `jax.checkpoint`, so only one chunk's [b, c, f] activation is alive in the
-    forward or the backward pass. Each chunk draws its dropout mask from
+    Dropout sits before the activation, as in trax (docs/algorithm.md §4). With
+    `cfg.ff_chunk_size`, the sequence is processed in chunks by `map_chunks`
+    (recomputed in the backward pass), so only one chunk's [b, c, f]
+    activation is alive in the forward or the backward pass. Each chunk draws its dropout mask from
     fold_in(key, chunk index), so masks depend on the chunk size.
     """
 
@@ -263,7 +278,7 @@ class FeedForwardHalf(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, key: Array, *, deterministic: bool = True) -> Array:
-        """x: [b, l, d] -> [b, l, d]."""
+        """x: [b, l, m] -> [b, l, m]."""
         cfg = self.cfg
         dtype = jnp.dtype(cfg.dtype)
         d, f = cfg.d_model, cfg.d_ff
@@ -277,12 +292,13 @@ class FeedForwardHalf(nn.Module):
         ff_key = layer_keys(key)[FF_DROPOUT]
         act = ACTIVATIONS[cfg.ff_activation]
 
-        def block(p, xc, k):  # xc: [b, c, d]
-            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"]).astype(dtype)
+        def block(p, xc, k):  # xc: [b, c, m]
+            h = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
+            h = h.astype(dtype)
             k1, k2 = jax.random.split(k)
-            h = jnp.einsum("bcd,df->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
+            h = jnp.einsum("bcm,mf->bcf", h, p["w1"].astype(dtype)) + p["b1"].astype(dtype)
             h = act(dropout(h, cfg.dropout, k1, deterministic))
-            h = jnp.einsum("bcf,fd->bcd", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
+            h = jnp.einsum("bcf,fm->bcm", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
             return dropout(h, cfg.dropout, k2, deterministic)
 
         b, length, _ = x.shape
@@ -296,12 +312,12 @@ class FeedForwardHalf(nn.Module):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def map_chunks(fn, chunk: int, params, x: Array, key: Array) -> Array:
-    """y[:, i*c:(i+1)*c] = fn(params, x[:, i*c:(i+1)*c], fold_in(key, i)) for x: [b, n*c, d].
+    """y[:, i*c:(i+1)*c] = fn(params, x[:, i*c:(i+1)*c], fold_in(key, i)) for x: [b, n*c, m].
 
-    Both passes loop over the chunks writing into one [b, l, d] output in
+    Both passes loop over the chunks writing into one [b, l, m] output in
     place; the backward pass recomputes each chunk's forward inside `jax.vjp`
     and sums the parameter gradients. Only one chunk's activations are alive
-    at a time, and no stacked [n, b, c, d] copies of x, y or their cotangents
+    at a time, and no stacked [n, b, c, m] copies of x, y or their cotangents
     are made (`lax.map` over a transposed x makes several; at [65536, 1024]
     each is 256 MiB in float32).
     """
@@ -373,7 +389,7 @@ def _near_sqrt_factor(n: int) -> int:
 
 
 class AxialPositionalEmbedding(nn.Module):
-    """Axial positions (SPEC §5): one N(0, 1) table per axis, concatenated.
+    """Axial positions (docs/algorithm.md §5): one N(0, 1) table per axis, concatenated.
 
     Position p of a shape (s_1, ..., s_k) has coordinates (p_1, ..., p_k) in
     row-major order and encoding concat(E_1[p_1], ..., E_k[p_k]). A call with a

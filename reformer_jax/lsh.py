@@ -1,11 +1,11 @@
 """Hashing, sorting and chunking for LSH attention: pure jnp functions.
 
-Einsum legend used in shapes below:
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here
     b batch, h heads, r hash rounds (n_hashes), l sequence length, d per-head dim,
-    k rotation columns, n = r * l sorted slots, c chunk length, w window length
-    ((n_chunks_before + 1 + n_chunks_after) * c).
+    k rotation columns, n = r * l sorted slots, u chunks, c chunk length, w window
+    length ((n_chunks_before + 1 + n_chunks_after) * c).
 
-Everything here follows SPEC §1 (paper §2.1-2.2): angular LSH by random
+Everything here follows docs/algorithm.md §1 (paper §2.1-2.2): angular LSH by random
 rotations, a round-major sort by (round, bucket, position), and chunking of the
 sorted sequence with a look-back window.
 """
@@ -52,7 +52,7 @@ def default_n_buckets(length: int, chunk_len: int) -> int | list[int]:
     """The paper's choice n_b = 2L/c (an average bucket holds c/2 tokens).
 
     Rounded up to an even number; factorised into two even factors when it
-    exceeds 128 (SPEC §1.2), e.g. L=65536, c=256 -> [32, 16].
+    exceeds 128 (docs/algorithm.md §1.2), e.g. L=65536, c=256 -> [32, 16].
     """
     if length <= 0 or chunk_len <= 0:
         raise ValueError(f"length ({length}) and chunk_len ({chunk_len}) must be positive.")
@@ -122,8 +122,8 @@ def permute(x: jax.Array, perm: jax.Array, inv: jax.Array) -> jax.Array:
     """y[..., s, :] = x[..., perm[s], :] along axis 2 of [b, h, n, ...].
 
     `inv` must be the inverse permutation. The gradient is the inverse gather
-    (g[..., inv[t], :]) rather than autodiff's scatter-add: DESIGN "What makes it
-    fast".
+    (g[..., inv[t], :]) rather than autodiff's scatter-add, which serialises
+    on accelerators while a gather does not.
     """
     return _take(x, perm)
 

@@ -1,10 +1,10 @@
-"""ReformerLM (SPEC §5) and its frozen config.
+"""ReformerLM (docs/algorithm.md §5) and its frozen config.
 
-Einsum legend: b batch, l length, d d_model, v vocabulary, n loss chunks,
-c loss chunk length.
+Shapes use the package's einsum legend (reformer_jax/__init__.py): here b
+batch, l length, m d_model, v vocabulary, u loss chunks, c loss chunk length.
 
-    tokens [b, l] -> shift right -> embed -> dropout -> + positions
-      -> (x1, x2) = (e, e) -> reversible stack -> concat(y1, y2) [b, l, 2d]
+    tokens [b, l] -> shift right (unless cfg.shift_inputs=False) -> embed -> dropout -> + positions
+      -> (x1, x2) = (e, e) -> reversible stack -> concat(y1, y2) [b, l, 2m]
       -> LayerNorm -> dropout -> Dense(vocab) -> log-softmax
 """
 
@@ -29,8 +29,17 @@ class ReformerConfig:
 
     attention_kinds is the per-layer cycle ("lsh", "local", "full",
     "full_shared"); n_layers must be a multiple of its length. n_buckets=None
-    uses the paper's 2L/c (SPEC §1.2). axial_shape=None uses fixed sinusoidal
+    uses the paper's 2L/c (docs/algorithm.md §1.2). axial_shape=None uses fixed sinusoidal
     positions; pos_encoding="none" uses none.
+
+    Fields that imported checkpoints need (reformer_jax.convert), each
+    defaulting to the behaviour trained models here already have:
+    layer_norm_eps (HF transformers uses 1e-12); hash_seed (fixed LSH
+    rotations: layer i hashes with fold_in(key(hash_seed), i) on every call,
+    instead of rotations drawn from the call's key); shift_inputs (False: the
+    model reads tokens as given, so position t predicts token t + 1, as HF's
+    ReformerModelWithLMHead does); local_n_chunks_before/after (the local
+    layers' window when it differs from the LSH layers'; None = the same).
     """
 
     vocab_size: int = 256
@@ -61,6 +70,11 @@ class ReformerConfig:
     remat: bool = False
     causal: bool = True
     dtype: str = "float32"
+    layer_norm_eps: float = 1e-6
+    hash_seed: int | None = None
+    shift_inputs: bool = True
+    local_n_chunks_before: int | None = None
+    local_n_chunks_after: int | None = None
 
     def __post_init__(self):
         # Sequences given as lists (gin, JSON) become tuples so the config hashes.
@@ -131,6 +145,24 @@ class ReformerConfig:
             layers.check_axial(self.axial_shape, self.axial_dims, self.max_len, self.d_model)
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={self.dtype!r}; use 'float32' or 'bfloat16'.")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(
+                f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}."
+            )
+        if self.hash_seed is not None and (
+            isinstance(self.hash_seed, bool) or not isinstance(self.hash_seed, int)
+        ):
+            raise ValueError(
+                f"hash_seed must be an int (fixed LSH rotations) or None, got {self.hash_seed!r}."
+            )
+        for name in ("n_chunks_before", "n_chunks_after") + tuple(
+            f"local_{n}" for n in ("n_chunks_before", "n_chunks_after")
+        ):
+            value = getattr(self, name)
+            if value is None and name.startswith("local_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
 
     @property
     def n_groups(self) -> int:
@@ -141,6 +173,20 @@ class ReformerConfig:
         if self.n_buckets is not None:
             return self.n_buckets
         return lsh.default_n_buckets(lsh.round_up(length, self.chunk_len), self.chunk_len)
+
+    @property
+    def local_window(self) -> tuple[int, int]:
+        """(chunks before, chunks after) of the local layers' window."""
+        before, after = self.local_n_chunks_before, self.local_n_chunks_after
+        return (
+            self.n_chunks_before if before is None else before,
+            self.n_chunks_after if after is None else after,
+        )
+
+    def lsh_layers(self) -> list[int]:
+        """Indices of the layers that use LSH attention (the keys of `buckets`)."""
+        kinds = self.attention_kinds
+        return [i for i in range(self.n_layers) if kinds[i % len(kinds)] == "lsh"]
 
     def replace(self, **changes) -> ReformerConfig:
         return dataclasses.replace(self, **changes)
@@ -164,7 +210,7 @@ def shift_right(tokens: Array) -> Array:
 
 
 class ReformerLM(nn.Module):
-    """Decoder-only Reformer language model (SPEC §5).
+    """Decoder-only Reformer language model (docs/algorithm.md §5).
 
     Call with `key` (a PRNG key, required when training) for hashing and
     dropout: layer i of a call uses fold_in(key, i). Without a key, hashing
@@ -216,15 +262,26 @@ class ReformerLM(nn.Module):
         mask: Array | None = None,
         weights: Array | None = None,
         output: str = "log_probs",
+        buckets: dict[int, Array] | None = None,
+        return_buckets: bool = False,
     ):
         """Runs the model on tokens [b, l] (int).
 
-        output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2d] before the
+        output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2m] before the
         head; "loss": float32 sums {"nll", "correct", "weight"} of the
         next-token loss weighted by `weights` [b, l] (default all ones),
         computed in cfg.loss_chunk_size chunks so [b, l, v] logits are never
         alive at once. `mask` (bool [b, l], True = real token) hides padding
         keys from attention.
+
+        With cfg.shift_inputs (the default) position t predicts token t from
+        tokens < t; with shift_inputs=False position t predicts token t + 1,
+        and the loss scores tokens 1..l-1 (weights[:, 1:]).
+
+        buckets: {layer index: int [b, heads, n_hashes, l]} for every LSH layer
+        (`cfg.lsh_layers()`), used instead of hashing; values in
+        [0, buckets per round). return_buckets=True returns (output, buckets
+        used, in the same form).
         """
         cfg = self.cfg
         if tokens.ndim != 2:
@@ -238,10 +295,14 @@ class ReformerLM(nn.Module):
             key = jax.random.key(0)
         dtype = jnp.dtype(cfg.dtype)
         embed_key, stack_key, head_key = jax.random.split(key, 3)
+        # A fixed hash seed: layer i hashes with fold_in(key(hash_seed), i) on every call.
+        hash_base = None if cfg.hash_seed is None else jax.random.key(cfg.hash_seed)
+        stacked_buckets = self._stack_buckets(buckets, tokens.shape[0], length, n_hashes)
 
+        inputs = shift_right(tokens) if cfg.shift_inputs else tokens
         x = nn.Embed(
             cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
-        )(shift_right(tokens))
+        )(inputs)
         x = layers.dropout(x, cfg.dropout, embed_key, deterministic)
         x = (x + self._positions(length, anchor=x)[None]).astype(dtype)
 
@@ -250,12 +311,14 @@ class ReformerLM(nn.Module):
 
         def make_f(module):
             def f(p, x, k, buckets):
+                layer_key, hash_key = k
                 return module.apply(
                     {"params": p},
                     x,
-                    k,
+                    layer_key,
                     n_hashes=n_hashes,
                     buckets=buckets,
+                    hash_key=hash_key,
                     deterministic=deterministic,
                     mask=mask,
                 )
@@ -263,29 +326,79 @@ class ReformerLM(nn.Module):
             return f
 
         def make_g(module):
-            return lambda p, x, k: module.apply({"params": p}, x, k, deterministic=deterministic)
+            return lambda p, x, k: module.apply({"params": p}, x, k[0], deterministic=deterministic)
 
-        y1, y2 = reversible.reversible_stack(
+        y1, y2, used = reversible.reversible_stack(
             [make_f(m) for m in attn],
             [make_g(m) for m in ff],
             [(blocks[n]["attention"], blocks[n]["feed_forward"]) for n in block_names(cfg)],
             x,
             x,
-            stack_key,
+            (stack_key, hash_base),
             reversible=cfg.reversible,
             remat=cfg.remat,
+            buckets=stacked_buckets,
+            return_buckets=True,
         )
-        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2d]
+        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2m]
         head = OutputHead(cfg, name="head")
         if output == "hidden":
-            return h
-        if output == "log_probs":
-            return head(h, head_key, deterministic=deterministic)
-        if output == "loss":
+            result = h
+        elif output == "log_probs":
+            result = head(h, head_key, deterministic=deterministic)
+        elif output == "loss":
             if weights is None:
                 weights = jnp.ones(tokens.shape, jnp.float32)
-            return head.loss(h, tokens, weights, head_key, deterministic=deterministic)
-        raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
+            targets = tokens
+            if not cfg.shift_inputs:  # position t predicts token t + 1
+                h, targets, weights = h[:, :-1], tokens[:, 1:], weights[:, 1:]
+            result = head.loss(h, targets, weights, head_key, deterministic=deterministic)
+        else:
+            raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
+        if return_buckets:
+            return result, self._unstack_buckets(used)
+        return result
+
+    def _stack_buckets(self, buckets, batch, length, n_hashes):
+        """{layer: [b, h, r, l]} -> per cycle position, None or [n_groups, b, h, r, l]."""
+        cfg = self.cfg
+        if buckets is None:
+            return None
+        wanted = cfg.lsh_layers()
+        given = sorted(buckets)
+        if given != wanted:
+            raise ValueError(
+                f"buckets given for layers {given}, but the LSH layers are {wanted}: give "
+                "buckets for every LSH layer (or none)."
+            )
+        r = cfg.n_hashes if n_hashes is None else n_hashes
+        shape = (batch, cfg.n_heads, r, length)
+        cycle = len(cfg.attention_kinds)
+        stacked = []
+        for j, kind in enumerate(cfg.attention_kinds):
+            if kind != "lsh":
+                stacked.append(None)
+                continue
+            per_group = []
+            for g in range(cfg.n_groups):
+                b = jnp.asarray(buckets[g * cycle + j])
+                if b.shape != shape:
+                    raise ValueError(
+                        f"buckets[{g * cycle + j}] has shape {b.shape}; expected [batch, heads, "
+                        f"n_hashes, length] = {shape}."
+                    )
+                per_group.append(b.astype(jnp.int32))
+            stacked.append(jnp.stack(per_group))
+        return stacked
+
+    def _unstack_buckets(self, used) -> dict[int, Array]:
+        cycle = len(self.cfg.attention_kinds)
+        return {
+            g * cycle + j: used[j][g]
+            for j in range(cycle)
+            if used[j] is not None
+            for g in range(self.cfg.n_groups)
+        }
 
     def _positions(self, length: int, anchor: Array | None = None) -> Array:
         cfg = self.cfg
@@ -312,7 +425,7 @@ class OutputHead(nn.Module):
         self.bias = self.param("bias", nn.initializers.zeros, (vocab,), jnp.float32)
 
     def __call__(self, h: Array, key: Array, *, deterministic: bool = True) -> Array:
-        """h [b, l, 2d] -> float32 log-probs [b, l, v]."""
+        """h [b, l, 2m] -> float32 log-probs [b, l, v]."""
         return self._log_probs(self._params(), h, key, deterministic)
 
     def _params(self):
@@ -324,11 +437,11 @@ class OutputHead(nn.Module):
 
     def _log_probs(self, p, h, key, deterministic):
         # Pure in p: safe inside lax.map / checkpoint.
-        h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"])
+        h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"], self.cfg.layer_norm_eps)
         h = layers.dropout(h, self.cfg.dropout, key, deterministic)
         logits = (
             jnp.einsum(
-                "bld,dv->blv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32
+                "blm,mv->blv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32
             )
             + p["bias"]
         )
@@ -355,7 +468,7 @@ class OutputHead(nn.Module):
         else:
             padded = lsh.round_up(length, c)
 
-            def split(x):  # [b, l, ...] -> [n, b, c, ...]
+            def split(x):  # [b, l, ...] -> [u, b, c, ...]
                 x = jnp.pad(x, ((0, 0), (0, padded - length)) + ((0, 0),) * (x.ndim - 2))
                 return x.reshape(b, padded // c, c, *x.shape[2:]).swapaxes(0, 1)
 

@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules (SPEC §6), as plain optax factories."""
+"""Optimizers and learning-rate schedules (docs/algorithm.md §6), as plain optax factories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reversible residual stack (SPEC §3, paper §3) with `jax.custom_vjp`.
+"""The reversible residual stack (docs/algorithm.md §3, paper §3) with `jax.custom_vjp`.
 
 Each layer holds two pure functions, F (attention half) and G (feed-forward
 half), and maps two streams (x1, x2) to
@@ -35,9 +35,14 @@ FFn = Callable[[PyTree, Array, Array, Array | None], tuple[Array, Array | None]]
 GFn = Callable[[PyTree, Array, Array], Array]
 
 
-def layer_key(key: Array, layer: Array | int) -> Array:
-    """The key of layer `layer` (DESIGN "Keys": fold_in(step_key, layer))."""
-    return jax.random.fold_in(key, layer)
+def layer_key(key: PyTree, layer: Array | int) -> PyTree:
+    """The key of layer `layer`: fold_in(step_key, layer) (docs/algorithm.md, "Keys and
+    randomness").
+
+    `key` may be a pytree of keys (e.g. a step key and a fixed hashing key);
+    each is folded with the layer index.
+    """
+    return jax.tree_util.tree_map(lambda k: jax.random.fold_in(k, layer), key)
 
 
 def n_groups(params: Sequence[PyTree]) -> int:
@@ -58,32 +63,36 @@ def _group(fs, gs, group_params, x1, x2, key, group, buckets=None):
     return x1, x2, tuple(new_buckets)
 
 
-def _forward(fs, gs, params, x1, x2, key, remat=False):
+def _forward(fs, gs, params, x1, x2, key, buckets=None, remat=False):
+    """Scans the groups; `buckets[j]` (None or [n_groups, ...]) replaces F_j's hashing."""
+    if buckets is None:
+        buckets = (None,) * len(fs)
+
     def body(carry, xs):
-        group_params, group = xs
-        y1, y2, buckets = _group(fs, gs, group_params, *carry, key, group)
-        return (y1, y2), buckets
+        group_params, group, group_buckets = xs
+        y1, y2, new_buckets = _group(fs, gs, group_params, *carry, key, group, group_buckets)
+        return (y1, y2), new_buckets
 
     if remat:
         body = jax.checkpoint(body)
     groups = jnp.arange(n_groups(params))
-    (y1, y2), buckets = jax.lax.scan(body, (x1, x2), (params, groups))
-    return y1, y2, buckets
+    (y1, y2), new_buckets = jax.lax.scan(body, (x1, x2), (params, groups, tuple(buckets)))
+    return y1, y2, new_buckets
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _reversible(fs, gs, params, x1, x2, key):
-    y1, y2, _ = _forward(fs, gs, params, x1, x2, key)
-    return y1, y2
+def _reversible(fs, gs, params, x1, x2, key, buckets):
+    return _forward(fs, gs, params, x1, x2, key, buckets)
 
 
-def _reversible_fwd(fs, gs, params, x1, x2, key):
-    y1, y2, buckets = _forward(fs, gs, params, x1, x2, key)
-    return (y1, y2), (params, y1, y2, key, buckets)
+def _reversible_fwd(fs, gs, params, x1, x2, key, buckets):
+    y1, y2, new_buckets = _forward(fs, gs, params, x1, x2, key, buckets)
+    return (y1, y2, new_buckets), (params, y1, y2, key, new_buckets)
 
 
 def _reversible_bwd(fs, gs, residuals, cotangents):
     params, y1, y2, key, buckets = residuals
+    cotangents = cotangents[:2]  # the buckets' (integer) cotangents are empty
     cycle = len(fs)
 
     def body(carry, xs):
@@ -113,7 +122,7 @@ def _reversible_bwd(fs, gs, residuals, cotangents):
     (_, _, dx1, dx2), dparams = jax.lax.scan(
         body, (y1, y2, *cotangents), (params, buckets, groups), reverse=True
     )
-    return dparams, dx1, dx2, None
+    return dparams, dx1, dx2, None, None
 
 
 _reversible.defvjp(_reversible_fwd, _reversible_bwd)
@@ -129,30 +138,40 @@ def reversible_stack(
     *,
     reversible: bool = True,
     remat: bool = False,
-) -> tuple[Array, Array]:
+    buckets: Sequence[Array | None] | None = None,
+    return_buckets: bool = False,
+):
     """Applies n_groups * len(fs) reversible layers to (x1, x2).
 
     Args:
       fs, gs: per cycle position j, the pure halves F_j and G_j.
       params: per cycle position j, (params of F_j, params of G_j), every leaf
         stacked along a leading axis of size n_groups.
-      x1, x2: [b, l, d] the two streams.
+      x1, x2: [b, l, m] the two streams.
       key: the step key; layer i uses fold_in(key, i) for hashing and dropout.
       reversible: True = the memory-saving custom backward pass; False = the
         same layers under ordinary autodiff (the reference network).
       remat: with reversible=False, rematerialise each group in the backward
         pass (a cheaper-to-write middle ground).
+      buckets: optional, per cycle position j, None (F_j hashes as usual) or
+        the LSH buckets F_j must use, stacked along a leading n_groups axis.
+      return_buckets: also return the buckets every F used.
 
     Returns:
-      (y1, y2), each [b, l, d].
+      (y1, y2), each [b, l, m]; with return_buckets, (y1, y2, buckets) where
+      buckets[j] is None or F_j's buckets stacked along n_groups.
     """
     fs, gs = tuple(fs), tuple(gs)
     if len(fs) != len(gs) or len(fs) != len(params):
         raise ValueError("fs, gs and params must all have one entry per cycle position.")
+    buckets = (None,) * len(fs) if buckets is None else tuple(buckets)
+    if len(buckets) != len(fs):
+        raise ValueError("buckets must have one entry (None or an array) per cycle position.")
     if reversible:
-        return _reversible(fs, gs, tuple(params), x1, x2, key)
-    y1, y2, _ = _forward(fs, gs, tuple(params), x1, x2, key, remat=remat)
-    return y1, y2
+        y1, y2, used = _reversible(fs, gs, tuple(params), x1, x2, key, buckets)
+    else:
+        y1, y2, used = _forward(fs, gs, tuple(params), x1, x2, key, buckets, remat=remat)
+    return (y1, y2, used) if return_buckets else (y1, y2)
 
 
 def invert_layer(

@@ -8,6 +8,9 @@ Usage:
     python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
         [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
     python scripts/benchmark.py depth --gin_file=configs/enwik8.gin [--layers 4 8 12 24]
+    python scripts/benchmark.py sample --gin_file=configs/imagenet64.gin [--gin_param=...]
+        [--lengths 1K 4K 12288] [--new_tokens 16] [--repeats 3] [--memory configs/enwik8.gin ...]
+    python scripts/benchmark.py agreement [--steps 300] [--hashes 1 2 4 8]
 
 `attention` reproduces the setup of the paper's Figure 5 (right): the number of
 tokens per step is fixed (batch = tokens // L) and, for each sequence length L,
@@ -21,6 +24,25 @@ compiled temp memory; `--plot PATH` draws seconds per step against length
 compiled temp + argument memory exceeds the budget is not run ("skipped
 (memory)"); once a method takes longer than `--max-seconds` per step, its
 longer lengths are skipped ("skipped (time)"). The table goes to stdout, progress to stderr.
+
+`sample` times generation with the decoding caches of reformer_jax.sampling
+against recomputing the whole prefix for every new token, for the model of a
+gin config (random weights; speed does not depend on them) at each length L:
+cached = `--new_tokens` greedy decode steps at positions L - n .. L - 1 (the
+compiled scan, after a prefill of the first L - n tokens); recompute = one
+forward pass over L positions per token (what a cache-less sampler runs).
+Positions use the sinusoidal encoding so any L fits the model. `--memory`
+lists gin files whose decoding-cache size (one sample, at the file's
+max_len) is reported from array shapes alone.
+
+`agreement` trains the shrunk duplication-task model of tests/test_sampling.py
+(one shared-QK LSH layer, L = 64, chunk 8, trained with LSH-2) and measures
+the decode-time LSH definition of reformer_jax.sampling against training-time
+LSH: for each number of hash rounds, the accuracy of greedy generation of the
+second copy from `0 w 0`, the teacher-forced accuracy of the full forward
+pass, and, along teacher-forced prefixes, how often the cached decoder's
+greedy token equals that of recomputing the whole prefix with training-time
+LSH (same rotations), with the mean absolute log-probability difference.
 """
 
 from __future__ import annotations
@@ -410,6 +432,190 @@ def bench_step(args: argparse.Namespace) -> None:
             json.dump(result, f, indent=2)
 
 
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """(first call seconds (compile + run), median of `repeats` further calls)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return first, statistics.median(times)
+
+
+def bench_sample(args: argparse.Namespace) -> None:
+    """Tokens per second of cached decoding vs. recomputing the prefix; cache memory."""
+    import functools
+
+    from reformer_jax import cli, sampling
+    from reformer_jax.model import ReformerLM
+
+    cli.parse_gin(args.gin_file, args.gin_param)
+    base = cli.model_config().replace(axial_shape=None, axial_dims=None)
+    device = jax.devices()[0]
+    print(
+        f"# Sampling speed ({' '.join(args.gin_file)} {' '.join(args.gin_param)}; "
+        f"{base.n_layers} layers {base.attention_kinds}, d_model {base.d_model}, "
+        f"{base.dtype}, batch {args.batch}; device {device.device_kind}, jax {jax.__version__})"
+    )
+    print()
+    print("| L | cached tokens/s | recompute tokens/s | speed-up | compile cached / recompute |")
+    print("|---:|---:|---:|---:|---:|")
+    n = args.new_tokens
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def decode_n(cfg, params, cache, token):
+        """n greedy decode steps from `cache`, one compiled scan."""
+
+        def step(carry, _):
+            cache, token = carry
+            log_probs, cache = sampling._decode_step(params, cfg, cache, token)
+            token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+            return (cache, token), token
+
+        return jax.lax.scan(step, (cache, token), None, length=n)[1]
+
+    results = []
+    for length in args.lengths:
+        cfg = base.replace(max_len=length)
+        params = jax.jit(
+            lambda cfg=cfg: ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))[
+                "params"
+            ]
+        )()
+        tokens = jax.random.randint(jax.random.key(1), (args.batch, length), 0, cfg.vocab_size)
+        key = jax.random.key(2)
+        _, cache = sampling.prefill(params, cfg, tokens[:, : length - n - 1], key)
+
+        print(f"[bench] L={length}: cached ...", file=sys.stderr, flush=True)
+        first_c, cached = _timed(
+            functools.partial(decode_n, cfg, params, cache, tokens[:, length - n - 1]),
+            args.repeats,
+        )
+        print(f"[bench] L={length}: recompute ...", file=sys.stderr, flush=True)
+        first_r, recompute = _timed(
+            functools.partial(
+                sampling.recompute_log_probs, params, cfg, tokens[:, : length - 1], key
+            ),
+            args.recompute_repeats,
+        )
+        row = {
+            "length": length,
+            "cached_tokens_per_s": args.batch * n / cached,
+            "recompute_tokens_per_s": args.batch / recompute,
+            "compile_cached_s": first_c - cached,
+            "compile_recompute_s": first_r - recompute,
+        }
+        row["speedup"] = row["cached_tokens_per_s"] / row["recompute_tokens_per_s"]
+        results.append(row)
+        print(
+            f"| {length} | {row['cached_tokens_per_s']:.1f} | {row['recompute_tokens_per_s']:.3f} "
+            f"| {row['speedup']:.0f}x | {row['compile_cached_s']:.0f} s / "
+            f"{row['compile_recompute_s']:.0f} s |",
+            flush=True,
+        )
+    if args.memory:
+        print()
+        print("| config | max_len | layers | dtype | cache per sample |")
+        print("|---|---:|---|---|---:|")
+        for path in args.memory:
+            cli.parse_gin([path], [])
+            cfg = cli.model_config()
+            size = sampling.cache_bytes(cfg, 1)
+            kinds = "/".join(cfg.attention_kinds)
+            print(
+                f"| {path} | {cfg.max_len} | {cfg.n_layers} x {kinds} | {cfg.dtype} "
+                f"| {size / MIB:.1f} MiB |"
+            )
+            results.append({"memory": path, "max_len": cfg.max_len, "cache_bytes": size})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+def bench_agreement(args: argparse.Namespace) -> None:
+    """Decode-time LSH vs. training-time LSH on a trained copy-task model."""
+    import numpy as np
+
+    from reformer_jax import optim, sampling, train
+    from reformer_jax.data import synthetic
+    from reformer_jax.model import ReformerConfig, ReformerLM
+
+    length, vocab = 64, 64
+    cfg = ReformerConfig(
+        vocab_size=vocab,
+        max_len=length,
+        d_model=64,
+        d_ff=64,
+        n_heads=4,
+        d_head=16,
+        n_layers=1,
+        attention_kinds=("lsh",),
+        chunk_len=8,
+        n_hashes=2,
+        axial_shape=(length,),
+        axial_dims=(64,),
+    )
+    model = ReformerLM(cfg)
+    lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=50, total_steps=args.steps)
+    opt = optim.make_optimizer("adam", schedule=lr, b1=0.9, b2=0.98, eps=1e-9)
+    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
+    state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    step = jax.jit(
+        lambda s, b, k: train.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
+        donate_argnums=0,
+    )
+    task = synthetic.DuplicationTask(length, vocab, 32, seed=0)
+    print(f"[bench] training {args.steps} steps ...", file=sys.stderr, flush=True)
+    for i in range(args.steps):
+        state, _ = step(state, task.batch(i), jax.random.key(1))
+    params = state.params
+    tokens = synthetic.DuplicationTask(length, vocab, args.batch, seed=99).batch(0)["tokens"]
+    half = length // 2
+    print(
+        f"# Decode-time vs. training-time LSH (copy task L={length}, |w|={half - 1}, "
+        f"{args.steps} steps, {args.batch} sequences; device {jax.devices()[0].device_kind})"
+    )
+    print()
+    print(
+        "| eval hashes | generated copy (decode) | teacher-forced copy (training LSH) "
+        "| same greedy token as recompute | mean abs log-prob diff |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for n_hashes in args.hashes:
+        ids = sampling.generate(
+            params,
+            cfg,
+            tokens[:, : half + 1],
+            jax.random.key(2),
+            num_tokens=half - 1,
+            greedy=True,
+            n_hashes=n_hashes,
+        )
+        generated = float(np.mean(np.asarray(ids) == tokens[:, half + 1 :]))
+        forced = model.apply({"params": params}, tokens, n_hashes=n_hashes)
+        teacher = float(np.mean(np.argmax(forced, -1)[:, half + 1 :] == tokens[:, half + 1 :]))
+        # Along the true sequence: cached decoding vs. recomputing each prefix.
+        key = jax.random.key(3)
+        log_probs, cache = sampling.prefill(params, cfg, tokens[:, :1], key, n_hashes=n_hashes)
+        same, diffs = [], []
+        for t in range(1, length - 1):
+            log_probs, cache = sampling.decode_step(params, cfg, cache, tokens[:, t])
+            if t % args.every == 0 or t == length - 2:
+                ref = sampling.recompute_log_probs(
+                    params, cfg, tokens[:, : t + 1], key, n_hashes=n_hashes
+                )
+                same.append(np.asarray(jnp.argmax(log_probs, -1) == jnp.argmax(ref, -1)))
+                diffs.append(float(jnp.mean(jnp.abs(log_probs - ref))))
+        print(
+            f"| LSH-{n_hashes} | {100 * generated:.2f}% | {100 * teacher:.2f}% "
+            f"| {100 * np.mean(same):.1f}% | {np.mean(diffs):.2e} |",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -466,6 +672,27 @@ def main(argv: list[str] | None = None) -> None:
     depth.add_argument("--layers", type=int, nargs="+", default=[2, 6, 12, 24])
     depth.add_argument("--batch_size", type=int, default=1)
     depth.set_defaults(func=bench_depth)
+
+    smp = sub.add_parser("sample", help="cached decoding vs. recompute: tokens/s; cache memory")
+    smp.add_argument("--gin_file", action="append", default=[])
+    smp.add_argument("--gin_param", action="append", default=[])
+    smp.add_argument("--lengths", type=parse_length, nargs="+", default=[1024, 4096, 12288])
+    smp.add_argument("--new_tokens", type=int, default=16, help="decode steps timed per length")
+    smp.add_argument("--batch", type=int, default=1, help="samples decoded at once")
+    smp.add_argument("--repeats", type=int, default=3, help="timed runs of the cached loop")
+    smp.add_argument("--recompute_repeats", type=int, default=1, help="timed recompute passes")
+    smp.add_argument(
+        "--memory", nargs="*", default=[], help="gin files whose decoding-cache size to report"
+    )
+    smp.add_argument("--json", metavar="PATH")
+    smp.set_defaults(func=bench_sample)
+
+    agr = sub.add_parser("agreement", help="decode-time vs. training-time LSH on a copy model")
+    agr.add_argument("--steps", type=int, default=300, help="training steps of the copy model")
+    agr.add_argument("--hashes", type=int, nargs="+", default=[1, 2, 4, 8])
+    agr.add_argument("--batch", type=int, default=64, help="evaluation sequences")
+    agr.add_argument("--every", type=int, default=4, help="compare with recompute every N steps")
+    agr.set_defaults(func=bench_agreement)
 
     args = parser.parse_args(argv)
     args.func(args)

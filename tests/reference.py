@@ -2,7 +2,7 @@
 
 Nothing here is shared with the library: the sort, the windows, the masks and
 the duplicate counts are rebuilt per query with Python loops over numpy arrays,
-straight from SPEC §1-§2.
+straight from docs/algorithm.md §1-§2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hashing, sorting and chunking helpers (SPEC §1.2-1.5)."""
+"""Hashing, sorting and chunking helpers (docs/algorithm.md §1.2-1.5)."""
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def test_per_example_rotations():
 
 
 def test_scale_invariant():
-    # Angular LSH: the bucket of q equals the bucket of q / |q| (SPEC §1.2).
+    # Angular LSH: the bucket of q equals the bucket of q / |q| (docs/algorithm.md §1.2).
     x = _normal(0, (1, 2, 64, 8))
     scale = jnp.exp(_normal(1, (1, 2, 64, 1)))
     b1 = lsh.hash_vectors(x, key=jax.random.key(2), n_buckets=8, n_hashes=3)

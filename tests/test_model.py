@@ -1,4 +1,4 @@
-"""ReformerLM, its layers and its memory behaviour (SPEC §3-§5)."""
+"""ReformerLM, its layers and its memory behaviour (docs/algorithm.md §3-§5)."""
 
 import chex
 import jax
@@ -99,7 +99,7 @@ def test_axial_positions_concatenate_per_axis_tables():
 
 
 def test_model_uses_the_configured_axial_shape():
-    # trax after Jan 2021 ignored axial_pos_shape unless pos_type was set (SPEC §5).
+    # trax after Jan 2021 ignored axial_pos_shape unless pos_type was set (docs/algorithm.md §5).
     cfg = _cfg(axial_shape=(8, 8), axial_dims=(20, 12))
     params = ReformerLM(cfg).init(jax.random.key(0), _tokens(0, (1, 64)))["params"]
     assert params["axial_pos"]["axis_0"].shape == (8, 20)
@@ -333,3 +333,63 @@ def test_layer_norm_vjp_equals_autodiff_in_float64():
     np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
     for got, want in zip(got_g, want_g, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ buckets in and out, hash seed
+
+
+def test_buckets_out_and_back_in_reproduce_the_call():
+    """return_buckets gives every LSH layer's buckets; injecting them replays the call exactly."""
+    cfg = _cfg(attention_kinds=("local", "lsh"), n_layers=4)
+    tokens = _tokens(0, (2, 32))
+    model = ReformerLM(cfg)
+    params = model.init(jax.random.key(1), tokens)["params"]
+    out, buckets = model.apply(
+        {"params": params}, tokens, key=jax.random.key(2), return_buckets=True
+    )
+    assert sorted(buckets) == cfg.lsh_layers() == [1, 3]
+    assert buckets[1].shape == (2, cfg.n_heads, cfg.n_hashes, 32)
+    # Another key hashes differently, unless the first call's buckets are injected.
+    other = model.apply({"params": params}, tokens, key=jax.random.key(3))
+    replay = model.apply({"params": params}, tokens, key=jax.random.key(3), buckets=buckets)
+    assert np.abs(np.asarray(other - out)).max() > 1e-3
+    np.testing.assert_array_equal(np.asarray(replay), np.asarray(out))
+
+
+def test_buckets_for_some_lsh_layers_only_is_refused():
+    cfg = _cfg(n_layers=2)
+    tokens = _tokens(0, (1, 16))
+    model = ReformerLM(cfg)
+    params = model.init(jax.random.key(1), tokens)["params"]
+    with pytest.raises(ValueError, match=r"LSH layers are \[0, 1\]"):
+        model.apply({"params": params}, tokens, buckets={0: jnp.zeros((1, 2, 2, 16), int)})
+    with pytest.raises(ValueError, match=r"buckets\[1\] has shape"):
+        bad = {0: jnp.zeros((1, 2, 2, 16), int), 1: jnp.zeros((1, 2, 1, 16), int)}
+        model.apply({"params": params}, tokens, buckets=bad)
+
+
+def test_hash_seed_fixes_rotations_per_layer():
+    """With hash_seed, calls with different keys hash alike; layers still differ."""
+    cfg = _cfg(n_layers=2, hash_seed=7)
+    tokens = _tokens(0, (1, 32))
+    model = ReformerLM(cfg)
+    params = model.init(jax.random.key(1), tokens)["params"]
+    call = lambda k: model.apply({"params": params}, tokens, key=k, return_buckets=True)
+    (out_a, b_a), (out_b, b_b) = call(jax.random.key(2)), call(jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(b_a[0]), np.asarray(b_b[0]))
+    np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
+    # Layer 0 hashes its queries with the rotations of fold_in(key(hash_seed), 0).
+    from reformer_jax import lsh
+    from reformer_jax.model import shift_right
+
+    block = jax.tree_util.tree_map(lambda a: a[0], params["blocks"]["0_shared_qk"]["attention"])
+    x = params["embed"]["embedding"][shift_right(tokens)] + layers.sinusoidal_positions(32, 32)
+    h = layers.layer_norm(x, block["norm"]["scale"], block["norm"]["bias"], cfg.layer_norm_eps)
+    q = jnp.einsum("bld,dhk->bhlk", h, block["wq"])
+    key0 = jax.random.fold_in(jax.random.key(7), 0)
+    want = lsh.hash_vectors(q, key=key0, n_buckets=cfg.n_buckets, n_hashes=cfg.n_hashes)
+    np.testing.assert_array_equal(np.asarray(b_a[0]), np.asarray(want))
+    # Without a hash seed, the call's key decides.
+    free = ReformerLM(cfg.replace(hash_seed=None))
+    _, b_free = free.apply({"params": params}, tokens, key=jax.random.key(3), return_buckets=True)
+    assert np.any(np.asarray(b_free[0]) != np.asarray(b_a[0]))

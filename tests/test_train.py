@@ -1,12 +1,16 @@
-"""The trainer and its CLI: end to end, resume, bad input, one compilation."""
+"""The trainer and its CLI: end to end, resume, fine-tuning, bad input, one compilation.
+
+One test runs the real command line in a subprocess; the rest call the same
+`main` in-process (tests/inprocess.py), which proves the same things without
+a Python start-up and a compilation per run. The kill-and-resume test is
+tests/test_kill_soak.py.
+"""
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import chex
 import jax
@@ -14,15 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import optim, train
+from reformer_jax import checkpoints, metrics, optim, train
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
+from tests import inprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
 
 
-def _cli(*args, env=None, timeout=300):
+def _cli(*args, env=None, timeout=900):
     return subprocess.run(
         [sys.executable, "-m", "reformer_jax.train", *args],
         cwd=ROOT,
@@ -49,11 +54,16 @@ def _checkpoint_steps(workdir):
     return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
 
 
+def _train(*args):
+    """`python -m reformer_jax.train --gin_file=tiny.gin ARGS`, in-process."""
+    return inprocess.train(f"--gin_file={TINY}", *args)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A finished 3-step tiny run (checkpoints at steps 2 and 3), trained once."""
     wd = str(tmp_path_factory.mktemp("trained") / "run")
-    result = _cli(f"--gin_file={TINY}", f"--workdir={wd}")
+    result = _train(f"--workdir={wd}")
     assert result.returncode == 0, result.stderr
     return wd
 
@@ -64,7 +74,8 @@ def _copy_of(trained, tmp_path):
     return wd
 
 
-def test_end_to_end_then_resume(tmp_path):
+def test_cli_end_to_end_then_resume(tmp_path):
+    # The one subprocess run: `python -m reformer_jax.train` as a user types it.
     wd = str(tmp_path / "run")
     first = _cli(f"--gin_file={TINY}", f"--workdir={wd}")
     assert first.returncode == 0, first.stderr
@@ -84,55 +95,19 @@ def test_end_to_end_then_resume(tmp_path):
         "tokens_per_second",
     ):
         assert np.isfinite(rec[k]), k
-    second = _cli(f"--gin_file={TINY}", f"--workdir={wd}", "--gin_param=train.steps=5")
+    second = _train(f"--workdir={wd}", "--gin_param=train.steps=5")
     assert second.returncode == 0, second.stderr
     assert "resumed" in second.stderr
     assert sorted(_losses(wd)) == [1, 2, 3, 4, 5]
     assert _checkpoint_steps(wd) == [3, 4, 5]
 
 
-def test_killed_run_resumes_with_identical_losses(tmp_path):
-    common = [
-        f"--gin_file={TINY}",
-        "--gin_param=train.steps=12",
-        "--gin_param=train.checkpoint_every=3",
-    ]
-    ref = str(tmp_path / "ref")
-    assert _cli(*common, f"--workdir={ref}").returncode == 0
-    killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "reformer_jax.train",
-            *common,
-            f"--workdir={killed}",
-            "--gin_param=train.steps=1000",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and not [s for s in _checkpoint_steps(killed) if s >= 6]:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert [s for s in _checkpoint_steps(killed) if s >= 6], "no checkpoint before the kill"
-    assert _cli(*common, f"--workdir={killed}").returncode == 0
-    want, got = _losses(ref), _losses(killed)
-    assert sorted(want) == list(range(1, 13))
-    for step in range(1, 13):
-        assert got[step] == want[step], (step, got[step], want[step])
-
-
 def _bad(tmp_path, *args):
     wd = str(tmp_path / "bad")
-    result = _cli(f"--gin_file={TINY}", f"--workdir={wd}", *args)
-    assert result.returncode != 0
-    lines = [ln for ln in result.stderr.strip().splitlines() if ln]
+    result = _train(f"--workdir={wd}", *args)
+    assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    return lines[-1]
+    return result.last_line
 
 
 def test_bad_input_is_one_clear_line(tmp_path):
@@ -156,27 +131,22 @@ def test_bad_input_is_one_clear_line(tmp_path):
         (tmp_path / "a_file").write_text("")
     else:
         target = str(ro / "run")
-    result = _cli(f"--gin_file={TINY}", f"--workdir={target}")
+    result = _train(f"--workdir={target}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "workdir" in result.stderr.strip().splitlines()[-1]
+    assert "workdir" in result.last_line
 
 
 def test_bad_config_leaves_checkpoints_alone(trained, tmp_path):
     wd = _copy_of(trained, tmp_path)
     before = _checkpoint_steps(wd)
-    bad = _cli(f"--gin_file={TINY}", f"--workdir={wd}", "--gin_param=ReformerConfig.n_heads=0")
+    bad = _train(f"--workdir={wd}", "--gin_param=ReformerConfig.n_heads=0")
     assert bad.returncode != 0 and "n_heads" in bad.stderr
     assert _checkpoint_steps(wd) == before == [2, 3]
 
 
 def test_length_not_a_multiple_of_the_chunk_trains(tmp_path):
     wd = str(tmp_path / "odd")
-    result = _cli(
-        f"--gin_file={TINY}",
-        f"--workdir={wd}",
-        "--gin_param=SEQ_LEN = 30",
-        "--gin_param=train.steps = 2",
-    )
+    result = _train(f"--workdir={wd}", "--gin_param=SEQ_LEN = 30", "--gin_param=train.steps = 2")
     assert result.returncode == 0, result.stderr
     assert all(np.isfinite(v) for v in _losses(wd).values())
 
@@ -188,7 +158,7 @@ def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
-    result = _cli(f"--gin_file={TINY}", f"--workdir={wd}", "--gin_param=train.steps=4")
+    result = _train(f"--workdir={wd}", "--gin_param=train.steps=4")
     assert result.returncode == 0, result.stderr
     assert "unreadable" in result.stderr
     assert 4 in _losses(wd) and 3 in _checkpoint_steps(wd)
@@ -260,32 +230,32 @@ def test_rsqrt_schedule_matches_trax_formula():
 
 @pytest.mark.parametrize("devices", [8])
 def test_eight_devices_match_one_and_checkpoint_restores_on_one(tmp_path, devices):
-    def run(workdir, n, steps):
-        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
-        result = _cli(
-            f"--gin_file={TINY}",
-            f"--workdir={workdir}",
-            f"--gin_param=train.steps={steps}",
-            env=env,
-        )
+    assert jax.device_count() == 1  # the test process; the 8-device run is a subprocess
+
+    def run_one(workdir, steps):
+        result = _train(f"--workdir={workdir}", f"--gin_param=train.steps={steps}")
         assert result.returncode == 0, result.stderr
         return _losses(workdir)
 
-    one = run(str(tmp_path / "one"), 1, 4)
+    one = run_one(str(tmp_path / "one"), 4)
     many_dir = str(tmp_path / "many")
-    many = run(many_dir, devices, 3)
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    result = _cli(
+        f"--gin_file={TINY}", f"--workdir={many_dir}", "--gin_param=train.steps=3", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    many = _losses(many_dir)
     for step in (1, 2, 3):
         np.testing.assert_allclose(many[step], one[step], rtol=1e-5)
     # The 8-device checkpoint restores on one device and continues identically.
-    resumed = run(many_dir, 1, 4)
+    resumed = run_one(many_dir, 4)
     np.testing.assert_allclose(resumed[4], one[4], rtol=1e-5)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(trained, tmp_path):
     wd = _copy_of(trained, tmp_path)
     # An absurd learning rate from step 4 on drives the parameters to inf.
-    result = _cli(
-        f"--gin_file={TINY}",
+    result = _train(
         f"--workdir={wd}",
         "--gin_param=train.steps=8",
         "--gin_param=train.learning_rate=1e35",
@@ -293,6 +263,139 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_checkpoints(trained, tmp_
         "--gin_param=train.warmup_steps=0",
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    last = result.last_line
     assert "non-finite" in last and "at step" in last, last
     assert _checkpoint_steps(wd) == [2, 3]
+
+
+def _params_of(workdir, step=None):
+    return checkpoints.load_run(workdir, step).params
+
+
+def _assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_evaluator_traces_once_across_evals():
+    cfg = ReformerConfig(
+        vocab_size=8, max_len=32, d_model=16, d_ff=32, n_heads=2, d_head=8, n_layers=1, chunk_len=8
+    )
+    params = ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
+    data = lambda **kw: synthetic.duplication_dataset(vocab_size=8, **kw)
+    evaluate = train.Evaluator(
+        cfg, data, batch_size=4, eval_batches=3, seed=0, mesh=train.make_mesh()
+    )
+    results = [evaluate(params) for _ in range(3)]
+    assert evaluate.traces == 1
+    assert results[0] == results[1] == results[2]
+    # The result is the mean over 3 eval batches, each with its own hashing key.
+    data_it = synthetic.duplication_dataset(
+        split="eval", batch_size=4, seq_len=32, seed=0, vocab_size=8
+    )
+    total = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
+    for i in range(3):
+        s = train.eval_step(
+            params, next(data_it), jax.random.fold_in(jax.random.key(0), i), model=ReformerLM(cfg)
+        )
+        total = {k: total[k] + float(s[k]) for k in total}
+    np.testing.assert_allclose(results[0]["loss"], total["nll"] / total["weight"], rtol=1e-6)
+
+
+def test_fine_tune_from_own_checkpoint(trained, tmp_path):
+    # With a zero learning rate the first step leaves the parameters as
+    # restored, so the new run's checkpoint must equal the source's exactly.
+    wd = str(tmp_path / "fine")
+    result = _train(
+        f"--workdir={wd}",
+        f"--gin_param=train.init_checkpoint='{trained}'",
+        "--gin_param=train.steps=1",
+        "--gin_param=train.learning_rate=0.0",
+        "--gin_param=train.schedule='constant'",
+        "--gin_param=train.warmup_steps=0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "initialised parameters from" in result.stderr
+    assert _checkpoint_steps(wd) == [1]
+    _assert_trees_equal(_params_of(wd), _params_of(trained))
+    # Its step-1 loss is the source model's loss, far below a fresh model's.
+    fresh = str(tmp_path / "fresh")
+    assert _train(f"--workdir={fresh}", "--gin_param=train.steps=1").returncode == 0
+    assert _losses(wd)[1] < _losses(fresh)[1]
+
+
+def test_save_params_then_load_run_train_and_resume(trained, tmp_path):
+    run = checkpoints.load_run(trained)
+    assert (
+        run.step == 3
+        and run.config.d_model == 16
+        and run.config.attention_kinds
+        == (
+            "local",
+            "lsh",
+        )
+    )
+    saved = str(tmp_path / "saved")
+    checkpoints.save_params(saved, run.config, run.params, step=0)
+    again = checkpoints.load_run(saved)
+    assert again.config == run.config and again.step == 0
+    _assert_trees_equal(again.params, run.params)
+    # A params-only checkpoint as the workdir: a fresh optimizer from its step.
+    result = _train(
+        f"--workdir={saved}",
+        "--gin_param=train.steps=1",
+        "--gin_param=train.learning_rate=0.0",
+        "--gin_param=train.schedule='constant'",
+        "--gin_param=train.warmup_steps=0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert _checkpoint_steps(saved) == [0, 1]
+    _assert_trees_equal(_params_of(saved, 1), run.params)
+
+
+def test_init_checkpoint_of_another_shape_is_one_line(trained, tmp_path):
+    result = _train(
+        f"--workdir={tmp_path / 'wide'}",
+        f"--gin_param=train.init_checkpoint='{trained}'",
+        "--gin_param=ReformerConfig.d_ff = 64",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "feed_forward/b1 is (1, 32) there but (1, 64) in the model" in result.last_line
+
+
+def test_causal_false_is_refused_in_training(tmp_path):
+    line = _bad(tmp_path, "--gin_param=ReformerConfig.causal = False")
+    assert "causal=False cannot be trained" in line
+    assert not os.path.isdir(os.path.join(tmp_path, "bad", "checkpoints", "1"))
+
+
+class _CountingBar:
+    def __init__(self):
+        self.n = 0
+
+    def update(self, n):
+        self.n += n
+
+    def set_postfix(self, **kw):
+        pass
+
+
+def test_step_meter_counts_finished_steps_and_bounds_run_ahead():
+    bar = _CountingBar()
+    meter = metrics.StepMeter(10, steps_ahead=2, bar=bar)
+    one = {
+        k: jnp.float32(1)
+        for k in ("nll", "correct", "weight", "grad_norm", "param_norm", "learning_rate")
+    }
+    for step in range(1, 6):
+        meter.dispatched(step, one)
+        assert len(meter.in_flight) <= 2
+        assert bar.n == step - len(meter.in_flight)  # the bar counts finished steps only
+    record, bad = meter.flush()
+    assert bar.n == 5 and not meter.in_flight and bad is None
+    assert record["loss"] == 1.0 and record["accuracy"] == 1.0
+    meter.dispatched(6, {**one, "nll": jnp.float32(np.nan)})
+    assert meter.flush()[1] == (6, ["loss"])

@@ -1,6 +1,55 @@
 """Datasets: the duplication task (synthetic.py), enwik8 and Imagenet64.
 
-Every dataset yields dicts {"tokens": int32 [b, l], "weights": float32 [b, l]}
-from an iterator with a saveable position (`get_state` / `set_state`), so a
-killed run resumes on exactly the batch it would have seen next.
+Every dataset factory has the signature
+
+    dataset_fn(*, split, batch_size, seq_len, seed, **options) -> iterator
+
+and yields dicts {"tokens": int32 [b, l], "weights": float32 [b, l]} from an
+iterator with a saveable position (`get_state` / `set_state`), so a killed run
+resumes on exactly the batch it would have seen next. Batches are global: on a
+multi-host run every host draws the same batch and keeps its own rows
+(`host_shard`), so the examples a step sees do not depend on the number of
+hosts.
+
+A dataset that is missing, unprepared or corrupt raises `DatasetError` with a
+one-line message saying what to do.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+class DatasetError(Exception):
+    """A dataset missing, unprepared, corrupt or of the wrong size; the message says what to do."""
+
+
+class IndexedIterator(Iterator[dict[str, np.ndarray]]):
+    """Iterates `source.batch(0), source.batch(1), ...`; its state is the next index.
+
+    `source` is anything with `batch(index) -> {"tokens", "weights"}` that is a
+    pure function of the index, so the position alone restores the stream.
+    """
+
+    def __init__(self, source: Any, position: int = 0):
+        self.source = source
+        self.position = position
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.source.batch(self.position)
+        self.position += 1
+        return batch
+
+    def get_state(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def set_state(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+def host_shard(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:
+    """This host's rows of a global batch: every array sliced along axis 0."""
+    return {name: value[rows] for name, value in batch.items()}

@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from reformer_jax.data.synthetic import IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator
 
 DATA_URL = "http://mattmahoney.net/dc/enwik8.zip"
 RAW_NAME = "enwik8"  # the zip's one member, and the extracted file's name
@@ -50,10 +50,6 @@ _SPLIT_ALIASES = {
     "test": "test",
 }
 _CHUNK = 1 << 20
-
-
-class DatasetError(Exception):
-    """The dataset is missing, corrupt or of the wrong size; the message says what to do."""
 
 
 def default_data_dir() -> str:

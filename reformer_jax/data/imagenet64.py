@@ -61,7 +61,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import constants as tfds_constants
 
-from reformer_jax.data.synthetic import IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator
 
 DEFAULT_NAME = "imagenet_resized/64x64"
 IMAGE_SHAPE = (64, 64, 3)
@@ -79,10 +79,6 @@ _SOURCE_FILES = {
         "no longer served there)"
     ),
 }
-
-
-class DatasetError(Exception):
-    """A tfds dataset that is missing, unprepared or empty where it was looked for."""
 
 
 def flatten_image(image: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ by hashing.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
+
+from reformer_jax.data import IndexedIterator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,25 +48,6 @@ class DuplicationTask:
         weights = np.zeros(tokens.shape, np.float32)
         weights[:, half + 1 :] = 1.0
         return {"tokens": tokens, "weights": weights}
-
-
-class IndexedIterator(Iterator[dict[str, np.ndarray]]):
-    """Iterates `source.batch(0), source.batch(1), ...`; its state is the next index."""
-
-    def __init__(self, source, position: int = 0):
-        self.source = source
-        self.position = position
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        batch = self.source.batch(self.position)
-        self.position += 1
-        return batch
-
-    def get_state(self) -> dict[str, int]:
-        return {"position": self.position}
-
-    def set_state(self, state: dict[str, int]) -> None:
-        self.position = int(state["position"])
 
 
 def duplication_dataset(

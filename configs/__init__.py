@@ -1,0 +1,1 @@
+"""The shipped gin configs, installed as the package `reformer_jax.configs` (see setup.cfg)."""

@@ -1,0 +1,490 @@
+"""Import HF transformers Reformer checkpoints (e.g. google/reformer-enwik8).
+
+    python -m reformer_jax.convert --hf_dir=DIR --workdir=OUT
+
+Public functions:
+
+    load_hf_reformer(path) -> (ReformerConfig, params)
+        path: a local HF checkpoint directory of a ReformerModelWithLMHead:
+        config.json plus model.safetensors (read with the safetensors numpy
+        API), a sharded model.safetensors.index.json, or pytorch_model.bin
+        (needs torch). `ReformerLM(cfg).apply({"params": params}, tokens)`
+        then gives HF's log-probabilities: float32 [b, l, v], position t
+        predicting token t + 1 (cfg.shift_inputs is False, as in HF).
+    config_from_hf(hf_config: dict) -> ReformerConfig
+    params_from_hf(tensors: {name: np.ndarray}, cfg) -> params
+    buckets_from_hf(buckets: {layer: [b, h, r, l]}, cfg) -> the same with
+        HF's per-round offsets (r * n_buckets) removed: the form
+        `ReformerLM.apply(..., buckets=...)` takes.
+
+Anything we cannot convert exactly (another architecture, an attention kind
+we lack, a missing tensor, a wrong shape) is a `ConversionError` whose one
+line names the file and field, rather than a silently different model.
+
+What differs from HF by design (docs in README "Pretrained HF checkpoints"):
+- hash_seed: HF reseeds torch's generator; we draw fixed rotations from
+  jax.random.key(hash_seed). Both are fixed per layer, but not equal: to
+  compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
+- num_buckets=None: HF picks a power of two from the first sequence it sees;
+  we use the paper's 2L/c per call.
+- lengths: HF pads an input whose length is not a multiple of the chunk
+  lengths' lcm up to that multiple, pads hashed into an extra last bucket;
+  we do not, so log-probabilities agree at multiples of the lcm and at
+  lengths up to the smaller chunk, not in between.
+- dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
+  and local rates differ we take the local rate (see `config_from_hf`).
+  Evaluation and sampling are unaffected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reformer_jax import lsh
+from reformer_jax.model import ReformerConfig, ReformerLM, block_names
+
+log = logging.getLogger("reformer_jax")
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+
+# HF ReformerConfig's defaults for fields an older config.json may omit.
+HF_DEFAULTS = {
+    "attention_head_size": 64,
+    "attn_layers": ["local", "lsh", "local", "lsh", "local", "lsh"],
+    "axial_pos_embds": True,
+    "axial_pos_shape": [64, 64],
+    "axial_pos_embds_dim": [64, 192],
+    "feed_forward_size": 512,
+    "hash_seed": None,
+    "hidden_act": "relu",
+    "hidden_dropout_prob": 0.05,
+    "hidden_size": 256,
+    "is_decoder": False,
+    "layer_norm_eps": 1e-12,
+    "local_num_chunks_before": 1,
+    "local_num_chunks_after": 0,
+    "local_attention_probs_dropout_prob": 0.05,
+    "local_attn_chunk_length": 64,
+    "lsh_attn_chunk_length": 64,
+    "lsh_attention_probs_dropout_prob": 0.0,
+    "lsh_num_chunks_before": 1,
+    "lsh_num_chunks_after": 0,
+    "max_position_embeddings": 4096,
+    "num_attention_heads": 12,
+    "num_buckets": None,
+    "num_hashes": 1,
+    "vocab_size": 320,
+}
+# HF activation names -> ours. HF's "gelu" is the exact (erf) form.
+ACTIVATIONS = {
+    "relu": "relu",
+    "gelu": "gelu_exact",
+    "gelu_new": "gelu",
+    "gelu_pytorch_tanh": "gelu",
+    "silu": "silu",
+    "swish": "silu",
+}
+LM_ARCHITECTURE = "ReformerModelWithLMHead"
+
+
+class ConversionError(Exception):
+    """A checkpoint we cannot convert exactly; one line naming the file and field."""
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _cycle(kinds: Sequence[str]) -> tuple[str, ...]:
+    """The shortest prefix whose repetition gives `kinds` (layers stack per cycle position)."""
+    n = len(kinds)
+    for p in range(1, n + 1):
+        if n % p == 0 and all(kinds[i] == kinds[i % p] for i in range(n)):
+            return tuple(kinds[:p])
+    return tuple(kinds)
+
+
+def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
+    """An HF ReformerConfig (config.json as a dict) -> our ReformerConfig.
+
+    Raises ConversionError naming the field for anything that would convert
+    wrong: another model type or architecture, a non-causal model, attention
+    kinds other than "lsh"/"local", an activation we lack, chunk lengths of None.
+    """
+    get = lambda name: hf.get(name, HF_DEFAULTS.get(name))
+
+    def refuse(field: str, why: str):
+        return ConversionError(f"{source}: {field}={get(field)!r} {why}")
+
+    if hf.get("model_type", "reformer") != "reformer":
+        raise refuse("model_type", "is not a Reformer; only HF Reformer checkpoints convert.")
+    archs = hf.get("architectures") or [LM_ARCHITECTURE]
+    if LM_ARCHITECTURE not in archs:
+        raise refuse(
+            "architectures",
+            f"is not supported: only {LM_ARCHITECTURE} (a causal language model) converts.",
+        )
+    if not get("is_decoder"):
+        raise refuse("is_decoder", "is not supported: ReformerLM is causal (is_decoder=true).")
+    kinds = get("attn_layers")
+    if not kinds or any(k not in ("lsh", "local") for k in kinds):
+        raise refuse("attn_layers", "is not supported: each layer must be 'lsh' or 'local'.")
+    act = get("hidden_act")
+    if act not in ACTIVATIONS:
+        raise refuse("hidden_act", f"is not supported; use one of {sorted(ACTIVATIONS)}.")
+    for field in ("lsh_attn_chunk_length", "local_attn_chunk_length"):
+        if not isinstance(get(field), int) or get(field) <= 0:
+            raise refuse(field, "is not supported: give a positive chunk length.")
+    for field in ("lsh_num_chunks_after", "local_num_chunks_after"):
+        if get(field) != 0:
+            raise refuse(field, "is not supported: a causal model looks at no later chunk (0).")
+    num_buckets = get("num_buckets")
+    if isinstance(num_buckets, list):
+        num_buckets = num_buckets[0] if len(num_buckets) == 1 else tuple(num_buckets)
+    if num_buckets is not None:
+        try:
+            lsh.bucket_factors(num_buckets)
+        except ValueError as e:
+            raise refuse("num_buckets", f"is not supported: {e}") from None
+
+    d_model = get("hidden_size")
+    if get("axial_pos_embds"):
+        shape, dims = tuple(get("axial_pos_shape")), tuple(get("axial_pos_embds_dim"))
+        max_len = math.prod(shape)
+        if sum(dims) != d_model:
+            raise refuse("axial_pos_embds_dim", f"must sum to hidden_size={d_model}.")
+    else:
+        # Learned absolute positions = axial positions with a single axis.
+        max_len = get("max_position_embeddings")
+        shape, dims = (max_len,), (d_model,)
+
+    lsh_drop = get("lsh_attention_probs_dropout_prob")
+    local_drop = get("local_attention_probs_dropout_prob")
+    attention_dropout = local_drop if "local" in kinds else lsh_drop
+    if "lsh" in kinds and "local" in kinds and lsh_drop != local_drop:
+        log.warning(
+            "%s: lsh_attention_probs_dropout_prob=%s differs from "
+            "local_attention_probs_dropout_prob=%s; ReformerConfig has one attention dropout "
+            "and takes %s (evaluation and sampling do not use dropout)",
+            source,
+            lsh_drop,
+            local_drop,
+            attention_dropout,
+        )
+    lsh_window = (get("lsh_num_chunks_before"), get("lsh_num_chunks_after"))
+    local_window = (get("local_num_chunks_before"), get("local_num_chunks_after"))
+    try:
+        return ReformerConfig(
+            vocab_size=get("vocab_size"),
+            max_len=max_len,
+            d_model=d_model,
+            d_ff=get("feed_forward_size"),
+            n_heads=get("num_attention_heads"),
+            d_head=get("attention_head_size"),
+            n_layers=len(kinds),
+            attention_kinds=_cycle(kinds),
+            chunk_len=get("lsh_attn_chunk_length"),
+            local_chunk_len=get("local_attn_chunk_length"),
+            n_hashes=get("num_hashes"),
+            n_buckets=num_buckets,
+            n_chunks_before=lsh_window[0],
+            n_chunks_after=lsh_window[1],
+            local_n_chunks_before=None if local_window == lsh_window else local_window[0],
+            local_n_chunks_after=None if local_window == lsh_window else local_window[1],
+            axial_shape=shape,
+            axial_dims=dims,
+            dropout=float(get("hidden_dropout_prob")),
+            attention_dropout=float(attention_dropout),
+            ff_activation=ACTIVATIONS[act],
+            layer_norm_eps=float(get("layer_norm_eps")),
+            hash_seed=get("hash_seed"),
+            shift_inputs=False,
+            causal=True,
+        )
+    except ValueError as e:
+        raise ConversionError(f"{source}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a ReformerModelWithLMHead checkpoint holds, with its shape."""
+    m, f, v, hd = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
+    shapes = {"reformer.embeddings.word_embeddings.weight": (v, m)}
+    if len(cfg.axial_shape) == 1:
+        shapes["reformer.embeddings.position_embeddings.embedding.weight"] = (cfg.max_len, m)
+    else:
+        for i, (s, e) in enumerate(zip(cfg.axial_shape, cfg.axial_dims, strict=True)):
+            view = [1] * len(cfg.axial_shape)
+            view[i] = s
+            shapes[f"reformer.embeddings.position_embeddings.weights.{i}"] = (*view, e)
+    kinds = cfg.attention_kinds
+    for i in range(cfg.n_layers):
+        p = f"reformer.encoder.layers.{i}."
+        lsh_layer = kinds[i % len(kinds)] == "lsh"
+        projections = ("query_key", "value") if lsh_layer else ("query", "key", "value")
+        for name in projections:
+            shapes[f"{p}attention.self_attention.{name}.weight"] = (hd, m)
+        shapes[f"{p}attention.output.dense.weight"] = (m, hd)
+        for half in ("attention", "feed_forward"):
+            shapes[f"{p}{half}.layer_norm.weight"] = (m,)
+            shapes[f"{p}{half}.layer_norm.bias"] = (m,)
+        shapes[f"{p}feed_forward.dense.dense.weight"] = (f, m)
+        shapes[f"{p}feed_forward.dense.dense.bias"] = (f,)
+        shapes[f"{p}feed_forward.output.dense.weight"] = (m, f)
+        shapes[f"{p}feed_forward.output.dense.bias"] = (m,)
+    shapes["reformer.encoder.layer_norm.weight"] = (2 * m,)
+    shapes["reformer.encoder.layer_norm.bias"] = (2 * m,)
+    shapes["lm_head.decoder.weight"] = (v, 2 * m)
+    shapes["lm_head.decoder.bias"] = (v,)
+    return shapes
+
+
+def params_from_hf(
+    tensors: dict[str, np.ndarray], cfg: ReformerConfig, source: str = SAFETENSORS
+) -> dict:
+    """HF tensor names -> our parameter tree (float32), checking every name and shape.
+
+    The LM head's bias: HF transformers 5.x holds both `lm_head.decoder.bias`
+    (used) and `lm_head.bias` (unused); 4.x tied the two, and a deduplicated
+    4.x checkpoint may hold only `lm_head.bias`. We read the decoder's bias
+    and fall back to `lm_head.bias` only when it is absent.
+    """
+    tensors = dict(tensors)
+    if "lm_head.decoder.bias" not in tensors and "lm_head.bias" in tensors:
+        tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"]
+    tensors.pop("lm_head.bias", None)
+    shapes = _hf_shapes(cfg)
+    for name, shape in shapes.items():
+        if name not in tensors:
+            raise ConversionError(
+                f"{source} has no tensor {name}; is it a {LM_ARCHITECTURE} checkpoint "
+                f"matching its {CONFIG}?"
+            )
+        if tuple(tensors[name].shape) != shape:
+            raise ConversionError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, but {CONFIG} "
+                f"implies {shape}."
+            )
+    extra = sorted(set(tensors) - set(shapes))
+    if extra:
+        raise ConversionError(
+            f"{source} has tensors a {LM_ARCHITECTURE} does not ({extra[0]}, ...); "
+            "is it another architecture?"
+        )
+    t = lambda name: np.asarray(tensors[name], np.float32)
+    m, h, d = cfg.d_model, cfg.n_heads, cfg.d_head
+
+    def proj_in(name):  # HF Linear weight [h * d, m] (out, in) -> [m, h, d]
+        return t(name).T.reshape(m, h, d)
+
+    def norm(prefix):
+        return {"scale": t(prefix + ".weight"), "bias": t(prefix + ".bias")}
+
+    cycle = len(cfg.attention_kinds)
+    blocks = {}
+    for j, block in enumerate(block_names(cfg)):
+        per_group = []
+        for g in range(cfg.n_groups):
+            p = f"reformer.encoder.layers.{g * cycle + j}."
+            a = p + "attention.self_attention."
+            if cfg.attention_kinds[j] == "lsh":
+                attention = {
+                    "wq": proj_in(a + "query_key.weight"),
+                    "wv": proj_in(a + "value.weight"),
+                }
+            else:
+                attention = {
+                    "wq": proj_in(a + "query.weight"),
+                    "wk": proj_in(a + "key.weight"),
+                    "wv": proj_in(a + "value.weight"),
+                }
+            attention["wo"] = t(p + "attention.output.dense.weight").T.reshape(h, d, m)
+            attention["norm"] = norm(p + "attention.layer_norm")
+            feed_forward = {
+                "norm": norm(p + "feed_forward.layer_norm"),
+                "w1": t(p + "feed_forward.dense.dense.weight").T,
+                "b1": t(p + "feed_forward.dense.dense.bias"),
+                "w2": t(p + "feed_forward.output.dense.weight").T,
+                "b2": t(p + "feed_forward.output.dense.bias"),
+            }
+            per_group.append({"attention": attention, "feed_forward": feed_forward})
+        blocks[block] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *per_group)
+
+    params = {
+        "embed": {"embedding": t("reformer.embeddings.word_embeddings.weight")},
+        "blocks": blocks,
+        "head": {
+            "norm": norm("reformer.encoder.layer_norm"),
+            "kernel": t("lm_head.decoder.weight").T,
+            "bias": t("lm_head.decoder.bias"),
+        },
+    }
+    if len(cfg.axial_shape) == 1:
+        table = t("reformer.embeddings.position_embeddings.embedding.weight")
+        params["axial_pos"] = {"axis_0": table}
+    else:
+        params["axial_pos"] = {
+            f"axis_{i}": t(f"reformer.embeddings.position_embeddings.weights.{i}").reshape(s, e)
+            for i, (s, e) in enumerate(zip(cfg.axial_shape, cfg.axial_dims, strict=True))
+        }
+    _check_tree(params, cfg)
+    return params
+
+
+def _check_tree(params: dict, cfg: ReformerConfig) -> None:
+    """The converted tree must be exactly the tree ReformerLM(cfg).init makes."""
+    wanted = _model_shapes(cfg)
+    got_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
+    want_shapes = jax.tree_util.tree_map(lambda x: x.shape, wanted)
+    if got_shapes != want_shapes:  # a bug here, not in the checkpoint
+        raise AssertionError(f"converted tree {got_shapes} != model tree {want_shapes}")
+
+
+def read_hf_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
+    """The tensors of an HF checkpoint directory as numpy arrays, and the file read."""
+    st, index, binary = (os.path.join(path, n) for n in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN))
+    if os.path.isfile(st):
+        return _read_safetensors([st]), SAFETENSORS
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError) as e:
+            raise ConversionError(f"{index} is not a safetensors index: {e}") from None
+        missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
+        if missing:
+            raise ConversionError(f"{index} names {missing[0]}, which is not in {path}.")
+        return _read_safetensors([os.path.join(path, s) for s in shards]), SAFETENSORS_INDEX
+    if os.path.isfile(binary):
+        try:
+            import torch
+        except ImportError:
+            raise ConversionError(
+                f"{path} has only {TORCH_BIN}, which needs torch: pip install torch, or "
+                f"download the checkpoint's {SAFETENSORS} instead."
+            ) from None
+        state = torch.load(binary, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in state.items()}, TORCH_BIN
+    raise ConversionError(
+        f"{path} has no {SAFETENSORS}, {SAFETENSORS_INDEX} or {TORCH_BIN}: download the "
+        "checkpoint's weights next to its config.json."
+    )
+
+
+def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for file in files:
+        try:
+            tensors.update(load_file(file))
+        except (SafetensorError, OSError, ValueError, TypeError) as e:
+            raise ConversionError(
+                f"{file} is not a readable safetensors file ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
+    return tensors
+
+
+def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
+    """A local HF ReformerModelWithLMHead checkpoint directory -> (config, params)."""
+    if not os.path.isdir(path):
+        raise ConversionError(f"{path} is not a directory: give an HF checkpoint directory.")
+    config_path = os.path.join(path, CONFIG)
+    if not os.path.isfile(config_path):
+        raise ConversionError(f"{path} has no {CONFIG}: download it with the weights.")
+    try:
+        with open(config_path) as f:
+            hf_config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConversionError(f"{config_path} is not readable JSON: {e}") from None
+    cfg = config_from_hf(hf_config)
+    tensors, source = read_hf_tensors(path)
+    return cfg, params_from_hf(tensors, cfg, source)
+
+
+def buckets_from_hf(buckets: dict[int, Any], cfg: ReformerConfig) -> dict[int, np.ndarray]:
+    """HF's per-layer buckets [b, h, r, l] (round r offset by r * n_buckets) -> ours."""
+    n_total = lsh.total_buckets(cfg.n_buckets) if cfg.n_buckets is not None else None
+    out = {}
+    for layer, b in buckets.items():
+        b = np.asarray(b)
+        if n_total is None:
+            raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
+        offsets = np.arange(b.shape[2]).reshape(1, 1, -1, 1) * n_total
+        out[layer] = (b - offsets).astype(np.int32)
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str]) -> None:
+    """python -m reformer_jax.convert --hf_dir=DIR --workdir=OUT [--gin_file=...] [--gin_param=...]
+
+    Writes <workdir>/checkpoints/0 (parameters and model config, as
+    `checkpoints.save_params`) and <workdir>/config.gin: the given gin files
+    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig bound
+    on top, then the --gin_param overrides. `evaluate`, `train`
+    (fine-tuning) and `sampling` read that workdir.
+    """
+    from reformer_jax import checkpoints, cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m reformer_jax.convert",
+        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir.",
+    )
+    parser.add_argument("--hf_dir", required=True, help="local HF checkpoint directory")
+    parser.add_argument("--workdir", required=True, help="new workdir to write")
+    cli.add_gin_flags(parser)
+    args = parser.parse_args(argv)
+    cli.log_to_stderr()
+    try:
+        cfg, params = load_hf_reformer(args.hf_dir)
+    except ConversionError as e:
+        raise cli.UsageError(str(e)) from None
+    directory = checkpoints.find_directory(args.workdir)
+    if os.path.isdir(directory) and os.listdir(directory):
+        raise cli.UsageError(
+            f"{directory} already holds checkpoints; convert into a new --workdir."
+        )
+    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
+    cli.parse_gin(args.gin_file, bindings + args.gin_param)
+    final = cli.model_config()
+    try:
+        checkpoints.check_params_fit(params, _model_shapes(final), "the converted checkpoint")
+    except checkpoints.CheckpointError as e:
+        raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
+    cli.prepare_workdir(args.workdir)
+    checkpoints.save_params(args.workdir, final, params, step=0)
+    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    print(
+        f"converted {args.hf_dir} ({n:,} parameters, {final.n_layers} layers "
+        f"{final.attention_kinds}) into {args.workdir}"
+    )
+
+
+def _model_shapes(cfg: ReformerConfig):
+    tokens = jnp.zeros((1, min(cfg.max_len, 2 * max(cfg.chunk_len, cfg.local_chunk_len))), int)
+    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+
+
+if __name__ == "__main__":
+    from reformer_jax import cli
+
+    cli.run_main(main)

@@ -1,0 +1,214 @@
+"""Sample from a trained run: text continuation, image completion, raw ids.
+
+    python -m reformer_jax.sample --workdir=DIR [--step=N] [--gin_param=...]
+        (--prompt=TEXT | --prompt_ids=0,5,9 | --image_prompt=PNG --prompt_rows=N)
+        [--num_tokens=N] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
+        [--n_samples=S] [--n_hashes=R] [--seed=S] [--output=FILE] [--json]
+
+Loads the newest readable checkpoint of the run and its saved model config
+(reformer_jax.checkpoints.load_run); --gin_param overrides bindings of that
+config (e.g. 'ReformerConfig.attention_kinds = ("full_shared",)' to decode an
+LSH model with full attention). Sampling is reformer_jax.sampling.generate:
+cached decoding, one compiled program per sample batch.
+
+- --prompt=TEXT (byte-level models such as enwik8, ids = byte + 2): prints
+  each sample's prompt and continuation as text.
+- --prompt_ids=0,5,9: any model; prints the generated ids (and text for byte
+  models).
+- --image_prompt=PNG --prompt_rows=N (Imagenet64 models: 64x64 RGB, 12,288
+  ids): keeps the top N pixel rows, completes the image (by default all of it;
+  --num_tokens for fewer ids), and writes one PNG grid to --output (default
+  samples.png): a row per sample, columns = prompt, completion, original.
+- --json: one JSON object per sample and line, {"ids": [generated ids,
+  prompt excluded]} plus "text" for byte-level models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from reformer_jax import cli, sampling
+from reformer_jax.data import enwik8, imagenet64
+
+BYTE_VOCAB = 256 + enwik8.BYTE_OFFSET
+
+
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m reformer_jax.sample", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--workdir", required=True, help="a training run's workdir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument(
+        "--gin_param", action="append", default=[], help="override a binding of the run's config"
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="text prompt (byte-level models)")
+    source.add_argument("--prompt_ids", help="comma-separated token ids, e.g. 0,5,9")
+    source.add_argument("--image_prompt", help="a 64x64 RGB PNG (Imagenet64 models)")
+    parser.add_argument(
+        "--prompt_rows", type=int, default=None, help="pixel rows of --image_prompt kept"
+    )
+    parser.add_argument(
+        "--num_tokens", type=int, default=None, help="ids to generate (images: default the rest)"
+    )
+    parser.add_argument("--greedy", action="store_true", help="always take the most likely id")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=None)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--n_samples", type=int, default=1, help="samples decoded at once")
+    parser.add_argument(
+        "--n_hashes", type=int, default=None, help="LSH hash rounds at decode (default: config)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="PNG grid path (image prompts)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per sample")
+    return parser.parse_args(argv)
+
+
+def _read_image(path: str) -> np.ndarray:
+    """A 64x64 RGB PNG as uint8 [64, 64, 3]; one clear error otherwise."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            pixels = np.asarray(img.convert("RGB")) if mode == "RGB" else None
+    except (OSError, UnidentifiedImageError) as e:
+        raise cli.UsageError(f"--image_prompt: cannot read {path} as an image ({e})") from None
+    h, w, _ = imagenet64.IMAGE_SHAPE
+    if mode != "RGB" or size != (w, h):
+        raise cli.UsageError(
+            f"--image_prompt: expected a {w}x{h} RGB image, got a {size[0]}x{size[1]} {mode} one "
+            f"({path}); resize and convert it to {w}x{h} RGB first"
+        )
+    return pixels
+
+
+def _prompt(args, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+    """(prompt ids [p], the original image [64, 64, 3] or None) from the prompt flags."""
+    if args.prompt is not None:
+        if cfg.vocab_size < BYTE_VOCAB:
+            raise cli.UsageError(
+                f"--prompt needs a byte-level model (vocab >= {BYTE_VOCAB}, ids = byte + "
+                f"{enwik8.BYTE_OFFSET}); this model's vocab is {cfg.vocab_size}: use --prompt_ids"
+            )
+        data = np.frombuffer(args.prompt.encode("utf-8"), np.uint8)
+        return data.astype(np.int32) + enwik8.BYTE_OFFSET, None
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
+        except ValueError:
+            raise cli.UsageError(
+                f"--prompt_ids={args.prompt_ids!r}: give comma-separated integers, e.g. 0,5,9"
+            ) from None
+        return np.asarray(ids, np.int32), None
+    image = _read_image(args.image_prompt)
+    h, w, c = imagenet64.IMAGE_SHAPE
+    if cfg.vocab_size != imagenet64.VOCAB_SIZE or cfg.max_len < imagenet64.SEQ_LEN:
+        raise cli.UsageError(
+            f"--image_prompt needs an Imagenet64 model (vocab {imagenet64.VOCAB_SIZE}, max_len "
+            f">= {imagenet64.SEQ_LEN}); this one has vocab {cfg.vocab_size}, max_len {cfg.max_len}"
+        )
+    if args.prompt_rows is None or not 1 <= args.prompt_rows < h:
+        raise cli.UsageError(
+            f"--image_prompt needs --prompt_rows in [1, {h - 1}] (the top rows kept), "
+            f"got {args.prompt_rows}"
+        )
+    return imagenet64.flatten_image(image)[: args.prompt_rows * w * c], image
+
+
+def _text(ids) -> str:
+    data = bytes(int(i) - enwik8.BYTE_OFFSET for i in ids if i >= enwik8.BYTE_OFFSET)
+    return data.decode("utf-8", errors="replace")
+
+
+def _image_grid(prompt: np.ndarray, samples: np.ndarray, original: np.ndarray, path: str) -> None:
+    """Writes a PNG: a row per sample, columns = prompt, completion, original (gray = unknown)."""
+    from PIL import Image
+
+    size = imagenet64.SEQ_LEN
+
+    def picture(ids):
+        full = np.full(size, 128, np.int32)
+        full[: len(ids)] = ids
+        return imagenet64.unflatten(full)
+
+    rows = [
+        np.concatenate([picture(prompt), picture(np.concatenate([prompt, s])), original], axis=1)
+        for s in samples
+    ]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+
+
+def main(argv: Sequence[str]) -> None:
+    args = _parse_args(argv)
+    try:
+        sampling.SamplingOptions(
+            greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p
+        )
+    except ValueError as e:
+        raise cli.UsageError(f"{e}".rstrip(".")) from None
+    if args.n_samples < 1:
+        raise cli.UsageError(f"--n_samples must be >= 1, got {args.n_samples}")
+    if args.image_prompt is not None:
+        _read_image(args.image_prompt)  # a bad image fails before the model loads
+    from reformer_jax import checkpoints  # the orbax stack, only once the flags are sane
+
+    try:
+        run = checkpoints.load_run(args.workdir, args.step)
+    except checkpoints.CheckpointError as e:
+        raise cli.UsageError(str(e)) from None
+    cfg = run.config
+    if args.gin_param:
+        bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
+        cli.parse_gin([], bindings + args.gin_param)
+        cfg = cli.model_config()
+    prompt, original = _prompt(args, cfg)
+    num_tokens = args.num_tokens
+    if num_tokens is None:
+        if original is None:
+            raise cli.UsageError("give --num_tokens (how many ids to generate)")
+        num_tokens = imagenet64.SEQ_LEN - len(prompt)
+    batch = np.tile(prompt.reshape(1, -1), (args.n_samples, 1))
+    try:
+        ids = sampling.generate(
+            run.params,
+            cfg,
+            batch,
+            jax.random.key(args.seed),
+            num_tokens=num_tokens,
+            greedy=args.greedy,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            n_hashes=args.n_hashes,
+        )
+    except ValueError as e:
+        raise cli.UsageError(f"{e}".rstrip(".")) from None
+    ids = np.asarray(jax.device_get(ids))
+    is_text = cfg.vocab_size == BYTE_VOCAB
+    if original is not None:
+        path = args.output or "samples.png"
+        _image_grid(prompt, ids, original, path)
+        if not args.json:
+            print(f"wrote {path}: {args.n_samples} samples x (prompt, completion, original)")
+    if args.json:
+        for row in ids:
+            record = {"ids": row.tolist()}
+            if is_text:
+                record["text"] = _text(row)
+            print(json.dumps(record))
+    elif original is None:
+        for i, row in enumerate(ids):
+            print(f"--- sample {i} (checkpoint step {run.step}) ---")
+            print(_text(list(prompt) + row.tolist()) if is_text else ",".join(map(str, row)))
+
+
+if __name__ == "__main__":
+    cli.run_main(main)

@@ -1,0 +1,239 @@
+"""Builds the HF transformers Reformer fixtures that tests/test_convert.py checks against.
+
+    pip install -e '.[peers]'        # torch, transformers, safetensors
+    python scripts/make_hf_fixture.py [--out tests/data/hf] [--report]
+
+For each case below it makes a tiny random `ReformerModelWithLMHead`, runs it
+in eval mode and in float64 on a random batch with `use_cache=True`, and
+writes <out>/<case>/:
+
+    config.json, model.safetensors   the checkpoint (float32), via save_pretrained
+    expected.npz                     input_ids [b, l] int32, logits [b, l, v]
+                                     float64, and buckets_<layer> [b, h, r, l]
+                                     int32 for every LSH layer that hashed,
+                                     exactly as HF returns them in its cache
+                                     (round r's buckets offset by r * n_buckets)
+    versions.json                    torch / transformers / safetensors versions
+
+Parameters are redrawn at trained-model scales (HF's init, N(0, 0.02), makes
+every attention nearly uniform, which would hide a wrong mask or sort), and
+lm_head.bias is set to a vector that differs from lm_head.decoder.bias: HF
+transformers 5.x keeps both but uses only the decoder's, so a converter that
+read the other would fail the test. The test needs none of torch,
+transformers or network access.
+
+Why float64: with two or more hash rounds, a query whose only admissible keys
+are copies of itself (position 0, causally) has every logit at HF's self-mask
+value -1e5, where a float32 log-sum-exp is off by up to 4e-3, so HF's float32
+probabilities there do not sum to 1 and its float32 logits move by ~4e-3.
+The float64 run is HF's model without that rounding (README, "Pretrained HF
+checkpoints"). --report converts each fixture with reformer_jax and prints the
+largest log-probability difference from HF run in float64 and in float32
+(each with its own buckets injected): the figures in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+
+import numpy as np
+import safetensors
+import torch
+import transformers
+from transformers import ReformerConfig, ReformerModelWithLMHead
+
+BATCH = 2
+COMMON = dict(
+    is_decoder=True,
+    hidden_size=16,
+    feed_forward_size=32,
+    num_attention_heads=2,
+    attention_head_size=8,
+    vocab_size=24,
+    layer_norm_eps=1e-12,
+    hash_seed=0,
+    pad_token_id=0,
+    eos_token_id=1,
+)
+# name -> (config overrides, sequence length). Lengths are multiples of the
+# chunk lengths' lcm, so HF does not pad the input itself.
+CASES = {
+    # Two groups of (local, lsh); learned absolute positions (axial_pos_embds=False).
+    "mixed": (
+        dict(
+            attn_layers=["local", "lsh", "local", "lsh"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=8,
+            num_buckets=4,
+            num_hashes=1,
+            axial_pos_embds=False,
+            max_position_embeddings=32,
+        ),
+        32,
+    ),
+    # All LSH, two hash rounds, exact GELU, axial positions.
+    "two_hashes": (
+        dict(
+            attn_layers=["lsh", "lsh"],
+            lsh_attn_chunk_length=8,
+            num_buckets=8,
+            num_hashes=2,
+            hidden_act="gelu",
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=32,
+        ),
+        32,
+    ),
+    # Factorised buckets 2 x 4 with two rounds.
+    "factorised": (
+        dict(
+            attn_layers=["lsh", "local"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=16,
+            num_buckets=[2, 4],
+            num_hashes=2,
+            axial_pos_shape=[8, 8],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=64,
+        ),
+        64,
+    ),
+    # The enwik8 layout in miniature: cycle (local, local, lsh, local), axial
+    # positions, local chunks twice the LSH chunk, tanh GELU.
+    "axial_enwik8_like": (
+        dict(
+            attn_layers=["local", "local", "lsh", "local"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=16,
+            num_buckets=8,
+            num_hashes=2,
+            hidden_act="gelu_new",
+            axial_pos_shape=[8, 8],
+            axial_pos_embds_dim=[4, 12],
+            max_position_embeddings=64,
+        ),
+        64,
+    ),
+    # L <= lsh_attn_chunk_length: HF runs its LSH layers as full shared-QK
+    # attention and returns no buckets for them.
+    "short": (
+        dict(
+            attn_layers=["local", "lsh"],
+            lsh_attn_chunk_length=16,
+            local_attn_chunk_length=8,
+            num_buckets=4,
+            num_hashes=2,
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=32,
+        ),
+        16,
+    ),
+}
+
+
+def randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Redraws every parameter at the scale of a trained model."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if "layer_norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * noise)
+            elif "position_embeddings" in name or "word_embeddings" in name:
+                p.copy_(noise)
+            elif name.endswith("bias"):
+                p.copy_(0.2 * noise)
+            else:  # a Linear weight [out, in]
+                p.copy_(1.5 * noise / p.shape[1] ** 0.5)
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def hf_buckets(out) -> dict[int, np.ndarray]:
+    return {i: b.numpy() for i, b in enumerate(out.past_buckets_states.buckets_cache) if b.numel()}
+
+
+def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) -> None:
+    """Max |log p(reformer_jax) - log p(HF)| against HF in float64 and in float32."""
+    import jax
+
+    from reformer_jax import convert
+    from reformer_jax.model import ReformerLM
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    cfg, params = convert.load_hf_reformer(case_dir)
+    errors = []
+    for dtype in (torch.float64, torch.float32):
+        with torch.no_grad():
+            out = model.to(dtype)(ids, use_cache=True)
+        buckets = hf_buckets(out)
+        ours = ReformerLM(cfg).apply(
+            {"params": params},
+            ids.numpy(),
+            buckets=convert.buckets_from_hf(buckets, cfg) if buckets else None,
+        )
+        errors.append(np.abs(np.asarray(ours, np.float64) - log_softmax(out.logits.numpy())).max())
+    model.float()
+    print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
+
+
+def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bool) -> None:
+    seed = sorted(CASES).index(name)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(1000 + seed)
+    config = ReformerConfig(**COMMON, **overrides)
+    model = ReformerModelWithLMHead(config).eval()
+    randomize(model, generator)
+    ids = torch.randint(2, config.vocab_size, (BATCH, length), generator=generator)
+    with torch.no_grad():
+        out = model.double()(ids, use_cache=True)
+    model.float()  # the checkpoint is float32, as published ones are
+    expected = {
+        "input_ids": ids.numpy().astype(np.int32),
+        "logits": out.logits.numpy().astype(np.float64),
+    }
+    for layer, buckets in hf_buckets(out).items():
+        expected[f"buckets_{layer}"] = buckets.astype(np.int32)
+
+    case_dir = os.path.join(out_dir, name)
+    shutil.rmtree(case_dir, ignore_errors=True)
+    model.save_pretrained(case_dir, safe_serialization=True)
+    for extra in os.listdir(case_dir):  # keep only what a converter reads
+        if extra not in ("config.json", "model.safetensors"):
+            os.remove(os.path.join(case_dir, extra))
+    np.savez_compressed(os.path.join(case_dir, "expected.npz"), **expected)
+    versions = {
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+        "safetensors": safetensors.__version__,
+        "command": "python scripts/make_hf_fixture.py",
+    }
+    with open(os.path.join(case_dir, "versions.json"), "w") as f:
+        json.dump(versions, f, indent=1)
+        f.write("\n")
+    buckets = sorted(k for k in expected if k.startswith("buckets_"))
+    print(f"{name}: length {length}, buckets for {buckets or 'no layer'}")
+    if with_report:
+        report(name, model, ids, case_dir)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=os.path.join("tests", "data", "hf"))
+    parser.add_argument("--report", action="store_true", help="compare reformer_jax with HF")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    for name, (overrides, length) in CASES.items():
+        build(name, overrides, length, args.out, args.report)
+
+
+if __name__ == "__main__":
+    main()
