@@ -297,8 +297,10 @@ def full_attention(
     return out[:, :, 0]
 
 
-# Above this many elements of [b, h, chunks, c, w] logits, `_attend` runs the
-# chunks in blocks (16 MiB of float32 logits per block).
+# `_attend` runs the chunks in blocks of at most this many elements of
+# [b, h, chunks, c, w] logits (16 MiB of float32 per block), once all the
+# logits would fill at least 4 blocks: below that, the blocks' stacked copies
+# of q, k and v cost more than the logits they save.
 BLOCK_ELEMENTS = 2**22
 
 
@@ -328,7 +330,7 @@ def _attend(
     per_chunk = b * h * c * k.shape[3]
     blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])
     kw = dict(causal=causal, self_penalty=self_penalty, dropout_rate=dropout_rate)
-    if blk == u:
+    if blk == u or u * per_chunk < 4 * BLOCK_ELEMENTS:
         return _attend_block(
             q, k, v, q_pos, k_pos, k_valid, bias=bias, dropout_key=dropout_key, **kw
         )

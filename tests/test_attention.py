@@ -361,7 +361,7 @@ def test_bad_inputs_are_clear_errors():
 @pytest.mark.parametrize("kind", ["lsh", "local"])
 def test_chunk_blocks_equal_one_pass(kind, monkeypatch):
     # 4 hash rounds x 64 / 8 = 32 LSH chunks (8 local ones) of [2, 2, 8, 16]
-    # logits each: BLOCK_ELEMENTS = 2 * 2 * 8 * 16 * 4 runs them 4 chunks at a time.
+    # logits each: BLOCK_ELEMENTS = 2 * 2 * 8 * 16 * 2 runs them 2 chunks at a time.
     qk, v = _normal(0, (2, 2, 64, 8)), _normal(1, (2, 2, 64, 8))
     k = _normal(2, (2, 2, 64, 8))
     ct = _normal(3, v.shape)
@@ -378,7 +378,7 @@ def test_chunk_blocks_equal_one_pass(kind, monkeypatch):
         return run(qk, k, v), jax.grad(loss, argnums=(0, 1, 2))(qk, k, v)
 
     one_pass = value_and_grads()
-    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 2 * 2 * 8 * 16 * 4)
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 2 * 2 * 8 * 16 * 2)
     blocked = value_and_grads()
     leaves = map(jax.tree_util.tree_leaves, (blocked, one_pass))
     for a, b in zip(*leaves, strict=True):
