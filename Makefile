@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GIN    ?= configs/copy.gin
 WORKDIR ?= runs/copy
 
-.PHONY: install train test lint bench clean
+.PHONY: install train test lint bench notebooks clean
 
 install: $(STAMP)
 
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reformer_jax tests scripts
+
+# Re-run notebooks/*.ipynb and save their outputs in place (what is committed).
+# SMOKE=1 (default): the small setting, ~2 min each on a 2-core CPU; SMOKE=0: the
+# real setting, for a GPU. `make test` also executes them (tests/test_notebooks.py).
+SMOKE ?= 1
+notebooks: $(STAMP)
+	$(PY) scripts/run_notebooks.py --inplace $(if $(filter 0,$(SMOKE)),--full,)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py attention

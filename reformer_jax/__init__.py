@@ -16,5 +16,6 @@ docstrings and einsum strings.
 Modules, bottom to top: lsh, attention (pure functions) -> layers, reversible
 -> model -> sampling, data, optim, checkpoints, metrics -> train (the library
 trainer) -> cli (gin and flags) -> the entry points `python -m
-reformer_jax.train`, `reformer_jax.evaluate`, `reformer_jax.memory`.
+reformer_jax.train`, `reformer_jax.evaluate`, `reformer_jax.memory`,
+`reformer_jax.sample` and `reformer_jax.convert` (HF checkpoints).
 """

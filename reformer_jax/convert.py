@@ -9,7 +9,7 @@ Public functions:
         config.json plus model.safetensors (read with the safetensors numpy
         API), a sharded model.safetensors.index.json, or pytorch_model.bin
         (needs torch). `ReformerLM(cfg).apply({"params": params}, tokens)`
-        then gives HF's log-probabilities: float32 [b, l, vocab], position t
+        then gives HF's log-probabilities: float32 [b, l, v], position t
         predicting token t + 1 (cfg.shift_inputs is False, as in HF).
     config_from_hf(hf_config: dict) -> ReformerConfig
     params_from_hf(tensors: {name: np.ndarray}, cfg) -> params
@@ -27,6 +27,10 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
 - num_buckets=None: HF picks a power of two from the first sequence it sees;
   we use the paper's 2L/c per call.
+- lengths: HF pads an input whose length is not a multiple of the chunk
+  lengths' lcm up to that multiple, pads hashed into an extra last bucket;
+  we do not, so log-probabilities agree at multiples of the lcm and at
+  lengths up to the smaller chunk, not in between.
 - dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
   and local rates differ we take the local rate (see `config_from_hf`).
   Evaluation and sampling are unaffected.
@@ -218,10 +222,10 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
 
 def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a ReformerModelWithLMHead checkpoint holds, with its shape."""
-    d, f, v, hk = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
-    shapes = {"reformer.embeddings.word_embeddings.weight": (v, d)}
+    m, f, v, hd = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
+    shapes = {"reformer.embeddings.word_embeddings.weight": (v, m)}
     if len(cfg.axial_shape) == 1:
-        shapes["reformer.embeddings.position_embeddings.embedding.weight"] = (cfg.max_len, d)
+        shapes["reformer.embeddings.position_embeddings.embedding.weight"] = (cfg.max_len, m)
     else:
         for i, (s, e) in enumerate(zip(cfg.axial_shape, cfg.axial_dims, strict=True)):
             view = [1] * len(cfg.axial_shape)
@@ -233,18 +237,18 @@ def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
         lsh_layer = kinds[i % len(kinds)] == "lsh"
         projections = ("query_key", "value") if lsh_layer else ("query", "key", "value")
         for name in projections:
-            shapes[f"{p}attention.self_attention.{name}.weight"] = (hk, d)
-        shapes[f"{p}attention.output.dense.weight"] = (d, hk)
+            shapes[f"{p}attention.self_attention.{name}.weight"] = (hd, m)
+        shapes[f"{p}attention.output.dense.weight"] = (m, hd)
         for half in ("attention", "feed_forward"):
-            shapes[f"{p}{half}.layer_norm.weight"] = (d,)
-            shapes[f"{p}{half}.layer_norm.bias"] = (d,)
-        shapes[f"{p}feed_forward.dense.dense.weight"] = (f, d)
+            shapes[f"{p}{half}.layer_norm.weight"] = (m,)
+            shapes[f"{p}{half}.layer_norm.bias"] = (m,)
+        shapes[f"{p}feed_forward.dense.dense.weight"] = (f, m)
         shapes[f"{p}feed_forward.dense.dense.bias"] = (f,)
-        shapes[f"{p}feed_forward.output.dense.weight"] = (d, f)
-        shapes[f"{p}feed_forward.output.dense.bias"] = (d,)
-    shapes["reformer.encoder.layer_norm.weight"] = (2 * d,)
-    shapes["reformer.encoder.layer_norm.bias"] = (2 * d,)
-    shapes["lm_head.decoder.weight"] = (v, 2 * d)
+        shapes[f"{p}feed_forward.output.dense.weight"] = (m, f)
+        shapes[f"{p}feed_forward.output.dense.bias"] = (m,)
+    shapes["reformer.encoder.layer_norm.weight"] = (2 * m,)
+    shapes["reformer.encoder.layer_norm.bias"] = (2 * m,)
+    shapes["lm_head.decoder.weight"] = (v, 2 * m)
     shapes["lm_head.decoder.bias"] = (v,)
     return shapes
 
@@ -282,10 +286,10 @@ def params_from_hf(
             "is it another architecture?"
         )
     t = lambda name: np.asarray(tensors[name], np.float32)
-    d, h, k = cfg.d_model, cfg.n_heads, cfg.d_head
+    m, h, d = cfg.d_model, cfg.n_heads, cfg.d_head
 
-    def proj_in(name):  # HF Linear [h * k, d] -> [d, h, k]
-        return t(name).T.reshape(d, h, k)
+    def proj_in(name):  # HF Linear weight [h * d, m] (out, in) -> [m, h, d]
+        return t(name).T.reshape(m, h, d)
 
     def norm(prefix):
         return {"scale": t(prefix + ".weight"), "bias": t(prefix + ".bias")}
@@ -308,7 +312,7 @@ def params_from_hf(
                     "wk": proj_in(a + "key.weight"),
                     "wv": proj_in(a + "value.weight"),
                 }
-            attention["wo"] = t(p + "attention.output.dense.weight").T.reshape(h, k, d)
+            attention["wo"] = t(p + "attention.output.dense.weight").T.reshape(h, d, m)
             attention["norm"] = norm(p + "attention.layer_norm")
             feed_forward = {
                 "norm": norm(p + "feed_forward.layer_norm"),

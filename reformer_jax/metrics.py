@@ -46,7 +46,8 @@ class MetricWriter:
     enabled=False (every process but the first of a multi-host run) writes
     nothing. truncate_to: a byte length of metrics.jsonl saved with a
     checkpoint; on resume the file is cut back to it, so the records of steps
-    after that checkpoint, which the resumed run logs again, appear once.
+    after that checkpoint, which the resumed run logs again, appear once
+    (0 when a run starts without a train-state checkpoint).
     """
 
     def __init__(self, workdir: str, *, enabled: bool = True, truncate_to: int | None = None):

@@ -95,13 +95,14 @@ def _train_steps(workdir: str) -> int:
     return max(steps, default=0)
 
 
-def _writing_checkpoint(workdir: str) -> bool:
+def _tmp_checkpoints(workdir: str) -> set[str]:
+    """orbax's temporary directories: checkpoint writes under way (or cut short by a kill)."""
     d = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(d) and any("tmp" in n for n in os.listdir(d))
+    return {n for n in os.listdir(d) if ".orbax-checkpoint-tmp" in n} if os.path.isdir(d) else set()
 
 
-def _phase(workdir: str, eval_every: int) -> str:
-    if _writing_checkpoint(workdir):
+def _phase(workdir: str, eval_every: int, stale: set[str]) -> str:
+    if _tmp_checkpoints(workdir) - stale:
         return "checkpoint"
     records = _records(workdir)
     if records and records[-1]["split"] == "train" and records[-1]["step"] % eval_every == 0:
@@ -109,8 +110,19 @@ def _phase(workdir: str, eval_every: int) -> str:
     return "step"
 
 
-def _start(cmd: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def _env(root: str) -> dict[str, str]:
+    """The runs' environment: this checkout first on the path, and a shared XLA cache
+    so that each restart loads its compiled step instead of compiling it again."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(root, "xla_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        **os.environ,
+        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+
+
+def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -145,10 +157,12 @@ def soak(
     rng = random.Random(seed)
     shutil.rmtree(root, ignore_errors=True)
     ref, killed = os.path.join(root, "reference"), os.path.join(root, "killed")
+    env = _env(root)
     t0 = time.monotonic()
     done = subprocess.run(
         _command(ref, steps, gin_file, list(extra)),
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -161,7 +175,8 @@ def soak(
     cmd = _command(killed, steps, gin_file, list(extra))
     for i in range(kills):
         target = ("step", "checkpoint", "eval")[i % 3]
-        proc = _start(cmd)
+        stale = _tmp_checkpoints(killed)  # left by earlier kills
+        proc = _start(cmd, env)
         start_step = _train_steps(killed)
         if target == "step":
             goal = start_step + rng.randint(1, max(1, 2 * steps // (kills + 1)))
@@ -169,16 +184,16 @@ def soak(
             if hit:
                 time.sleep(rng.uniform(0.0, 0.02))  # inside the next step, at a random point
         elif target == "checkpoint":
-            hit = _wait_for(proc, lambda: _writing_checkpoint(killed), timeout)
+            hit = _wait_for(proc, lambda old=stale: bool(_tmp_checkpoints(killed) - old), timeout)
         else:
             hit = _wait_for(
                 proc,
-                lambda s=start_step: (
-                    _phase(killed, eval_every) == "eval" and _train_steps(killed) > s
+                lambda s=start_step, old=stale: (
+                    _phase(killed, eval_every, old) == "eval" and _train_steps(killed) > s
                 ),
                 timeout,
             )
-        observed = _phase(killed, eval_every)
+        observed = _phase(killed, eval_every, stale)
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
         if not hit and proc.returncode not in (0, -signal.SIGKILL):
@@ -194,7 +209,7 @@ def soak(
         )
         if not hit:  # the run ended before the moment came: nothing left to kill
             break
-    last = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    last = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if last.returncode:
         raise RuntimeError(f"final resume failed:\n{last.stderr}")
 

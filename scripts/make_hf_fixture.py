@@ -1,7 +1,7 @@
 """Builds the HF transformers Reformer fixtures that tests/test_convert.py checks against.
 
     pip install -e '.[peers]'        # torch, transformers, safetensors
-    python scripts/make_hf_fixture.py [--out tests/data/hf]
+    python scripts/make_hf_fixture.py [--out tests/data/hf] [--report]
 
 For each case below it makes a tiny random `ReformerModelWithLMHead`, runs it
 in eval mode and in float64 on a random batch with `use_cache=True`, and
@@ -27,7 +27,9 @@ are copies of itself (position 0, causally) has every logit at HF's self-mask
 value -1e5, where a float32 log-sum-exp is off by up to 4e-3, so HF's float32
 probabilities there do not sum to 1 and its float32 logits move by ~4e-3.
 The float64 run is HF's model without that rounding (README, "Pretrained HF
-checkpoints").
+checkpoints"). --report converts each fixture with reformer_jax and prints the
+largest log-probability difference from HF run in float64 and in float32
+(each with its own buckets injected): the figures in docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -149,7 +151,41 @@ def randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
                 p.copy_(1.5 * noise / p.shape[1] ** 0.5)
 
 
-def build(name: str, overrides: dict, length: int, out_dir: str) -> None:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def hf_buckets(out) -> dict[int, np.ndarray]:
+    return {i: b.numpy() for i, b in enumerate(out.past_buckets_states.buckets_cache) if b.numel()}
+
+
+def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) -> None:
+    """Max |log p(reformer_jax) - log p(HF)| against HF in float64 and in float32."""
+    import jax
+
+    from reformer_jax import convert
+    from reformer_jax.model import ReformerLM
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    cfg, params = convert.load_hf_reformer(case_dir)
+    errors = []
+    for dtype in (torch.float64, torch.float32):
+        with torch.no_grad():
+            out = model.to(dtype)(ids, use_cache=True)
+        buckets = hf_buckets(out)
+        ours = ReformerLM(cfg).apply(
+            {"params": params},
+            ids.numpy(),
+            buckets=convert.buckets_from_hf(buckets, cfg) if buckets else None,
+        )
+        errors.append(np.abs(np.asarray(ours, np.float64) - log_softmax(out.logits.numpy())).max())
+    model.float()
+    print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
+
+
+def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bool) -> None:
     seed = sorted(CASES).index(name)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1000 + seed)
@@ -164,9 +200,8 @@ def build(name: str, overrides: dict, length: int, out_dir: str) -> None:
         "input_ids": ids.numpy().astype(np.int32),
         "logits": out.logits.numpy().astype(np.float64),
     }
-    for layer, buckets in enumerate(out.past_buckets_states.buckets_cache):
-        if buckets.numel():
-            expected[f"buckets_{layer}"] = buckets.numpy().astype(np.int32)
+    for layer, buckets in hf_buckets(out).items():
+        expected[f"buckets_{layer}"] = buckets.astype(np.int32)
 
     case_dir = os.path.join(out_dir, name)
     shutil.rmtree(case_dir, ignore_errors=True)
@@ -186,15 +221,18 @@ def build(name: str, overrides: dict, length: int, out_dir: str) -> None:
         f.write("\n")
     buckets = sorted(k for k in expected if k.startswith("buckets_"))
     print(f"{name}: length {length}, buckets for {buckets or 'no layer'}")
+    if with_report:
+        report(name, model, ids, case_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join("tests", "data", "hf"))
+    parser.add_argument("--report", action="store_true", help="compare reformer_jax with HF")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     for name, (overrides, length) in CASES.items():
-        build(name, overrides, length, args.out)
+        build(name, overrides, length, args.out, args.report)
 
 
 if __name__ == "__main__":

@@ -220,9 +220,9 @@ def test_attention_cycle_is_the_shortest_period():
 # ----------------------------------------------------------------------------- CLI round trip
 
 
-def test_cli_convert_then_load_and_sample(tmp_path):
-    """convert CLI -> workdir -> checkpoints.load_run -> sampling: the model HF gave us."""
-    from reformer_jax import checkpoints, sampling
+def test_cli_convert_then_load_and_sample(tmp_path, capsys):
+    """convert CLI -> workdir -> load_run / sample CLI: the model HF gave us."""
+    from reformer_jax import checkpoints, sample, sampling
 
     case = os.path.join(HF_DIR, "axial_enwik8_like")
     workdir = str(tmp_path / "run")
@@ -244,6 +244,19 @@ def test_cli_convert_then_load_and_sample(tmp_path):
     assert ids.shape == (2, 8) and int(ids.min()) >= 0 and int(ids.max()) < cfg.vocab_size
     np.testing.assert_array_equal(np.asarray(ids[:, 0]), np.asarray(jnp.argmax(forward, -1)))
 
+    # The sample CLI on the converted workdir writes the same greedy tokens.
+    capsys.readouterr()
+    row = [int(t) for t in tokens[0, :40]]
+    sample.main(
+        [f"--workdir={workdir}", f"--prompt_ids={','.join(map(str, row))}"]
+        + ["--num_tokens=8", "--greedy", "--seed=0", "--json"]
+    )
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = sampling.generate(
+        run.params, cfg, prompt[:1], jax.random.key(0), num_tokens=8, greedy=True
+    )
+    assert [p["ids"] for p in printed] == [[int(t) for t in want[0]]]
+
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from reformer_jax import cli
@@ -259,3 +272,50 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.run_main(convert.main, [f"--hf_dir={case}", f"--workdir={workdir}"])
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_converted_workdir(tmp_path, capsys):
+    """evaluate on a converted workdir scores next tokens as HF does (shift_inputs=False)."""
+    from reformer_jax import evaluate
+    from reformer_jax.data import synthetic
+
+    workdir = str(tmp_path / "run")
+    convert.main(
+        [f"--hf_dir={os.path.join(HF_DIR, 'axial_enwik8_like')}", f"--workdir={workdir}"]
+        + ["--gin_file=copy.gin", "--gin_param=duplication_dataset.vocab_size = 24"]
+        + ["--gin_param=train.batch_size = 2", "--gin_param=train.eval_batches = 1"]
+    )
+    capsys.readouterr()
+    evaluate.main([f"--workdir={workdir}", "--json"])
+    result = json.loads(capsys.readouterr().out)["results"]["as configured"]
+    cfg, params = convert.load_hf_reformer(os.path.join(HF_DIR, "axial_enwik8_like"))
+    data = synthetic.duplication_dataset(
+        split="eval", batch_size=2, seq_len=cfg.max_len, seed=0, vocab_size=24
+    )
+    batch = next(iter(data))
+    log_probs = ReformerLM(cfg).apply({"params": params}, jnp.asarray(batch["tokens"]))
+    tokens, weights = np.asarray(batch["tokens"]), np.asarray(batch["weights"], np.float64)
+    nll = -np.take_along_axis(np.asarray(log_probs)[:, :-1], tokens[:, 1:, None], -1)[..., 0]
+    want = (nll * weights[:, 1:]).sum() / weights[:, 1:].sum()
+    np.testing.assert_allclose(result["loss"], want, rtol=1e-5)
+
+
+def test_sharded_safetensors_read_like_one_file(tmp_path):
+    path = _copy_case(tmp_path)
+    tensors = load_file(path / "model.safetensors")
+    os.remove(path / "model.safetensors")
+    names = sorted(tensors)
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, path / file)
+    index = {"weight_map": {n: f for f, part in shards.items() for n in part}}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    got, source = convert.read_hf_tensors(str(path))
+    assert source == "model.safetensors.index.json" and sorted(got) == names
+    for n in names:
+        np.testing.assert_array_equal(got[n], tensors[n])
+    os.remove(path / "model-00002-of-00002.safetensors")
+    _one_line_error(path, "names model-00002-of-00002.safetensors, which is not in")

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from reformer_jax import cli, evaluate, memory, sample
+from reformer_jax import cli, convert, evaluate, memory, sample
 from tests import inprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,6 +21,7 @@ MAINS = {
     "reformer_jax.evaluate": evaluate.main,
     "reformer_jax.memory": memory.main,
     "reformer_jax.sample": sample.main,
+    "reformer_jax.convert": convert.main,
 }
 ROW = re.compile(r"^\| `(?P<expect>[^`]+)` \| `(?P<command>[^`]+)` \|$")
 

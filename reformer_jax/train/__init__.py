@@ -323,7 +323,9 @@ def train(
     step_fn = _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh)
     eval_kw = dict(batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh)
     evaluate = Evaluator(cfg, dataset_fn, **eval_kw)
-    writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=extra.get("metrics_bytes"))
+    # No train-state checkpoint: any metrics.jsonl is from a run killed before its first one.
+    truncate_to = extra.get("metrics_bytes", 0)
+    writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=truncate_to)
     bar = metrics.progress_bar(int(state.step), steps, progress and primary)
     meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
     try:
