@@ -26,6 +26,28 @@ MASK_PENALTY = 1e9
 SELF_PENALTY = 1e5
 
 
+def apply_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout: zeroes each element with probability ~`rate`, scales the rest.
+
+    The random bits come from XLA's counter-based generator (RngBitGenerator,
+    JAX's "rbg" key type) seeded by 128 bits drawn from `key`, 16 bits per
+    element: threefry on CPU is lowered as a loop that materialises several
+    u32 arrays of x's shape (2 GiB for one [65536, 1024] activation), the rbg
+    bits are a single u16 array. An element is kept when its bits u satisfy
+    u >= t, t = round(rate * 2^16), so the rate is t / 2^16 (0.2 -> 0.199997)
+    and the kept elements are scaled by 1 / (1 - t / 2^16): the expectation is
+    exactly x. The mask is a pure function of (key, x.shape), so the
+    reversible backward pass regenerates the forward's mask.
+    """
+    threshold = min(round(rate * 2**16), 2**16 - 1)
+    seed = jax.random.bits(key, (4,), jnp.uint32)
+    bits = jax.random.bits(jax.random.wrap_key_data(seed, impl="rbg"), x.shape, jnp.uint16)
+    scale = 2**16 / (2**16 - threshold)
+    return jnp.where(bits >= jnp.uint16(threshold), x * jnp.asarray(scale, x.dtype), 0).astype(
+        x.dtype
+    )
+
+
 def normalize_keys(q: jax.Array, eps: float = 1e-6) -> jax.Array:
     """Shared-QK keys: k = q * rsqrt(mean(q^2) + eps) / sqrt(d) (docs/algorithm.md §1.6).
 
@@ -275,7 +297,62 @@ def full_attention(
     return out[:, :, 0]
 
 
+# `_attend` runs the chunks in blocks of at most this many elements of
+# [b, h, chunks, c, w] logits (16 MiB of float32 per block), once all the
+# logits would fill at least 4 blocks: below that, the blocks' stacked copies
+# of q, k and v cost more than the logits they save.
+BLOCK_ELEMENTS = 2**22
+
+
 def _attend(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    *,
+    causal,
+    self_penalty,
+    bias=None,
+    dropout_rate=0.0,
+    dropout_key=None,
+):
+    """`_attend_block` over the chunks, in blocks of chunks under `jax.checkpoint`.
+
+    Chunks are independent given their windows, so only one block's logits,
+    probabilities and masks are alive at a time, in the forward and the
+    backward pass: attention's temporaries are O(block) instead of O(l), on
+    top of the O(l) inputs and outputs. Block j draws its dropout mask with
+    fold_in(dropout_key, j); a single block uses dropout_key itself.
+    """
+    b, h, u, c = q.shape[:4]
+    per_chunk = b * h * c * k.shape[3]
+    blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])
+    kw = dict(causal=causal, self_penalty=self_penalty, dropout_rate=dropout_rate)
+    if blk == u or u * per_chunk < 4 * BLOCK_ELEMENTS:
+        return _attend_block(
+            q, k, v, q_pos, k_pos, k_valid, bias=bias, dropout_key=dropout_key, **kw
+        )
+    n_blocks = u // blk
+
+    def split(x):  # [B, H, u, ...] -> [n_blocks, B, H, blk, ...] (B, H may be 1)
+        if x is None:
+            return None
+        return jnp.moveaxis(x.reshape(*x.shape[:2], n_blocks, blk, *x.shape[3:]), 2, 0)
+
+    def block(args):
+        i, *arrays, bias_i = args
+        key_i = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        return _attend_block(*arrays, bias=bias_i, dropout_key=key_i, **kw)
+
+    xs = (jnp.arange(n_blocks), *map(split, (q, k, v, q_pos, k_pos, k_valid, bias)))
+    out, lse = jax.lax.map(jax.checkpoint(block), xs)
+    merge = lambda x: jnp.moveaxis(x, 0, 2).reshape(b, h, u, *x.shape[4:])
+    return merge(out), merge(lse)
+
+
+def _attend_block(
     q,
     k,
     v,
@@ -317,8 +394,7 @@ def _attend(
     if dropout_rate > 0.0:
         if dropout_key is None:
             raise ValueError("dropout_rate > 0 needs a dropout_key.")
-        keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = apply_dropout(probs, dropout_rate, dropout_key)
     out = jnp.einsum(
         "bhucw,bhuwe->bhuce", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
     )

@@ -46,13 +46,47 @@ def layer_keys(key: Array) -> Array:
     return jax.random.split(key, 4)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: Array, scale: Array, bias: Array, eps: float = 1e-6) -> Array:
-    """LayerNorm over the last axis with float32 statistics; output in x's dtype."""
+    """LayerNorm over the last axis with float32 statistics; output in x's dtype.
+
+    The backward pass is written out (a custom VJP) so that it saves only x
+    (in its own dtype) and the per-position float32 mean and 1/std: autodiff
+    of the formula keeps several float32 [..., d] intermediates alive
+    (x - mean, the normalised x, the broadcast scale), 1.5 GiB per call at
+    [65536, 1024]. The gradient equals autodiff's (tests/test_model.py).
+    """
+    return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias
-    return y.astype(x.dtype)
+    rstd = jax.lax.rsqrt(var + eps)
+    y = ((x32 - mean) * rstd * scale + bias).astype(x.dtype)
+    return y, (x, scale, mean, rstd)
+
+
+def _layer_norm_bwd(eps, residuals, g):
+    # y = xhat * scale + bias, xhat = (x - mean) * rstd:
+    # dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)), gs = g * scale.
+    x, scale, mean, rstd = residuals
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    g32 = g.astype(jnp.float32)
+    gs = g32 * scale
+    dx = rstd * (
+        gs
+        - jnp.mean(gs, axis=-1, keepdims=True)
+        - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True)
+    )
+    axes = tuple(range(x.ndim - 1))
+    dscale = jnp.sum(g32 * xhat, axis=axes).astype(scale.dtype)
+    dbias = jnp.sum(g32, axis=axes).astype(scale.dtype)
+    return dx.astype(x.dtype), dscale, dbias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Array:
@@ -61,8 +95,7 @@ def dropout(x: Array, rate: float, key: Array | None, deterministic: bool) -> Ar
         return x
     if key is None:
         raise ValueError("dropout in training mode needs a PRNG key.")
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    return attention.apply_dropout(x, rate, key)
 
 
 class LayerNormParams(nn.Module):
@@ -132,9 +165,6 @@ class AttentionHalf(nn.Module):
 
         norm = LayerNormParams(d, name="norm")()
         h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
-        project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
-        q, v = project(wq), project(wv)
-        k = None if wk is None else project(wk)
         if self.kind not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
         n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
@@ -175,40 +205,62 @@ class AttentionHalf(nn.Module):
                 )
             return out, None
 
+        def heads_out(wq, wk, wv, wo, hash_key, drop_key, buckets):
+            """Heads of [m, g, d] projections -> (float32 [b, l, m] sum over them, buckets)."""
+            project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
+            k = None if wk is None else project(wk)
+            out, new_buckets = attend(project(wq), k, project(wv), hash_key, drop_key, buckets)
+            y = jnp.einsum(
+                "bhld,hdm->blm", out, wo.astype(dtype), preferred_element_type=jnp.float32
+            )
+            return y, new_buckets
+
         group = cfg.attention_head_chunk or heads
         if group >= heads:
-            out, new_buckets = attend(q, k, v, hash_key, keys[ATTN_DROPOUT], buckets)
+            y, new_buckets = heads_out(wq, wk, wv, wo, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
-            # Heads in groups under jax.checkpoint: one group's [chunks, c, w]
-            # logits are alive at a time, forward and backward. Group i hashes
-            # and drops out with keys folded with i.
+            # Heads in groups, from the projections on, under jax.checkpoint:
+            # one group's q, v and [chunks, c, w] logits are alive at a time,
+            # forward and backward, and the output sum is carried in float32.
+            # Group i hashes and drops out with keys folded with i.
             n = heads // group
 
-            def split(a):  # [b, h, ...] -> [u, b, g, ...] (u = n groups here)
-                return (
-                    None
-                    if a is None
-                    else a.reshape(a.shape[0], n, group, *a.shape[2:]).swapaxes(0, 1)
-                )
+            def split(a, axis):  # [.., h, ..] -> [n, .., g, ..], h at `axis`
+                if a is None:
+                    return None
+                a = a.reshape(*a.shape[:axis], n, group, *a.shape[axis + 1 :])
+                return jnp.moveaxis(a, axis, 0)
 
-            def body(args):
-                i, qi, ki, vi, bi = args
-                return attend(
-                    qi,
-                    ki,
-                    vi,
+            group_out = jax.checkpoint(heads_out)
+
+            def body(y, args):
+                i, wq_i, wk_i, wv_i, wo_i, b_i = args
+                y_i, b_i = group_out(
+                    wq_i,
+                    wk_i,
+                    wv_i,
+                    wo_i,
                     jax.random.fold_in(hash_key, i),
                     jax.random.fold_in(keys[ATTN_DROPOUT], i),
-                    bi,
+                    b_i,
                 )
+                return y_i if y is None else y + y_i, b_i
 
-            outs, group_buckets = jax.lax.map(
-                jax.checkpoint(body), (jnp.arange(n), split(q), split(k), split(v), split(buckets))
+            xs = (jnp.arange(n), split(wq, 1), split(wk, 1), split(wv, 1), split(wo, 0))
+            xs = xs + (split(buckets, 1),)
+            # Group 0 outside the scan starts the sum (no zeros buffer, see map_chunks).
+            y, bucket0 = body(None, jax.tree_util.tree_map(lambda a: a[0], xs))
+            y, group_buckets = jax.lax.scan(body, y, jax.tree_util.tree_map(lambda a: a[1:], xs))
+            if bucket0 is not None:
+                group_buckets = jnp.concatenate([bucket0[None], group_buckets])
+            new_buckets = (
+                None
+                if group_buckets is None
+                else jnp.moveaxis(group_buckets, 0, 1).reshape(
+                    group_buckets.shape[1], heads, *group_buckets.shape[3:]
+                )
             )
-            merge = lambda a: a.swapaxes(0, 1).reshape(a.shape[1], heads, *a.shape[3:])
-            out = merge(outs)
-            new_buckets = None if group_buckets is None else merge(group_buckets)
-        y = jnp.einsum("bhld,hdm->blm", out, wo.astype(dtype))
+        y = y.astype(dtype)
         return dropout(y, cfg.dropout, keys[OUT_DROPOUT], deterministic), new_buckets
 
 
@@ -216,9 +268,9 @@ class FeedForwardHalf(nn.Module):
     """G of a reversible block: LayerNorm -> Dense(d_ff) -> dropout -> act -> Dense -> dropout.
 
     Dropout sits before the activation, as in trax (docs/algorithm.md §4). With
-    `cfg.ff_chunk_size`, the sequence is processed in chunks under
-    `jax.checkpoint`, so only one chunk's [b, c, f] activation is alive in the
-    forward or the backward pass. Each chunk draws its dropout mask from
+    `cfg.ff_chunk_size`, the sequence is processed in chunks by `map_chunks`
+    (recomputed in the backward pass), so only one chunk's [b, c, f]
+    activation is alive in the forward or the backward pass. Each chunk draws its dropout mask from
     fold_in(key, chunk index), so masks depend on the chunk size.
     """
 
@@ -255,11 +307,58 @@ class FeedForwardHalf(nn.Module):
             return block(params, x, ff_key)
         padded = lsh.round_up(length, c)
         xs = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
-        xs = xs.reshape(b, padded // c, c, d).transpose(1, 0, 2, 3)  # [u, b, c, m]
-        chunk_fn = jax.checkpoint(lambda args: block(params, args[0], args[1]))
-        chunk_keys = jax.vmap(lambda i: jax.random.fold_in(ff_key, i))(jnp.arange(padded // c))
-        ys = jax.lax.map(chunk_fn, (xs, chunk_keys))  # [u, b, c, m]
-        return ys.transpose(1, 0, 2, 3).reshape(b, padded, d)[:, :length]
+        return map_chunks(block, c, params, xs, ff_key)[:, :length]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def map_chunks(fn, chunk: int, params, x: Array, key: Array) -> Array:
+    """y[:, i*c:(i+1)*c] = fn(params, x[:, i*c:(i+1)*c], fold_in(key, i)) for x: [b, n*c, m].
+
+    Both passes loop over the chunks writing into one [b, l, m] output in
+    place; the backward pass recomputes each chunk's forward inside `jax.vjp`
+    and sums the parameter gradients. Only one chunk's activations are alive
+    at a time, and no stacked [n, b, c, m] copies of x, y or their cotangents
+    are made (`lax.map` over a transposed x makes several; at [65536, 1024]
+    each is 256 MiB in float32).
+    """
+    return _map_chunks_fwd(fn, chunk, params, x, key)[0]
+
+
+def _slice(x, i, chunk):
+    return jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
+
+
+def _map_chunks_fwd(fn, chunk, params, x, key):
+    # One buffer holds x's chunks not yet processed and y's chunks already
+    # written: chunk i is read before it is overwritten. (A zeros-initialised
+    # output buffer would be a separate allocation that XLA's CPU scheduler
+    # hoists to the start of the reversible layer, alive for its whole duration.)
+    def body(i, buf):
+        y_i = fn(params, _slice(buf, i, chunk), jax.random.fold_in(key, i))
+        return jax.lax.dynamic_update_slice_in_dim(buf, y_i.astype(buf.dtype), i * chunk, axis=1)
+
+    y = jax.lax.fori_loop(0, x.shape[1] // chunk, body, x)
+    return y, (params, x, key)
+
+
+def _map_chunks_bwd(fn, chunk, residuals, dy):
+    params, x, key = residuals
+
+    def body(i, carry):  # buf: dy's chunks >= i, dx's chunks < i (as in the forward)
+        buf, dparams = carry
+        _, vjp = jax.vjp(
+            lambda p, x_i: fn(p, x_i, jax.random.fold_in(key, i)), params, _slice(x, i, chunk)
+        )
+        dp_i, dx_i = vjp(_slice(buf, i, chunk))
+        buf = jax.lax.dynamic_update_slice_in_dim(buf, dx_i.astype(buf.dtype), i * chunk, axis=1)
+        return buf, jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    init = (dy.astype(x.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+    dx, dparams = jax.lax.fori_loop(0, x.shape[1] // chunk, body, init)
+    return dparams, dx, None
+
+
+map_chunks.defvjp(_map_chunks_fwd, _map_chunks_bwd)
 
 
 def check_axial(shape: Sequence[int], dims: Sequence[int], length: int, d_model: int) -> None:
@@ -302,8 +401,15 @@ class AxialPositionalEmbedding(nn.Module):
     dims: tuple[int, ...]
 
     @nn.compact
-    def __call__(self, length: int) -> Array:
-        """-> [length, sum(dims)] float32."""
+    def __call__(self, length: int, anchor: Array | None = None) -> Array:
+        """-> [length, sum(dims)] float32.
+
+        `anchor`: any array the caller computes per step (e.g. the token
+        embeddings). The tables pass through an optimization barrier with it,
+        so the [length, d] encoding is built where it is used: without it, XLA
+        hoists this step-invariant array out of a gradient-accumulation loop
+        and keeps it alive for the whole step (256 MiB at enwik8's 64K x 1024).
+        """
         total = math.prod(self.shape)
         if length > total:
             raise ValueError(
@@ -313,6 +419,8 @@ class AxialPositionalEmbedding(nn.Module):
         parts = []
         for i, (s, e) in enumerate(zip(self.shape, self.dims, strict=True)):
             table = self.param(f"axis_{i}", nn.initializers.normal(1.0), (s, e), jnp.float32)
+            if anchor is not None:
+                table, _ = jax.lax.optimization_barrier((table, anchor))
             view = [1] * len(self.shape) + [e]
             view[i] = s
             parts.append(jnp.broadcast_to(table.reshape(view), (*self.shape, e)))

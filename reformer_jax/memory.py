@@ -9,12 +9,19 @@ anything, and prints XLA's compiled memory analysis: parameter, optimizer-state
 and temporary bytes and their total. The figures are those of the device JAX
 compiles for (run it with the target backend for exact numbers; the CPU
 compiler's buffer assignment is a close guide for GPU/TPU).
+
+On CPU the planner turns off XLA's XNNPACK ("ynn") fusions before the backend
+starts (`--xla_cpu_experimental_ynn_fusion_type=`): they take their operands
+materialised, so per-feature broadcasts (LayerNorm scales) become full
+[length, d_model] float32 arrays that GPU/TPU compilers fuse away (1.2 GiB of
+the enwik8 step). `--keep_cpu_fusions` plans with the CPU compiler as is.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 import jax
@@ -24,6 +31,7 @@ from reformer_jax import cli, optim, train
 from reformer_jax.model import ReformerConfig, ReformerLM, count_params
 
 GIB = 2**30
+NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def _tree_bytes(tree: Any) -> int:
@@ -121,7 +129,15 @@ def main(argv) -> None:
         help="default: train.optimizer, else adam",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--keep_cpu_fusions",
+        action="store_true",
+        help="plan with the CPU compiler's XNNPACK fusions on (see the module docstring)",
+    )
     args = parser.parse_args(argv)
+    if not args.keep_cpu_fusions:
+        # Read when the backend starts, i.e. at the first compilation below.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NO_YNN_FUSIONS}".strip()
     cli.parse_gin(args.gin_file, args.gin_param)
     cfg = cli.model_config()
     seq_len = args.seq_len or cfg.max_len

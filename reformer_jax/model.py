@@ -304,7 +304,7 @@ class ReformerLM(nn.Module):
             cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
         )(inputs)
         x = layers.dropout(x, cfg.dropout, embed_key, deterministic)
-        x = (x + self._positions(length)[None]).astype(dtype)
+        x = (x + self._positions(length, anchor=x)[None]).astype(dtype)
 
         blocks = self.param("blocks", self._init_blocks)
         attn, ff = self._halves()
@@ -400,14 +400,14 @@ class ReformerLM(nn.Module):
             for g in range(self.cfg.n_groups)
         }
 
-    def _positions(self, length: int) -> Array:
+    def _positions(self, length: int, anchor: Array | None = None) -> Array:
         cfg = self.cfg
         if cfg.pos_encoding == "none":
             return jnp.zeros((length, cfg.d_model), jnp.float32)
         if cfg.axial_shape is not None:
             return layers.AxialPositionalEmbedding(
                 cfg.axial_shape, cfg.axial_dims, name="axial_pos"
-            )(length)
+            )(length, anchor)
         return layers.sinusoidal_positions(length, cfg.d_model)
 
 

@@ -353,3 +353,47 @@ def test_bad_inputs_are_clear_errors():
         attention.full_attention(qk, qk[..., :4], v, causal=True)
     with pytest.raises(ValueError, match="k=None"):
         attention.full_attention(qk, qk, v, causal=True, shared_qk=True)
+
+
+# ------------------------------------------------------------------ memory blocks
+
+
+@pytest.mark.parametrize("kind", ["lsh", "local"])
+def test_chunk_blocks_equal_one_pass(kind, monkeypatch):
+    # 4 hash rounds x 64 / 8 = 32 LSH chunks (8 local ones) of [2, 2, 8, 16]
+    # logits each: BLOCK_ELEMENTS = 2 * 2 * 8 * 16 * 2 runs them 2 chunks at a time.
+    qk, v = _normal(0, (2, 2, 64, 8)), _normal(1, (2, 2, 64, 8))
+    k = _normal(2, (2, 2, 64, 8))
+    ct = _normal(3, v.shape)
+
+    def run(qk, k, v):
+        if kind == "lsh":
+            return attention.lsh_attention(
+                qk, v, key=jax.random.key(4), n_hashes=4, n_buckets=8, chunk_len=8
+            )[0]
+        return attention.local_attention(qk, k, v, chunk_len=8)
+
+    def value_and_grads():
+        loss = lambda *a: jnp.sum(run(*a) * ct)
+        return run(qk, k, v), jax.grad(loss, argnums=(0, 1, 2))(qk, k, v)
+
+    one_pass = value_and_grads()
+    monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 2 * 2 * 8 * 16 * 2)
+    blocked = value_and_grads()
+    leaves = map(jax.tree_util.tree_leaves, (blocked, one_pass))
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_rate():
+    x = jnp.ones((1 << 20,), jnp.float32)
+    drop = jax.jit(lambda k: attention.apply_dropout(x, 0.2, k))
+    a = drop(jax.random.key(0))
+    np.testing.assert_array_equal(a, drop(jax.random.key(0)))  # keyed: replayable
+    assert float(jnp.max(jnp.abs(a - drop(jax.random.key(1))))) > 0
+    kept = np.asarray(a) > 0
+    # Rate 13107 / 65536; kept values scaled by exactly 1 / P(keep).
+    p_keep = 1 - 13107 / 65536
+    np.testing.assert_allclose(np.asarray(a)[kept], 1 / p_keep, rtol=1e-6)
+    # Binomial(2^20, p_keep): the standard deviation of the fraction is 3.9e-4.
+    assert abs(kept.mean() - p_keep) < 5 * 3.9e-4, kept.mean()

@@ -292,6 +292,49 @@ def test_reversible_memory_is_flat_in_depth():
     assert temp[True, 12] < temp[False, 12] / 3, temp
 
 
+def test_reversible_temporaries_flat_from_4_to_24_layers():
+    # Layers scanned in groups of the 2-kind cycle: 2 vs 12 groups of one scan.
+    base = dict(
+        max_len=2048,
+        d_model=64,
+        d_ff=128,
+        n_heads=2,
+        d_head=32,
+        chunk_len=64,
+        local_chunk_len=64,
+        attention_kinds=("local", "lsh"),
+        n_buckets=None,
+        ff_chunk_size=512,
+        loss_chunk_size=512,
+        attention_head_chunk=1,
+    )
+    four, twenty_four = (_grad_temp_bytes(_cfg(**base, n_layers=n), 2048) for n in (4, 24))
+    assert twenty_four <= 1.1 * four, (four, twenty_four)
+
+
+def test_layer_norm_vjp_equals_autodiff_in_float64():
+    x = _normal(0, (3, 5, 32)) * 3 + 1
+    scale, bias = _normal(1, (32,)), _normal(2, (32,))
+    ct = _normal(3, x.shape)
+
+    def plain(x, scale, bias):  # the formula, differentiated by JAX, float64
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + 1e-6) * scale + bias
+
+    with jax.enable_x64():
+        args64 = [np.asarray(a, np.float64) for a in (x, scale, bias)]
+        want_y = plain(*args64)
+        want_g = jax.grad(lambda *a: jnp.sum(plain(*a) * np.asarray(ct, np.float64)), (0, 1, 2))(
+            *args64
+        )
+    got_y = layers.layer_norm(x, scale, bias)
+    got_g = jax.grad(lambda *a: jnp.sum(layers.layer_norm(*a) * ct), (0, 1, 2))(x, scale, bias)
+    np.testing.assert_allclose(got_y, want_y, rtol=1e-5, atol=1e-5)
+    for got, want in zip(got_g, want_g, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------ buckets in and out, hash seed
 
 

@@ -399,3 +399,29 @@ def test_step_meter_counts_finished_steps_and_bounds_run_ahead():
     assert record["loss"] == 1.0 and record["accuracy"] == 1.0
     meter.dispatched(6, {**one, "nll": jnp.float32(np.nan)})
     assert meter.flush()[1] == (6, ["loss"])
+
+
+def test_eval_variants_swap_shared_qk_kinds_both_ways():
+    """Table 2's columns: 'full' and 'lsh-N' swap shared-QK layers, both ways.
+
+    With one chunk covering the sequence and one round, LSH attention is
+    shared-QK full attention, so a full-attention model scores the same under
+    'full' and under 'lsh-1' while its local layer is left alone.
+    """
+    cfg = ReformerConfig(
+        vocab_size=16, max_len=32, d_model=32, d_ff=64, n_heads=2, d_head=16, n_layers=2,
+        attention_kinds=("full_shared", "local"), chunk_len=32, local_chunk_len=8, n_buckets=2,
+    )
+    lsh4, label = train.eval_variant_config(cfg, "lsh-4")
+    assert (lsh4.attention_kinds, lsh4.n_hashes, label) == (("lsh", "local"), 4, "LSH-4")
+    full, label = train.eval_variant_config(lsh4, "full")
+    assert (full.attention_kinds, label) == (("full_shared", "local"), "Full")
+    with pytest.raises(ValueError, match="unknown evaluation variant"):
+        train.eval_variant_config(cfg, "lsh-0")
+
+    tokens = jax.random.randint(jax.random.key(7), (2, 32), 0, 16)
+    params = ReformerLM(cfg).init(jax.random.key(8), tokens)["params"]
+    one_round = train.eval_variant_config(cfg, "lsh-1")[0]
+    want = ReformerLM(cfg).apply({"params": params}, tokens)
+    got = ReformerLM(one_round).apply({"params": params}, tokens, key=jax.random.key(9))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)

@@ -177,12 +177,20 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 def eval_variant_config(cfg: ReformerConfig, variant: str) -> tuple[ReformerConfig, str]:
-    """'full' -> LSH layers as shared-QK full attention; 'lsh-N' -> N hash rounds."""
+    """The model config of an evaluation column of the paper's Table 2.
+
+    'full': every shared-QK layer (LSH or full) as shared-QK full attention.
+    'lsh-N': every shared-QK layer as LSH attention with N hash rounds, so a
+    model trained with shared-QK full attention is evaluated with LSH too.
+    The two kinds have the same parameters (docs/algorithm.md §2); local and
+    ordinary full-attention layers are left as they are.
+    """
     if variant == "full":
         kinds = tuple("full_shared" if k == "lsh" else k for k in cfg.attention_kinds)
         return cfg.replace(attention_kinds=kinds), "Full"
-    if variant.startswith("lsh-") and variant[4:].isdigit():
-        return cfg.replace(n_hashes=int(variant[4:])), f"LSH-{variant[4:]}"
+    if variant.startswith("lsh-") and variant[4:].isdigit() and int(variant[4:]) > 0:
+        kinds = tuple("lsh" if k == "full_shared" else k for k in cfg.attention_kinds)
+        return cfg.replace(attention_kinds=kinds, n_hashes=int(variant[4:])), f"LSH-{variant[4:]}"
     raise ValueError(f"unknown evaluation variant {variant!r}; use 'full' or 'lsh-N'.")
 
 
