@@ -236,11 +236,11 @@ def _rotations(cfg, key, batch, layer, n_hashes):
 
 
 def _attend_one(q, k, v, admissible, self_mask=None, bias=None):
-    """q [b, h, (r,) d] against k [b, h, (r,) n, d]; returns out [b, h, (r,) e], lse float32.
+    """q [b, h, (r,) d] against k [b, h, (r,) w, d]; returns out [b, h, (r,) e], lse float32.
 
     The masks and the softmax are those of training's chunked kernel.
     """
-    logits = jnp.einsum("...d,...nd->...n", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,...wd->...w", q, k, preferred_element_type=jnp.float32)
     logits = logits + jnp.where(admissible, 0.0, -attention.MASK_PENALTY)
     if self_mask is not None:
         logits = logits - jnp.where(self_mask, attention.SELF_PENALTY, 0.0)
@@ -252,7 +252,7 @@ def _attend_one(q, k, v, admissible, self_mask=None, bias=None):
     probs = unnorm / total
     lse = (peak + jnp.log(total))[..., 0]
     out = jnp.einsum(
-        "...n,...ne->...e", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+        "...w,...we->...e", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
     )
     return out.astype(v.dtype), lse
 
@@ -328,12 +328,12 @@ def _window_threshold(rank: Array, window: int, bound: int) -> Array:
 
 
 def _project(p, x, dtype, eps):
-    """LayerNorm -> per-head projections as in training: x [b, n, m] -> dict of [b, h, n, .]."""
+    """LayerNorm -> per-head projections as in training: x [b, p, m] -> dict of [b, h, p, d]."""
     hn = layers.layer_norm(x, p["norm"]["scale"], p["norm"]["bias"], eps).astype(dtype)
     out = {}
     for name in ("wq", "wk", "wv"):
         if name in p:
-            out[name] = jnp.einsum("bnm,mhk->bhnk", hn, p[name].astype(dtype))
+            out[name] = jnp.einsum("bpm,mhd->bhpd", hn, p[name].astype(dtype))
     return out
 
 
@@ -400,7 +400,7 @@ def _attention_step(kind, p, cfg, c, g, x, pos):
                 window=lsh_window(cfg),
                 dedup=cfg.dedup,
             )
-    y = jnp.einsum("bhk,hkm->bm", out, p["wo"].astype(dtype))
+    y = jnp.einsum("bhe,hem->bm", out, p["wo"].astype(dtype))
     return y, c
 
 
@@ -448,7 +448,7 @@ def _head(params, cfg, h):
     p = params["head"]
     h = layers.layer_norm(h, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
     logits = (
-        jnp.einsum("bd,dv->bv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32)
+        jnp.einsum("bm,mv->bv", h, p["kernel"].astype(h.dtype), preferred_element_type=jnp.float32)
         + p["bias"]
     )
     return jax.nn.log_softmax(logits, axis=-1)
@@ -504,7 +504,7 @@ def _prefill_attention(kind, p, cfg, x, c, g, n_hashes):
                 dedup=cfg.dedup,
             )
             c["buckets"] = c["buckets"].at[g, :, :, :, :n].set(buckets)
-    y = jnp.einsum("bhnk,hkm->bnm", out, p["wo"].astype(dtype))
+    y = jnp.einsum("bhpe,hem->bpm", out, p["wo"].astype(dtype))
     return y, c
 
 
