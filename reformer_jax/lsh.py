@@ -86,6 +86,16 @@ def hash_vectors(
     n_cols = sum(f // 2 for f in factors)
     rot_shape = (b if per_example else 1, h, d, n_hashes, n_cols)
     rotations = jax.random.normal(key, rot_shape, jnp.float32)
+    return hash_with_rotations(x, rotations, factors)
+
+
+def hash_with_rotations(x: jax.Array, rotations: jax.Array, factors: tuple[int, ...]) -> jax.Array:
+    """The bucket rule of `hash_vectors` with given rotations.
+
+    x [b, h, l, d], rotations [b or 1, h, d, r, k] with k = sum(f // 2 for f in
+    factors) -> int32 buckets [b, h, r, l]. Decoding uses it with rotations
+    held fixed for a whole sample.
+    """
     # Hash in float32: the bucket of a bfloat16 vector should not depend on
     # rounding inside the projection.
     proj = jnp.einsum("bhld,bhdrk->bhrlk", x.astype(jnp.float32), rotations)

@@ -197,23 +197,6 @@ def cache_bytes(cfg: ReformerConfig, batch: int = 1, *, n_hashes: int | None = N
     return sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(shapes))
 
 
-def hash_with(x: Array, rotations: Array, factors: tuple[int, ...]) -> Array:
-    """Angular LSH with given rotations: x [b, h, l, d], rotations [b, h, d, r, k] -> [b, h, r, l].
-
-    The same rule as `lsh.hash_vectors` (argmax over [xR, -xR] per factor,
-    mixed radix over factors), with rotations held fixed for a whole sample.
-    """
-    proj = jnp.einsum("bhld,bhdrk->bhrlk", x.astype(jnp.float32), rotations)
-    buckets = jnp.zeros(proj.shape[:-1], jnp.int32)
-    offset, stride = 0, 1
-    for f in factors:
-        p = proj[..., offset : offset + f // 2]
-        a = jnp.argmax(jnp.concatenate([p, -p], axis=-1), axis=-1).astype(jnp.int32)
-        buckets = buckets + stride * a
-        offset, stride = offset + f // 2, stride * f
-    return buckets
-
-
 def _rotations(cfg, key, batch, layer, n_hashes):
     """Per-sample rotations of one layer: [b, h, d, r, k], from fold_in(key, sample), layer.
 
@@ -388,7 +371,7 @@ def _attention_step(kind, p, cfg, c, g, x, pos):
             )
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            new = hash_with(q[:, :, None], c["rotations"][g], factors)  # [b, h, r, 1]
+            new = lsh.hash_with_rotations(q[:, :, None], c["rotations"][g], factors)  # [b, h, r, 1]
             c["buckets"] = _write(c["buckets"], new[..., 0], g, pos, axis=4)
             out = lsh_decode_attention(
                 q,
@@ -490,7 +473,7 @@ def _prefill_attention(kind, p, cfg, x, c, g, n_hashes):
             out = attention.full_attention(q, None, v, causal=True, shared_qk=True)
         else:
             factors = lsh.bucket_factors(cfg.lsh_buckets(cfg.max_len))
-            buckets = hash_with(q, c["rotations"][g], factors)  # [b, h, r, n]
+            buckets = lsh.hash_with_rotations(q, c["rotations"][g], factors)  # [b, h, r, n]
             out, _ = attention.lsh_attention(
                 q,
                 v,
