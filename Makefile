@@ -21,7 +21,7 @@ train: $(STAMP)
 	$(PY) -m reformer_jax.train --gin_file=$(GIN) --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reformer_jax tests scripts notebooks
