@@ -170,7 +170,7 @@ class AttentionHalf(nn.Module):
         attn_rate = 0.0 if deterministic else cfg.attention_dropout
         hash_key = keys[HASH] if hash_key is None else hash_key
 
-        def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
+        def attend(q, k, v, hash_key, drop_key, buckets, mask):  # [b, g, l, .] for g heads
             common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
             if self.kind == "lsh":
                 return attention.lsh_attention(
@@ -215,22 +215,21 @@ class AttentionHalf(nn.Module):
             w = lambda name: jnp.einsum("bcm,mgd->bcgd", hc, p[name].astype(dtype))
             return w("wq"), None if p.get("wk") is None else w("wk"), w("wv")
 
-        def heads_out(wq, wk, wv, hash_key, drop_key, buckets):
+        def heads_out(wq, wk, wv, hash_key, drop_key, buckets, x=x, norm=norm, mask=mask):
             """Heads of [m, g, d] projections -> (attention output [b, l, g, d], buckets)."""
             p = {"norm": norm, "wq": wq, "wk": wk, "wv": wv}
             q, k, v = positionwise(project, c, p, (x,), None)
             bhld = lambda a: None if a is None else jnp.swapaxes(a, 1, 2)
-            out, new_buckets = attend(bhld(q), bhld(k), bhld(v), hash_key, drop_key, buckets)
+            out, new_buckets = attend(bhld(q), bhld(k), bhld(v), hash_key, drop_key, buckets, mask)
             return jnp.swapaxes(out, 1, 2), new_buckets
 
         group = cfg.attention_head_chunk or heads
         if group >= heads:
             out, new_buckets = heads_out(wq, wk, wv, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
-            # Head groups in a loop, each under jax.checkpoint from the projections
-            # on: one group's q, v and [chunks, c, w] logits are alive at a time,
-            # forward and backward. Each writes its slot of one [b, l, n, g, d]
-            # output buffer. Group i hashes and drops out with keys folded with i.
+            # Head groups in a loop (`scan_groups`), from the projections on: one
+            # group's q, v and [chunks, c, w] logits are alive at a time, forward
+            # and backward. Group i hashes and drops out with keys folded with i.
             n = heads // group
 
             def split(a, axis):  # [.., h, ..] -> [n, .., g, ..], h at `axis`
@@ -239,25 +238,22 @@ class AttentionHalf(nn.Module):
                 a = a.reshape(*a.shape[:axis], n, group, *a.shape[axis + 1 :])
                 return jnp.moveaxis(a, axis, 0)
 
-            group_out = jax.checkpoint(heads_out)
-
-            def body(out, args):
-                i, wq_i, wk_i, wv_i, b_i = args
-                out_i, b_i = group_out(
-                    wq_i,
-                    wk_i,
-                    wv_i,
-                    jax.random.fold_in(hash_key, i),
-                    jax.random.fold_in(keys[ATTN_DROPOUT], i),
-                    b_i,
+            def group_out(shared, p_i, x, e_i):
+                wq_i, wk_i, wv_i = p_i
+                return heads_out(
+                    wq_i, wk_i, wv_i, e_i["hash"], e_i["drop"], e_i["buckets"], x, **shared
                 )
-                return jax.lax.dynamic_update_index_in_dim(out, out_i, i, axis=2), b_i
 
-            b, length = x.shape[:2]
-            # Tied to x so the buffer is made here, not hoisted (see scan_chunks).
-            out, _ = jax.lax.optimization_barrier((jnp.zeros((b, length, n, group, dk), dtype), x))
-            xs = (jnp.arange(n), split(wq, 1), split(wk, 1), split(wv, 1), split(buckets, 1))
-            out, group_buckets = jax.lax.scan(body, out, xs)
+            fold = lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.arange(n))
+            extras = {"hash": fold(hash_key), "drop": fold(keys[ATTN_DROPOUT])}
+            extras["buckets"] = split(buckets, 1)
+            out, group_buckets = scan_groups(
+                group_out,
+                {"norm": norm, "mask": mask},
+                (split(wq, 1), split(wk, 1), split(wv, 1)),
+                x,
+                extras,
+            )
             new_buckets = (
                 None
                 if group_buckets is None
@@ -520,6 +516,81 @@ def _sum_chunks_bwd(fn, chunk, residuals, dtotal):
 
 
 sum_chunks.defvjp(_sum_chunks_fwd, _sum_chunks_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan_groups(fn, shared, params, x: Array, extras):
+    """Runs fn over n groups (of attention heads): for i in range(n),
+
+        out_i, buckets_i = fn(shared, params[i], x, extras[i])
+
+    and returns (out [b, l, n, ...], the buckets_i stacked along a leading axis,
+    or None). params and extras have a leading axis of size n; shared (params
+    used by every group, plus non-differentiable arrays such as a mask) does
+    not. extras must be a dict with a "buckets" entry (None, or buckets fn must
+    use); its other entries (keys) are not differentiated.
+
+    A custom VJP: the backward pass recomputes each group's forward inside
+    `jax.vjp`, with the buckets the forward used, and sums the groups' input
+    cotangents in one buffer. Only one group's internals are alive at a time,
+    and XLA cannot carry float32 copies of the bfloat16 x across the loop
+    (see `_slice`), which it does with `jax.checkpoint` in a `lax.scan`.
+    """
+    return _scan_groups_fwd(fn, shared, params, x, extras)[0]
+
+
+def _n_groups(extras) -> int:
+    return jax.tree_util.tree_leaves(extras)[0].shape[0]
+
+
+def _scan_groups_fwd(fn, shared, params, x, extras):
+    n = _n_groups(extras)
+    first = jax.tree_util.tree_map(lambda a: a[0], (params, extras))
+    out_shape, _ = jax.eval_shape(lambda: fn(shared, *first[:1], x, first[1]))
+    full = jax.ShapeDtypeStruct((*out_shape.shape[:2], n, *out_shape.shape[2:]), out_shape.dtype)
+
+    def body(out, args):
+        i, p_i, e_i = args
+        x_i, _ = jax.lax.optimization_barrier((x, i))
+        out_i, buckets_i = fn(shared, p_i, x_i, e_i)
+        return jax.lax.dynamic_update_index_in_dim(out, out_i, i, axis=2), buckets_i
+
+    out, buckets = jax.lax.scan(body, _buffers(full, x), (jnp.arange(n), params, extras))
+    return (out, buckets), (shared, params, x, extras, buckets)
+
+
+def _scan_groups_bwd(fn, residuals, cotangents):
+    shared, params, x, extras, buckets = residuals
+    dout = cotangents[0]
+    if buckets is not None:  # replay the forward's buckets
+        extras = {**extras, "buckets": buckets}
+    diff_shared = {k: v for k, v in shared.items() if k != "mask"}
+
+    def body(carry, args):
+        dx, dshared = carry
+        i, p_i, e_i = args
+        x_i, _ = jax.lax.optimization_barrier((x, i))
+
+        def f(s, p, xx):
+            return fn({**shared, **s}, p, xx, e_i)[0]
+
+        _, vjp = jax.vjp(f, diff_shared, p_i, x_i)
+        ds_i, dp_i, dx_i = vjp(jax.lax.dynamic_index_in_dim(dout, i, axis=2, keepdims=False))
+        dshared = jax.tree_util.tree_map(jnp.add, dshared, ds_i)
+        return (dx + dx_i.astype(dx.dtype), dshared), dp_i
+
+    init = (
+        _buffers(jax.eval_shape(lambda: x), dout),
+        jax.tree_util.tree_map(jnp.zeros_like, diff_shared),
+    )
+    (dx, dshared), dparams = jax.lax.scan(
+        body, init, (jnp.arange(_n_groups(extras)), params, extras)
+    )
+    dshared = {**{k: None for k in shared}, **dshared}
+    return dshared, dparams, dx, jax.tree_util.tree_map(lambda _: None, extras)
+
+
+scan_groups.defvjp(_scan_groups_fwd, _scan_groups_bwd)
 
 
 def check_axial(shape: Sequence[int], dims: Sequence[int], length: int, d_model: int) -> None:
