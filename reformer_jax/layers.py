@@ -409,12 +409,17 @@ def scan_chunks(fn, chunk: int, params, xs: tuple, key: Array) -> tuple:
     return _scan_chunks_fwd(fn, chunk, params, xs, key)[0]
 
 
-def _buffers(shapes, tie):
-    """Zero buffers shaped like `shapes`, tied to `tie` by an optimization barrier so
-    the CPU scheduler makes them where they are first written, not at the start
-    of the enclosing loop body (where they would live for its whole duration)."""
-    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    return jax.lax.optimization_barrier((zeros, tie))[0]
+def _grow(part: Array, size: int, axis: int) -> Array:
+    """part zero-padded at the end of `axis` to `size`: the loops' output buffer.
+
+    Made from the first chunk's (or group's) result rather than as a zeros
+    array: XLA would make a zeros buffer (and the copy a loop state takes) at
+    the start of the enclosing loop body, alive for all of it, while a buffer
+    computed from data is made where the data is.
+    """
+    widths = [(0, 0)] * part.ndim
+    widths[axis] = (0, size - part.shape[axis])
+    return jnp.pad(part, widths)
 
 
 def _write(bufs, parts, i, chunk):
@@ -426,40 +431,34 @@ def _write(bufs, parts, i, chunk):
 
 
 def _scan_chunks_fwd(fn, chunk, params, xs, key):
-    n = xs[0].shape[1] // chunk
-    call = lambda p, i, arrays: fn(
-        p, tuple(_slice(a, i, chunk) for a in arrays), jax.random.fold_in(key, i)
-    )
-    part = jax.eval_shape(lambda: call(params, 0, xs))
-    full = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct((s.shape[0], n * chunk, *s.shape[2:]), s.dtype), part
-    )
-    ys = jax.lax.fori_loop(
-        0, n, lambda i, bufs: _write(bufs, call(params, i, xs), i, chunk), _buffers(full, xs)
-    )
+    length = xs[0].shape[1]
+    call = lambda i: fn(params, tuple(_slice(a, i, chunk) for a in xs), jax.random.fold_in(key, i))
+    ys = jax.tree_util.tree_map(lambda y: _grow(y, length, 1), call(0))
+    ys = jax.lax.fori_loop(1, length // chunk, lambda i, bufs: _write(bufs, call(i), i, chunk), ys)
     return ys, (params, xs, key)
 
 
 def _scan_chunks_bwd(fn, chunk, residuals, dys):
     params, xs, key = residuals
-    n = xs[0].shape[1] // chunk
+    length = xs[0].shape[1]
 
-    def body(i, carry):
-        dxs, dparams = carry
+    def step(i):  # -> (parameter cotangents, input cotangents) of chunk i
         f = lambda p, *parts: fn(p, parts, jax.random.fold_in(key, i))
         ys_i, vjp = jax.vjp(f, params, *(_slice(a, i, chunk) for a in xs))
         dys_i = jax.tree_util.tree_map(
             lambda dy, y: _slice(dy, i, chunk).astype(y.dtype), dys, ys_i
         )
         dp_i, *dxs_i = vjp(dys_i)
-        dxs = _write(
-            dxs, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, xs, strict=True)), i, chunk
-        )
-        return dxs, jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+        return dp_i, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, xs, strict=True))
 
-    dxs = _buffers(jax.eval_shape(lambda: xs), dys)
-    init = (dxs, jax.tree_util.tree_map(jnp.zeros_like, params))
-    dxs, dparams = jax.lax.fori_loop(0, n, body, init)
+    def body(i, carry):
+        dxs, dparams = carry
+        dp_i, dxs_i = step(i)
+        return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    dp_0, dxs_0 = step(0)
+    init = (tuple(_grow(d, length, 1) for d in dxs_0), dp_0)
+    dxs, dparams = jax.lax.fori_loop(1, length // chunk, body, init)
     return dparams, dxs, None
 
 
@@ -487,13 +486,12 @@ def _sum_chunks_fwd(fn, chunk, params, xs, key):
 
 def _sum_chunks_bwd(fn, chunk, residuals, dtotal):
     params, xs, key = residuals
-    n = xs[0].shape[1] // chunk
+    length = xs[0].shape[1]
     # Cotangents flow to the floating inputs; integer ones (targets) get None.
     floating = [jnp.issubdtype(a.dtype, jnp.floating) for a in xs]
     diff = tuple(a for a, f in zip(xs, floating, strict=True) if f)
 
-    def body(i, carry):
-        dxs, dparams = carry
+    def step(i):
         parts = [_slice(a, i, chunk) for a in xs]
 
         def f(p, *diff_parts):
@@ -503,14 +501,16 @@ def _sum_chunks_bwd(fn, chunk, residuals, dtotal):
 
         _, vjp = jax.vjp(f, params, *(a for a, fl in zip(parts, floating, strict=True) if fl))
         dp_i, *dxs_i = vjp(dtotal)
-        dxs_i = tuple(d.astype(a.dtype) for d, a in zip(dxs_i, diff, strict=True))
+        return dp_i, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, diff, strict=True))
+
+    def body(i, carry):
+        dxs, dparams = carry
+        dp_i, dxs_i = step(i)
         return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
 
-    init = (
-        _buffers(jax.eval_shape(lambda: diff), dtotal),
-        jax.tree_util.tree_map(jnp.zeros_like, params),
-    )
-    dxs, dparams = jax.lax.fori_loop(0, n, body, init)
+    dp_0, dxs_0 = step(0)
+    init = (tuple(_grow(d, length, 1) for d in dxs_0), dp_0)
+    dxs, dparams = jax.lax.fori_loop(1, length // chunk, body, init)
     it = iter(dxs)
     return dparams, tuple(next(it) if fl else None for fl in floating), None
 
@@ -543,11 +543,21 @@ def _n_groups(extras) -> int:
     return jax.tree_util.tree_leaves(extras)[0].shape[0]
 
 
+def _first_and_rest(tree):
+    return (
+        jax.tree_util.tree_map(lambda a: a[0], tree),
+        jax.tree_util.tree_map(lambda a: a[1:], tree),
+    )
+
+
+def _prepend(first, rest):
+    return jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+
+
 def _scan_groups_fwd(fn, shared, params, x, extras):
     n = _n_groups(extras)
-    first = jax.tree_util.tree_map(lambda a: a[0], (params, extras))
-    out_shape, _ = jax.eval_shape(lambda: fn(shared, *first[:1], x, first[1]))
-    full = jax.ShapeDtypeStruct((*out_shape.shape[:2], n, *out_shape.shape[2:]), out_shape.dtype)
+    (p_0, e_0), rest = _first_and_rest((params, extras))
+    out_0, buckets_0 = fn(shared, p_0, x, e_0)
 
     def body(out, args):
         i, p_i, e_i = args
@@ -555,7 +565,9 @@ def _scan_groups_fwd(fn, shared, params, x, extras):
         out_i, buckets_i = fn(shared, p_i, x_i, e_i)
         return jax.lax.dynamic_update_index_in_dim(out, out_i, i, axis=2), buckets_i
 
-    out, buckets = jax.lax.scan(body, _buffers(full, x), (jnp.arange(n), params, extras))
+    out = _grow(out_0[:, :, None], n, 2)
+    out, buckets = jax.lax.scan(body, out, (jnp.arange(1, n), *rest))
+    buckets = None if buckets_0 is None else _prepend(buckets_0, buckets)
     return (out, buckets), (shared, params, x, extras, buckets)
 
 
@@ -566,28 +578,27 @@ def _scan_groups_bwd(fn, residuals, cotangents):
         extras = {**extras, "buckets": buckets}
     diff_shared = {k: v for k, v in shared.items() if k != "mask"}
 
-    def body(carry, args):
-        dx, dshared = carry
-        i, p_i, e_i = args
+    def step(i, p_i, e_i):
         x_i, _ = jax.lax.optimization_barrier((x, i))
 
         def f(s, p, xx):
             return fn({**shared, **s}, p, xx, e_i)[0]
 
         _, vjp = jax.vjp(f, diff_shared, p_i, x_i)
-        ds_i, dp_i, dx_i = vjp(jax.lax.dynamic_index_in_dim(dout, i, axis=2, keepdims=False))
+        return vjp(jax.lax.dynamic_index_in_dim(dout, i, axis=2, keepdims=False))
+
+    def body(carry, args):
+        dx, dshared = carry
+        ds_i, dp_i, dx_i = step(*args)
         dshared = jax.tree_util.tree_map(jnp.add, dshared, ds_i)
         return (dx + dx_i.astype(dx.dtype), dshared), dp_i
 
-    init = (
-        _buffers(jax.eval_shape(lambda: x), dout),
-        jax.tree_util.tree_map(jnp.zeros_like, diff_shared),
-    )
-    (dx, dshared), dparams = jax.lax.scan(
-        body, init, (jnp.arange(_n_groups(extras)), params, extras)
-    )
+    (p_0, e_0), rest = _first_and_rest((params, extras))
+    ds_0, dp_0, dx_0 = step(0, p_0, e_0)  # group 0 starts the sums: no zeros buffers
+    carry = (dx_0.astype(x.dtype), ds_0)
+    (dx, dshared), dparams = jax.lax.scan(body, carry, (jnp.arange(1, _n_groups(extras)), *rest))
     dshared = {**{k: None for k in shared}, **dshared}
-    return dshared, dparams, dx, jax.tree_util.tree_map(lambda _: None, extras)
+    return dshared, _prepend(dp_0, dparams), dx, jax.tree_util.tree_map(lambda _: None, extras)
 
 
 scan_groups.defvjp(_scan_groups_fwd, _scan_groups_bwd)
