@@ -99,17 +99,28 @@ def n_buckets(length: int) -> int | tuple[int, ...]:
     return n if isinstance(n, int) else tuple(n)
 
 
-# Our speed knobs per length (the fastest setting measured that keeps the
-# memory target): None = all heads / the whole sequence at once.
+# Our speed knobs (ReformerConfig fields; None = all heads / the whole
+# sequence at once). Two heads at a time and 256-token feed-forward and loss
+# chunks: at L = 1K, XLA's temporaries drop from 1,047 MiB (all None) to 626
+# MiB for ~5% more time (docs/benchmarks.md). OURS_KNOBS may override them
+# per length.
+DEFAULT_KNOBS = {"attention_head_chunk": 2, "ff_chunk_size": 256, "loss_chunk_size": 256}
 OURS_KNOBS: dict[int, dict[str, Any]] = {}
-DEFAULT_KNOBS = {"attention_head_chunk": None, "ff_chunk_size": None, "loss_chunk_size": None}
 
 
-def ours_knobs(length: int) -> dict[str, Any]:
-    return {**DEFAULT_KNOBS, **OURS_KNOBS.get(length, {})}
+# XLA:CPU flags of our cells: no XNNPACK ("ynn") fusions, which take their
+# operands materialised (a per-feature broadcast becomes a full [tokens, d]
+# array; see reformer_jax/memory.py).
+OURS_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
-def ours_config(length: int, **overrides):
+def ours_knobs(length: int, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Our speed knobs at `length`: defaults, OURS_KNOBS, then --ours_knobs overrides."""
+    knobs = {**DEFAULT_KNOBS, **OURS_KNOBS.get(length, {})}
+    return {**knobs, **(overrides or {}).get(str(length), {})}
+
+
+def ours_config(length: int, knobs: dict[str, Any] | None = None, **overrides):
     from reformer_jax.model import ReformerConfig
 
     fields = dict(
@@ -132,7 +143,7 @@ def ours_config(length: int, **overrides):
         dropout=0.0,
         ff_activation="relu",
         dtype="float32",
-        **ours_knobs(length),
+        **(ours_knobs(length) if knobs is None else knobs),
     )
     fields.update(overrides)
     return ReformerConfig(**fields)
@@ -208,6 +219,29 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def cpu_jiffies() -> tuple[int, int, int]:
+    """(machine busy, machine total, this process's user + system) in clock ticks."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    with open("/proc/self/stat") as f:
+        own = f.read().rsplit(")", 1)[1].split()
+    return sum(fields) - fields[3] - fields[4], sum(fields), int(own[11]) + int(own[12])
+
+
+def timed_steps(one_step, steps: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of `steps` calls, and the share of the machine's CPU that other
+    processes used meanwhile (the machine is shared: this shows how loaded it was)."""
+    times, others = [], []
+    for _ in range(steps):
+        busy0, total0, own0 = cpu_jiffies()
+        t0 = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - t0)
+        busy1, total1, own1 = cpu_jiffies()
+        others.append(((busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0))
+    return times, others
+
+
 def process_peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -229,17 +263,17 @@ def flops_of(length: int, batch: int) -> dict[str, float]:
     return model_flops(ours_config(length), batch, length)
 
 
-def run_ours(length: int, batch: int, steps: int) -> dict[str, Any]:
+def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict[str, Any]:
     """One cell of ours: compile, warm up, time `steps` training steps."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-
     from benchmark import matmul_peak_tflops
+
     from reformer_jax import optim, train
     from reformer_jax.model import ReformerLM, count_params
 
-    cfg = ours_config(length)
+    cfg = ours_config(length, knobs)
     model = ReformerLM(cfg)
     schedule = optim.make_schedule("constant", learning_rate=1e-4, warmup_steps=0)
     opt = optim.make_optimizer("adam", schedule=schedule)
@@ -277,26 +311,25 @@ def run_ours(length: int, batch: int, steps: int) -> dict[str, Any]:
         **xla,
     }
 
-    def one_step(state):
-        state, metrics = compiled(state, batch_arrays, key)
-        jax.block_until_ready(metrics)
-        return state, metrics
+    box = {"state": state}
 
+    def one_step():
+        box["state"], box["metrics"] = compiled(box["state"], batch_arrays, key)
+        jax.block_until_ready(box["metrics"])
+
+    del state
     t0 = time.perf_counter()
-    state, metrics = one_step(state)
+    one_step()
     record["first_step_s"] = time.perf_counter() - t0
     record["peak_reset"] = reset_peak_rss()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = one_step(state)
-        times.append(time.perf_counter() - t0)
+    record["rss_after_trim_mib"] = rss_bytes() / MIB
+    record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
-    record["times_s"] = times
+    metrics = box["metrics"]
     record["loss"] = float(metrics["nll"] / metrics["weight"])
     record["matmul_peak_tflops"] = matmul_peak_tflops(jnp.float32)
     record["framework"] = f"jax {jax.__version__}"
-    record["settings"] = ours_knobs(length) | {"dtype": cfg.dtype}
+    record["settings"] = knobs | {"dtype": cfg.dtype, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
     return record
 
 
@@ -319,25 +352,23 @@ def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
         "rss_before_step_mib": rss_bytes() / MIB,
     }
 
+    box = {}
+
     def one_step():
         opt.zero_grad(set_to_none=True)
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
-        return float(loss.detach())
+        box["loss"] = float(loss.detach())
 
     t0 = time.perf_counter()
     one_step()
     record["first_step_s"] = time.perf_counter() - t0
     record["peak_reset"] = reset_peak_rss()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        loss = one_step()
-        times.append(time.perf_counter() - t0)
+    record["rss_after_trim_mib"] = rss_bytes() / MIB
+    record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
-    record["times_s"] = times
-    record["loss"] = loss
+    record["loss"] = box["loss"]
     record["matmul_peak_tflops"] = torch_matmul_peak_tflops()
     record["framework"] = f"torch {torch.__version__}, transformers {transformers.__version__}"
     record["settings"] = {"threads": threads, "dtype": "float32"}
@@ -433,7 +464,8 @@ def run_cell(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps_long if length >= args.long_from else args.steps
     load = load_average()
     if impl == "ours":
-        record = run_ours(length, batch, steps)
+        knobs = ours_knobs(length, json.loads(args.ours_knobs or "{}"))
+        record = run_ours(length, batch, steps, knobs)
     elif impl == "hf":
         record = run_hf(length, batch, steps, args.threads)
     else:
@@ -477,8 +509,15 @@ def spawn(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.long_from),
             "--threads",
             str(args.threads),
+            "--ours_knobs",
+            args.ours_knobs or "{}",
         ]
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = dict(os.environ)
+        if spec.startswith("ours:") and args.ours_xla_flags:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {args.ours_xla_flags}".strip()
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
         if proc.returncode != 0 or not os.path.exists(out):
             impl, length = spec.split(":")
             tail = proc.stdout.strip().splitlines()[-5:]
@@ -572,9 +611,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         pts = [r for r in rows if f"{impl}_tokens_per_s" in r]
         lengths = [r["length"] for r in pts]
         ax_t.plot(lengths, [r[f"{impl}_tokens_per_s"] for r in pts], marker="o", label=label)
-        ax_m.plot(
-            lengths, [r[f"{impl}_step_peak_rss_mib"] for r in pts], marker="o", label=label
-        )
+        ax_m.plot(lengths, [r[f"{impl}_step_peak_rss_mib"] for r in pts], marker="o", label=label)
     for ax, ylabel in (
         (ax_t, "training tokens / s (higher is better)"),
         (ax_m, "peak RSS during a step, MiB (lower is better)"),
@@ -595,7 +632,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--lengths", type=parse_length, nargs="+", default=[1024, 4096, 16384, 65536]
     )
-    parser.add_argument("--tokens", type=int, default=16384, help="tokens per step (batch = tokens // L)")
+    parser.add_argument(
+        "--tokens", type=int, default=16384, help="tokens per step (batch = tokens // L)"
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     parser.add_argument("--steps_long", type=int, default=3, help="timed steps at L >= --long_from")
     parser.add_argument("--long_from", type=parse_length, default=65536)
@@ -603,6 +642,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--impls", nargs="+", choices=["ours", "hf"], default=["ours", "hf"])
     parser.add_argument(
         "--check_length", type=int, default=128, help="same-model check length (0: skip)"
+    )
+    parser.add_argument(
+        "--ours_knobs",
+        default=None,
+        help='JSON {"<length>": {"attention_head_chunk": .., "ff_chunk_size": .., '
+        '"loss_chunk_size": ..}} overriding our per-length settings',
+    )
+    parser.add_argument(
+        "--ours_xla_flags", default=OURS_XLA_FLAGS, help="XLA_FLAGS added in our cells"
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PNG", help="tokens/s and memory against length")
@@ -672,7 +720,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         print(f"\nAll figures written to {args.json}")
     if args.plot:
-        plot(rows, args.plot, f"{args.tokens:,} tokens per step; {info['cpu']}, {info['cores']} cores")
+        plot(
+            rows,
+            args.plot,
+            f"{args.tokens:,} tokens per step; {info['cpu']}, {info['cores']} cores",
+        )
         print(f"Plot written to {args.plot}")
 
 
