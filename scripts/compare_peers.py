@@ -104,7 +104,11 @@ def n_buckets(length: int) -> int | tuple[int, ...]:
 # chunks: at L = 1K, XLA's temporaries drop from 1,047 MiB (all None) to 626
 # MiB for ~5% more time (docs/benchmarks.md). OURS_KNOBS may override them
 # per length.
-DEFAULT_KNOBS = {"attention_head_chunk": 2, "ff_chunk_size": 256, "loss_chunk_size": 256}
+DEFAULT_KNOBS = {
+    "attention_head_chunk": 2,
+    "ff_chunk_size": 256,
+    "loss_chunk_size": 256,
+}
 OURS_KNOBS: dict[int, dict[str, Any]] = {}
 
 
@@ -321,15 +325,20 @@ def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict
     t0 = time.perf_counter()
     one_step()
     record["first_step_s"] = time.perf_counter() - t0
+    record["warmup_peak_rss_mib"] = hwm_bytes() / MIB
     record["peak_reset"] = reset_peak_rss()
     record["rss_after_trim_mib"] = rss_bytes() / MIB
+
     record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
     metrics = box["metrics"]
     record["loss"] = float(metrics["nll"] / metrics["weight"])
     record["matmul_peak_tflops"] = matmul_peak_tflops(jnp.float32)
     record["framework"] = f"jax {jax.__version__}"
-    record["settings"] = knobs | {"dtype": cfg.dtype, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    record["settings"] = knobs | {
+        "dtype": cfg.dtype,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+    }
     return record
 
 
@@ -364,8 +373,10 @@ def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     one_step()
     record["first_step_s"] = time.perf_counter() - t0
+    record["warmup_peak_rss_mib"] = hwm_bytes() / MIB
     record["peak_reset"] = reset_peak_rss()
     record["rss_after_trim_mib"] = rss_bytes() / MIB
+
     record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
     record["loss"] = box["loss"]
@@ -477,7 +488,11 @@ def run_cell(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         tokens=batch * length,
         load_avg_1min_before=load,
         load_avg_1min_after=load_average(),
-        process_peak_rss_mib=process_peak_rss() / MIB,
+        # Resetting the high-water mark also resets ru_maxrss: the whole cell's peak is
+        # the larger of the two marks.
+        process_peak_rss_mib=max(process_peak_rss() / MIB, record["warmup_peak_rss_mib"]),
+        torch_imported="torch" in sys.modules,
+        jax_imported="jax" in sys.modules,
     )
     record["step_s"] = statistics.median(record["times_s"])
     record["tokens_per_s"] = record["tokens"] / record["step_s"]
@@ -570,11 +585,18 @@ def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{impl}_tokens_per_s"] = cell["tokens_per_s"]
             row[f"{impl}_step_peak_rss_mib"] = cell["step_peak_rss_mib"]
             row[f"{impl}_rss_before_step_mib"] = cell["rss_before_step_mib"]
+            if "rss_after_trim_mib" in cell:
+                row[f"{impl}_step_increment_mib"] = (
+                    cell["step_peak_rss_mib"] - cell["rss_after_trim_mib"]
+                )
+            row[f"{impl}_others_cpu_share"] = statistics.mean(cell["others_cpu_share"])
             row[f"{impl}_mfu"] = cell["achieved_tflops"] / peak
             row["batch"] = cell["batch"]
         if "ours_tokens_per_s" in row and "hf_tokens_per_s" in row:
             row["speed_ratio"] = row["ours_tokens_per_s"] / row["hf_tokens_per_s"]
             row["memory_ratio"] = row["ours_step_peak_rss_mib"] / row["hf_step_peak_rss_mib"]
+        if "ours_step_increment_mib" in row and "hf_step_increment_mib" in row:
+            row["increment_ratio"] = row["ours_step_increment_mib"] / row["hf_step_increment_mib"]
         rows.append(row)
     return rows, peak
 
@@ -597,7 +619,20 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
             f"| {fmt(r, 'hf_step_peak_rss_mib', ',.0f')} MiB | {fmt(r, 'memory_ratio', '.2f')}x "
             f"| {fmt(r, 'ours_mfu', '.1%')} | {fmt(r, 'hf_mfu', '.1%')} |"
         )
-    print(f"\nMFU against the measured float32 matmul peak {peak:.3f} TFLOP/s.")
+    print(f"\nMFU against the measured float32 matmul peak {peak:.3f} TFLOP/s.\n")
+    print(
+        "| L | RSS before step ours / HF | step increment ours / HF | increment ours/HF "
+        "| others' CPU share ours / HF |"
+    )
+    print("|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['length']} | {fmt(r, 'ours_rss_before_step_mib', ',.0f')} / "
+            f"{fmt(r, 'hf_rss_before_step_mib', ',.0f')} MiB "
+            f"| {fmt(r, 'ours_step_increment_mib', ',.0f')} / "
+            f"{fmt(r, 'hf_step_increment_mib', ',.0f')} MiB | {fmt(r, 'increment_ratio', '.2f')}x "
+            f"| {fmt(r, 'ours_others_cpu_share', '.0%')} / {fmt(r, 'hf_others_cpu_share', '.0%')} |"
+        )
 
 
 def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
@@ -611,7 +646,12 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         pts = [r for r in rows if f"{impl}_tokens_per_s" in r]
         lengths = [r["length"] for r in pts]
         ax_t.plot(lengths, [r[f"{impl}_tokens_per_s"] for r in pts], marker="o", label=label)
-        ax_m.plot(lengths, [r[f"{impl}_step_peak_rss_mib"] for r in pts], marker="o", label=label)
+        ax_m.plot(
+            lengths,
+            [r[f"{impl}_step_peak_rss_mib"] for r in pts],
+            marker="o",
+            label=label,
+        )
     for ax, ylabel in (
         (ax_t, "training tokens / s (higher is better)"),
         (ax_m, "peak RSS during a step, MiB (lower is better)"),
@@ -633,7 +673,10 @@ def main(argv: list[str] | None = None) -> None:
         "--lengths", type=parse_length, nargs="+", default=[1024, 4096, 16384, 65536]
     )
     parser.add_argument(
-        "--tokens", type=int, default=16384, help="tokens per step (batch = tokens // L)"
+        "--tokens",
+        type=int,
+        default=16384,
+        help="tokens per step (batch = tokens // L)",
     )
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     parser.add_argument("--steps_long", type=int, default=3, help="timed steps at L >= --long_from")
@@ -641,7 +684,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
     parser.add_argument("--impls", nargs="+", choices=["ours", "hf"], default=["ours", "hf"])
     parser.add_argument(
-        "--check_length", type=int, default=128, help="same-model check length (0: skip)"
+        "--check_length",
+        type=int,
+        default=128,
+        help="same-model check length (0: skip)",
     )
     parser.add_argument(
         "--ours_knobs",
@@ -654,6 +700,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PNG", help="tokens/s and memory against length")
+    parser.add_argument(
+        "--report",
+        metavar="JSON",
+        help="re-print the tables (and --plot) from a --json file",
+    )
     parser.add_argument("--_cell", help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -663,11 +714,22 @@ def main(argv: list[str] | None = None) -> None:
         with open(args._out, "w") as f:
             json.dump(record, f, indent=1)
         return
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        args.tokens = saved["config"]["tokens"]
+        args.json = None
+        report(saved["cells"], saved["check"], saved["machine"], args)
+        return
 
     cells = []
     check = None
     if args.check_length and "hf" in args.impls:
-        print(f"[peers] same-model check at L={args.check_length} ...", file=sys.stderr, flush=True)
+        print(
+            f"[peers] same-model check at L={args.check_length} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         check = spawn(f"check:{args.check_length}", args)
         print(f"[peers]   {json.dumps(check)}", file=sys.stderr, flush=True)
     for i, length in enumerate(args.lengths):
@@ -690,8 +752,12 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
+    report(cells, check, machine(), args)
+
+
+def report(cells, check, info, args) -> None:
+    """The tables on stdout, and --json / --plot."""
     rows, peak = summarize(cells)
-    info = machine()
     frameworks = sorted({c["framework"] for c in cells if c.get("status") == "ok"})
     print(
         f"# Training step: reformer_jax vs HF transformers ({info['cpu']}, {info['cores']} cores; "
