@@ -15,6 +15,8 @@ path.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -36,16 +38,39 @@ def apply_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     bits are a single u16 array. An element is kept when its bits u satisfy
     u >= t, t = round(rate * 2^16), so the rate is t / 2^16 (0.2 -> 0.199997)
     and the kept elements are scaled by 1 / (1 - t / 2^16): the expectation is
-    exactly x. The mask is a pure function of (key, x.shape), so the
-    reversible backward pass regenerates the forward's mask.
+    exactly x. The mask is a pure function of (key, x.shape): the backward pass
+    (a custom VJP) draws it again instead of keeping it, and the reversible
+    backward pass regenerates the forward's mask.
     """
     threshold = min(round(rate * 2**16), 2**16 - 1)
+    return _dropout(x, key, threshold)
+
+
+def _keep_scale(key, shape, dtype, threshold):
+    """The dropout multiplier: 0 where dropped, 1 / P(keep) where kept."""
     seed = jax.random.bits(key, (4,), jnp.uint32)
-    bits = jax.random.bits(jax.random.wrap_key_data(seed, impl="rbg"), x.shape, jnp.uint16)
-    scale = 2**16 / (2**16 - threshold)
-    return jnp.where(bits >= jnp.uint16(threshold), x * jnp.asarray(scale, x.dtype), 0).astype(
-        x.dtype
-    )
+    bits = jax.random.bits(jax.random.wrap_key_data(seed, impl="rbg"), shape, jnp.uint16)
+    scale = jnp.asarray(2**16 / (2**16 - threshold), dtype)
+    return jnp.where(bits >= jnp.uint16(threshold), scale, jnp.zeros((), dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dropout(x, key, threshold):
+    return (x * _keep_scale(key, x.shape, x.dtype, threshold)).astype(x.dtype)
+
+
+def _dropout_fwd(x, key, threshold):
+    return _dropout(x, key, threshold), key
+
+
+def _dropout_bwd(threshold, key, g):
+    # Tied to g, so XLA neither merges this draw with the forward's (keeping
+    # the bits alive in between) nor makes it before it is needed.
+    key, _ = jax.lax.optimization_barrier((key, g))
+    return (g * _keep_scale(key, g.shape, g.dtype, threshold)).astype(g.dtype), None
+
+
+_dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 
 def normalize_keys(q: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -135,32 +160,28 @@ def lsh_attention(
     n_chunks = n_hashes * padded // chunk_len
     before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
 
-    def sort(x):  # [b, h, l, ...] -> sorted, chunked [b, h, u, c, ...]
-        tiled = jnp.tile(x, (1, 1, n_hashes) + (1,) * (x.ndim - 3))  # [b, h, n, ...]
-        return lsh.chunk(lsh.permute(tiled, perm, inv), chunk_len)
+    def sort(x):  # [b, h, l, ...] -> the r rounds sorted and chunked, [b, h, u, c, ...]
+        return lsh.chunk(lsh.sort_rounds(x, perm, inv, n_hashes), chunk_len)
 
     s_pos = lsh.chunk(perm % padded, chunk_len)  # [b, h, u, c]
-    s_qk = sort(qk_p)  # [b, h, u, c, d]
-    # Normalising is per vector, so normalising after the sort saves a gather.
-    s_k = lsh.look_around(normalize_keys(s_qk), before, after)  # [b, h, u, w, d]
-    s_v = lsh.look_around(sort(v_p), before, after)  # [b, h, u, w, e]
-    k_pos = lsh.look_around(s_pos, before, after)  # [b, h, u, w]
-    k_valid = jnp.take_along_axis(
+    s_valid = jnp.take_along_axis(
         jnp.broadcast_to(valid_p[:, None], (bsz, heads, padded)), perm % padded, axis=2
     )
-    k_valid = lsh.look_around(lsh.chunk(k_valid, chunk_len), before, after)
-
     bias = None
     if dedup:
+        k_pos = lsh.look_around(s_pos, before, after)
         bias = -jnp.log(_duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after))
 
     s_out, s_lse = _attend(
-        s_qk,
-        s_k,
-        s_v,
+        sort(qk_p),
+        None,  # keys: the normalised queries (docs/algorithm.md §1.6)
+        sort(v_p),
         s_pos,
-        k_pos,
-        k_valid,
+        s_pos,
+        lsh.chunk(s_valid, chunk_len),
+        before=before,
+        after=after,
+        wrap=True,
         causal=causal,
         self_penalty=True,
         bias=bias,
@@ -215,28 +236,21 @@ def local_attention(
     n_chunks = padded // chunk_len
     before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
 
-    def windows(x):  # [b, h, l, ...] -> [b, h, u, w, ...]
-        return lsh.look_around(
-            lsh.chunk(lsh.pad_length(x, padded, axis=2), chunk_len), before, after
-        )
+    def chunks(x):  # [b, h, l, ...] -> [b, h, u, c, ...]
+        return lsh.chunk(lsh.pad_length(x, padded, axis=2), chunk_len)
 
-    pos = jnp.arange(padded, dtype=jnp.int32)[None, None]  # [1, 1, l]
-    q_pos = lsh.chunk(pos, chunk_len)  # [1, 1, u, c]
-    k_pos = lsh.look_around(q_pos, before, after)  # [1, 1, u, w]
-    # No wrap-around: a window key must lie within [-before, +after] chunks.
-    offset = k_pos // chunk_len - (jnp.arange(n_chunks, dtype=jnp.int32)[:, None])
-    in_window = (offset >= -before) & (offset <= after)
-    k_valid = windows(lsh.pad_length(valid, padded, axis=1, value=False)[:, None]) & in_window
-
+    pos = lsh.chunk(jnp.arange(padded, dtype=jnp.int32)[None, None], chunk_len)  # [1, 1, u, c]
     scale = jnp.asarray(d**-0.5, q.dtype)
-    q_c = lsh.chunk(lsh.pad_length(q * scale, padded, axis=2), chunk_len)
     out, _ = _attend(
-        q_c,
-        windows(k),
-        windows(v),
-        q_pos,
-        k_pos,
-        k_valid,
+        chunks(q * scale),
+        chunks(k),
+        chunks(v),
+        pos,
+        pos,
+        chunks(lsh.pad_length(valid, padded, axis=1, value=False)[:, None]),
+        before=before,
+        after=after,
+        wrap=False,  # the first chunk has no previous chunk
         causal=causal,
         self_penalty=False,
         dropout_rate=dropout_rate,
@@ -270,7 +284,6 @@ def full_attention(
     if shared_qk:
         if k is not None:
             raise ValueError("full_attention(shared_qk=True) derives keys from q: pass k=None.")
-        k = normalize_keys(q)
     else:
         if k is None:
             raise ValueError("full_attention needs k (or shared_qk=True).")
@@ -284,11 +297,14 @@ def full_attention(
     pos = jnp.arange(length, dtype=jnp.int32)[None, None, None]  # [1, 1, 1, l]
     out, _ = _attend(
         q[:, :, None],
-        k[:, :, None],
+        None if k is None else k[:, :, None],
         v[:, :, None],
         pos,
         pos,
         valid[:, None, None],
+        before=0,
+        after=0,
+        wrap=True,
         causal=causal,
         self_penalty=shared_qk,
         dropout_rate=dropout_rate,
@@ -312,28 +328,71 @@ def _attend(
     k_pos,
     k_valid,
     *,
+    before,
+    after,
+    wrap,
     causal,
     self_penalty,
     bias=None,
     dropout_rate=0.0,
     dropout_key=None,
 ):
-    """`_attend_block` over the chunks, in blocks of chunks under `jax.checkpoint`.
+    """Each chunk of queries against the window of chunks around it.
 
-    Chunks are independent given their windows, so only one block's logits,
-    probabilities and masks are alive at a time, in the forward and the
-    backward pass: attention's temporaries are O(block) instead of O(l), on
-    top of the O(l) inputs and outputs. Block j draws its dropout mask with
-    fold_in(dropout_key, j); a single block uses dropout_key itself.
+    q: [b, h, u, c, d]; k: [b, h, u, c, d], or None for shared-QK keys (the
+    normalised queries, docs/algorithm.md §1.6); v: [b, h, u, c, e];
+    q_pos, k_pos, k_valid: [.., u, c] (broadcastable over b, h); bias:
+    optional float32 [b, h, u, c, w]. The window of chunk t is chunks
+    t - before, ..., t + after, in that order (w = (before + 1 + after) * c);
+    with `wrap` the chunk indices wrap around (LSH's sorted order), without it
+    keys outside [0, u) are masked (local attention). Returns out
+    [b, h, u, c, e] and the float32 log-sum-exp [b, h, u, c].
+
+    The chunks run in blocks, under `jax.checkpoint` when there are several,
+    and each block gathers its own windows from the per-chunk keys and values:
+    only one block's windows, logits, probabilities and masks are alive at a
+    time, forward and backward, and no [.., u, w, d] copy of all the windows
+    is made. Block j draws its dropout mask with fold_in(dropout_key, j); a
+    single block uses dropout_key itself.
     """
     b, h, u, c = q.shape[:4]
-    per_chunk = b * h * c * k.shape[3]
+    n_win = before + 1 + after
+    per_chunk = b * h * c * n_win * c
     blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])
     kw = dict(causal=causal, self_penalty=self_penalty, dropout_rate=dropout_rate)
-    if blk == u or u * per_chunk < 4 * BLOCK_ELEMENTS:
+    shared = k is None
+
+    def block(i, q_i, bias_i, key_i, size):
+        # Chunk indices i * size - before, ..., (i + 1) * size + after - 1: the
+        # windows of this block's chunks are consecutive runs of n_win of them.
+        raw = i * size + jnp.arange(-before, size + after, dtype=jnp.int32)
+        idx = raw % u
+
+        def runs(ext, axis):  # n_win consecutive chunks along `axis`, concatenated
+            parts = [jax.lax.slice_in_dim(ext, j, j + size, axis=axis) for j in range(n_win)]
+            return jnp.concatenate(parts, axis=axis + 1) if n_win > 1 else ext
+
+        # [B, H, u, c, ...] -> [B, H, size, w, ...]
+        windows = lambda x: runs(jnp.take(x, idx, axis=2), 2)
+        k_valid_i = windows(k_valid)
+        if not wrap:
+            in_range = jnp.broadcast_to(((raw >= 0) & (raw < u))[:, None], (raw.shape[0], c))
+            k_valid_i = k_valid_i & runs(in_range, 0)
+        win_k = normalize_keys(windows(q)) if shared else windows(k)
         return _attend_block(
-            q, k, v, q_pos, k_pos, k_valid, bias=bias, dropout_key=dropout_key, **kw
+            q_i,
+            win_k,
+            windows(v),
+            jax.lax.dynamic_slice_in_dim(q_pos, i * size, size, axis=2),
+            windows(k_pos),
+            k_valid_i,
+            bias=bias_i,
+            dropout_key=key_i,
+            **kw,
         )
+
+    if blk == u or u * per_chunk < 4 * BLOCK_ELEMENTS:
+        return block(0, q, bias, dropout_key, u)
     n_blocks = u // blk
 
     def split(x):  # [B, H, u, ...] -> [n_blocks, B, H, blk, ...] (B, H may be 1)
@@ -341,13 +400,12 @@ def _attend(
             return None
         return jnp.moveaxis(x.reshape(*x.shape[:2], n_blocks, blk, *x.shape[3:]), 2, 0)
 
-    def block(args):
-        i, *arrays, bias_i = args
+    def body(args):
+        i, q_i, bias_i = args
         key_i = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
-        return _attend_block(*arrays, bias=bias_i, dropout_key=key_i, **kw)
+        return block(i, q_i, bias_i, key_i, blk)
 
-    xs = (jnp.arange(n_blocks), *map(split, (q, k, v, q_pos, k_pos, k_valid, bias)))
-    out, lse = jax.lax.map(jax.checkpoint(block), xs)
+    out, lse = jax.lax.map(jax.checkpoint(body), (jnp.arange(n_blocks), split(q), split(bias)))
     merge = lambda x: jnp.moveaxis(x, 0, 2).reshape(b, h, u, *x.shape[4:])
     return merge(out), merge(lse)
 

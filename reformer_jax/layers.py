@@ -164,14 +164,13 @@ class AttentionHalf(nn.Module):
         keys = layer_keys(key)
 
         norm = LayerNormParams(d, name="norm")()
-        h = layer_norm(x, norm["scale"], norm["bias"], cfg.layer_norm_eps).astype(dtype)
         if self.kind not in ATTENTION_KINDS:
             raise ValueError(f"unknown attention kind {self.kind!r}; use one of {ATTENTION_KINDS}.")
         n_hashes = cfg.n_hashes if n_hashes is None else n_hashes
         attn_rate = 0.0 if deterministic else cfg.attention_dropout
         hash_key = keys[HASH] if hash_key is None else hash_key
 
-        def attend(q, k, v, hash_key, drop_key, buckets):  # [b, g, l, .] for g heads
+        def attend(q, k, v, hash_key, drop_key, buckets, mask):  # [b, g, l, .] for g heads
             common = dict(dropout_rate=attn_rate, dropout_key=drop_key, mask=mask)
             if self.kind == "lsh":
                 return attention.lsh_attention(
@@ -205,24 +204,32 @@ class AttentionHalf(nn.Module):
                 )
             return out, None
 
-        def heads_out(wq, wk, wv, wo, hash_key, drop_key, buckets):
-            """Heads of [m, g, d] projections -> (float32 [b, l, m] sum over them, buckets)."""
-            project = lambda w: jnp.einsum("blm,mhd->bhld", h, w.astype(dtype))
-            k = None if wk is None else project(wk)
-            out, new_buckets = attend(project(wq), k, project(wv), hash_key, drop_key, buckets)
-            y = jnp.einsum(
-                "bhld,hdm->blm", out, wo.astype(dtype), preferred_element_type=jnp.float32
-            )
-            return y, new_buckets
+        # Position-wise parts run over the sequence in chunks of cfg.ff_chunk_size
+        # (`positionwise`): the LayerNorm and the q/k/v projections of a head group,
+        # and the output projection with its dropout. Only the attention itself
+        # sees the whole sequence, one head group at a time.
+        eps, c = cfg.layer_norm_eps, cfg.ff_chunk_size
+
+        def project(p, xc, _):  # xc: [b, c, m] -> q, k (or None), v: [b, c, g, d]
+            hc = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], eps).astype(dtype)
+            w = lambda name: jnp.einsum("bcm,mgd->bcgd", hc, p[name].astype(dtype))
+            return w("wq"), None if p.get("wk") is None else w("wk"), w("wv")
+
+        def heads_out(wq, wk, wv, hash_key, drop_key, buckets, x=x, norm=norm, mask=mask):
+            """Heads of [m, g, d] projections -> (attention output [b, l, g, d], buckets)."""
+            p = {"norm": norm, "wq": wq, "wk": wk, "wv": wv}
+            q, k, v = positionwise(project, c, p, (x,), None)
+            bhld = lambda a: None if a is None else jnp.swapaxes(a, 1, 2)
+            out, new_buckets = attend(bhld(q), bhld(k), bhld(v), hash_key, drop_key, buckets, mask)
+            return jnp.swapaxes(out, 1, 2), new_buckets
 
         group = cfg.attention_head_chunk or heads
         if group >= heads:
-            y, new_buckets = heads_out(wq, wk, wv, wo, hash_key, keys[ATTN_DROPOUT], buckets)
+            out, new_buckets = heads_out(wq, wk, wv, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
-            # Heads in groups, from the projections on, under jax.checkpoint:
-            # one group's q, v and [chunks, c, w] logits are alive at a time,
-            # forward and backward, and the output sum is carried in float32.
-            # Group i hashes and drops out with keys folded with i.
+            # Head groups in a loop (`scan_groups`), from the projections on: one
+            # group's q, v and [chunks, c, w] logits are alive at a time, forward
+            # and backward. Group i hashes and drops out with keys folded with i.
             n = heads // group
 
             def split(a, axis):  # [.., h, ..] -> [n, .., g, ..], h at `axis`
@@ -231,28 +238,22 @@ class AttentionHalf(nn.Module):
                 a = a.reshape(*a.shape[:axis], n, group, *a.shape[axis + 1 :])
                 return jnp.moveaxis(a, axis, 0)
 
-            group_out = jax.checkpoint(heads_out)
-
-            def body(y, args):
-                i, wq_i, wk_i, wv_i, wo_i, b_i = args
-                y_i, b_i = group_out(
-                    wq_i,
-                    wk_i,
-                    wv_i,
-                    wo_i,
-                    jax.random.fold_in(hash_key, i),
-                    jax.random.fold_in(keys[ATTN_DROPOUT], i),
-                    b_i,
+            def group_out(shared, p_i, x, e_i):
+                wq_i, wk_i, wv_i = p_i
+                return heads_out(
+                    wq_i, wk_i, wv_i, e_i["hash"], e_i["drop"], e_i["buckets"], x, **shared
                 )
-                return y_i if y is None else y + y_i, b_i
 
-            xs = (jnp.arange(n), split(wq, 1), split(wk, 1), split(wv, 1), split(wo, 0))
-            xs = xs + (split(buckets, 1),)
-            # Group 0 outside the scan starts the sum (no zeros buffer, see map_chunks).
-            y, bucket0 = body(None, jax.tree_util.tree_map(lambda a: a[0], xs))
-            y, group_buckets = jax.lax.scan(body, y, jax.tree_util.tree_map(lambda a: a[1:], xs))
-            if bucket0 is not None:
-                group_buckets = jnp.concatenate([bucket0[None], group_buckets])
+            fold = lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(jnp.arange(n))
+            extras = {"hash": fold(hash_key), "drop": fold(keys[ATTN_DROPOUT])}
+            extras["buckets"] = split(buckets, 1)
+            out, group_buckets = scan_groups(
+                group_out,
+                {"norm": norm, "mask": mask},
+                (split(wq, 1), split(wk, 1), split(wv, 1)),
+                x,
+                extras,
+            )
             new_buckets = (
                 None
                 if group_buckets is None
@@ -260,8 +261,16 @@ class AttentionHalf(nn.Module):
                     group_buckets.shape[1], heads, *group_buckets.shape[3:]
                 )
             )
-        y = y.astype(dtype)
-        return dropout(y, cfg.dropout, keys[OUT_DROPOUT], deterministic), new_buckets
+        out = out.reshape(*out.shape[:2], heads, dk)
+
+        def output(p, oc, key):  # oc: [b, c, h, d] -> [b, c, m]
+            yc = jnp.einsum(
+                "bchd,hdm->bcm", oc, p.astype(dtype), preferred_element_type=jnp.float32
+            )
+            return (dropout(yc.astype(dtype), cfg.dropout, key, deterministic),)
+
+        (y,) = positionwise(output, c, wo, (out,), keys[OUT_DROPOUT])
+        return y, new_buckets
 
 
 class FeedForwardHalf(nn.Module):
@@ -325,6 +334,11 @@ def map_chunks(fn, chunk: int, params, x: Array, key: Array) -> Array:
 
 
 def _slice(x, i, chunk):
+    # Passing x through a barrier with the loop index keeps the slice inside the
+    # loop: XLA:CPU computes bfloat16 arithmetic in float32, and would otherwise
+    # convert the whole loop-invariant x to float32 before the loop and carry
+    # that copy through it (2 GiB per [2^20, 512] input).
+    x, _ = jax.lax.optimization_barrier((x, i))
     return jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
 
 
@@ -359,6 +373,224 @@ def _map_chunks_bwd(fn, chunk, residuals, dy):
 
 
 map_chunks.defvjp(_map_chunks_fwd, _map_chunks_bwd)
+
+
+def positionwise(fn, chunk: int | None, params, xs: tuple, key: Array | None) -> tuple:
+    """fn(params, xs, key) for a position-wise fn, in chunks of `chunk` positions.
+
+    xs: a tuple of [b, l, ...] arrays; fn maps their [b, c, ...] slices to a
+    tuple of [b, c, ...] arrays (None entries pass through). Without a chunk
+    (or chunk >= l) fn runs once on the whole sequence; otherwise the inputs are
+    padded to a multiple of `chunk`, `scan_chunks` runs the chunks (chunk i with
+    fold_in(key, i)), and the outputs are cut back to l.
+    """
+    length = xs[0].shape[1]
+    if not chunk or chunk >= length:
+        return fn(params, xs[0] if len(xs) == 1 else xs, key)
+    padded = lsh.round_up(length, chunk)
+    xs = tuple(lsh.pad_length(a, padded, axis=1) for a in xs)
+    unpack = (lambda p, a, k: fn(p, a[0], k)) if len(xs) == 1 else fn
+    key = jax.random.key(0) if key is None else key
+    ys = scan_chunks(unpack, chunk, params, xs, key)
+    return tuple(None if y is None else y[:, :length] for y in ys)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def scan_chunks(fn, chunk: int, params, xs: tuple, key: Array) -> tuple:
+    """ys[j][:, i*c:(i+1)*c] = fn(params, xs[:, i*c:(i+1)*c], fold_in(key, i))[j].
+
+    Like `map_chunks`, for inputs and outputs of other shapes: both passes loop
+    over the chunks, writing each output (and, backward, each input's
+    cotangent) into one [b, l, ...] buffer in place, and the backward pass
+    recomputes a chunk's forward inside `jax.vjp`. No stacked per-chunk copies
+    are made, and a chunk's intermediates (and, on XLA:CPU, the float32 copies
+    of its bfloat16 matmul operands) are the only ones alive.
+    """
+    return _scan_chunks_fwd(fn, chunk, params, xs, key)[0]
+
+
+def _buffers(shapes, tie):
+    """Zero buffers shaped like `shapes`, tied to `tie` by an optimization barrier so
+    the CPU scheduler makes them where they are first written, not at the start
+    of the enclosing loop body (where they would live for its whole duration)."""
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return jax.lax.optimization_barrier((zeros, tie))[0]
+
+
+def _write(bufs, parts, i, chunk):
+    return jax.tree_util.tree_map(
+        lambda buf, part: jax.lax.dynamic_update_slice_in_dim(buf, part, i * chunk, axis=1),
+        bufs,
+        parts,
+    )
+
+
+def _scan_chunks_fwd(fn, chunk, params, xs, key):
+    n = xs[0].shape[1] // chunk
+    call = lambda p, i, arrays: fn(
+        p, tuple(_slice(a, i, chunk) for a in arrays), jax.random.fold_in(key, i)
+    )
+    part = jax.eval_shape(lambda: call(params, 0, xs))
+    full = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((s.shape[0], n * chunk, *s.shape[2:]), s.dtype), part
+    )
+    ys = jax.lax.fori_loop(
+        0, n, lambda i, bufs: _write(bufs, call(params, i, xs), i, chunk), _buffers(full, xs)
+    )
+    return ys, (params, xs, key)
+
+
+def _scan_chunks_bwd(fn, chunk, residuals, dys):
+    params, xs, key = residuals
+    n = xs[0].shape[1] // chunk
+
+    def body(i, carry):
+        dxs, dparams = carry
+        f = lambda p, *parts: fn(p, parts, jax.random.fold_in(key, i))
+        ys_i, vjp = jax.vjp(f, params, *(_slice(a, i, chunk) for a in xs))
+        dys_i = jax.tree_util.tree_map(
+            lambda dy, y: _slice(dy, i, chunk).astype(y.dtype), dys, ys_i
+        )
+        dp_i, *dxs_i = vjp(dys_i)
+        dxs = _write(
+            dxs, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, xs, strict=True)), i, chunk
+        )
+        return dxs, jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    dxs = _buffers(jax.eval_shape(lambda: xs), dys)
+    init = (dxs, jax.tree_util.tree_map(jnp.zeros_like, params))
+    dxs, dparams = jax.lax.fori_loop(0, n, body, init)
+    return dparams, dxs, None
+
+
+scan_chunks.defvjp(_scan_chunks_fwd, _scan_chunks_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def sum_chunks(fn, chunk: int, params, xs: tuple, key: Array) -> Array:
+    """sum_i fn(params, xs[:, i*c:(i+1)*c], fold_in(key, i)) for a fn returning an array.
+
+    The chunked loss: both passes loop over the chunks, and the backward pass
+    recomputes each chunk inside `jax.vjp`, writing the inputs' cotangents into
+    [b, l, ...] buffers in place, so no chunk's logits outlive it and no
+    stacked copy of the inputs is made.
+    """
+    return _sum_chunks_fwd(fn, chunk, params, xs, key)[0]
+
+
+def _sum_chunks_fwd(fn, chunk, params, xs, key):
+    n = xs[0].shape[1] // chunk
+    call = lambda i: fn(params, tuple(_slice(a, i, chunk) for a in xs), jax.random.fold_in(key, i))
+    total = jax.lax.fori_loop(1, n, lambda i, acc: acc + call(i), call(0))
+    return total, (params, xs, key)
+
+
+def _sum_chunks_bwd(fn, chunk, residuals, dtotal):
+    params, xs, key = residuals
+    n = xs[0].shape[1] // chunk
+    # Cotangents flow to the floating inputs; integer ones (targets) get None.
+    floating = [jnp.issubdtype(a.dtype, jnp.floating) for a in xs]
+    diff = tuple(a for a, f in zip(xs, floating, strict=True) if f)
+
+    def body(i, carry):
+        dxs, dparams = carry
+        parts = [_slice(a, i, chunk) for a in xs]
+
+        def f(p, *diff_parts):
+            it = iter(diff_parts)
+            merged = tuple(next(it) if fl else a for a, fl in zip(parts, floating, strict=True))
+            return fn(p, merged, jax.random.fold_in(key, i))
+
+        _, vjp = jax.vjp(f, params, *(a for a, fl in zip(parts, floating, strict=True) if fl))
+        dp_i, *dxs_i = vjp(dtotal)
+        dxs_i = tuple(d.astype(a.dtype) for d, a in zip(dxs_i, diff, strict=True))
+        return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    init = (
+        _buffers(jax.eval_shape(lambda: diff), dtotal),
+        jax.tree_util.tree_map(jnp.zeros_like, params),
+    )
+    dxs, dparams = jax.lax.fori_loop(0, n, body, init)
+    it = iter(dxs)
+    return dparams, tuple(next(it) if fl else None for fl in floating), None
+
+
+sum_chunks.defvjp(_sum_chunks_fwd, _sum_chunks_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def scan_groups(fn, shared, params, x: Array, extras):
+    """Runs fn over n groups (of attention heads): for i in range(n),
+
+        out_i, buckets_i = fn(shared, params[i], x, extras[i])
+
+    and returns (out [b, l, n, ...], the buckets_i stacked along a leading axis,
+    or None). params and extras have a leading axis of size n; shared (params
+    used by every group, plus non-differentiable arrays such as a mask) does
+    not. extras must be a dict with a "buckets" entry (None, or buckets fn must
+    use); its other entries (keys) are not differentiated.
+
+    A custom VJP: the backward pass recomputes each group's forward inside
+    `jax.vjp`, with the buckets the forward used, and sums the groups' input
+    cotangents in one buffer. Only one group's internals are alive at a time,
+    and XLA cannot carry float32 copies of the bfloat16 x across the loop
+    (see `_slice`), which it does with `jax.checkpoint` in a `lax.scan`.
+    """
+    return _scan_groups_fwd(fn, shared, params, x, extras)[0]
+
+
+def _n_groups(extras) -> int:
+    return jax.tree_util.tree_leaves(extras)[0].shape[0]
+
+
+def _scan_groups_fwd(fn, shared, params, x, extras):
+    n = _n_groups(extras)
+    first = jax.tree_util.tree_map(lambda a: a[0], (params, extras))
+    out_shape, _ = jax.eval_shape(lambda: fn(shared, *first[:1], x, first[1]))
+    full = jax.ShapeDtypeStruct((*out_shape.shape[:2], n, *out_shape.shape[2:]), out_shape.dtype)
+
+    def body(out, args):
+        i, p_i, e_i = args
+        x_i, _ = jax.lax.optimization_barrier((x, i))
+        out_i, buckets_i = fn(shared, p_i, x_i, e_i)
+        return jax.lax.dynamic_update_index_in_dim(out, out_i, i, axis=2), buckets_i
+
+    out, buckets = jax.lax.scan(body, _buffers(full, x), (jnp.arange(n), params, extras))
+    return (out, buckets), (shared, params, x, extras, buckets)
+
+
+def _scan_groups_bwd(fn, residuals, cotangents):
+    shared, params, x, extras, buckets = residuals
+    dout = cotangents[0]
+    if buckets is not None:  # replay the forward's buckets
+        extras = {**extras, "buckets": buckets}
+    diff_shared = {k: v for k, v in shared.items() if k != "mask"}
+
+    def body(carry, args):
+        dx, dshared = carry
+        i, p_i, e_i = args
+        x_i, _ = jax.lax.optimization_barrier((x, i))
+
+        def f(s, p, xx):
+            return fn({**shared, **s}, p, xx, e_i)[0]
+
+        _, vjp = jax.vjp(f, diff_shared, p_i, x_i)
+        ds_i, dp_i, dx_i = vjp(jax.lax.dynamic_index_in_dim(dout, i, axis=2, keepdims=False))
+        dshared = jax.tree_util.tree_map(jnp.add, dshared, ds_i)
+        return (dx + dx_i.astype(dx.dtype), dshared), dp_i
+
+    init = (
+        _buffers(jax.eval_shape(lambda: x), dout),
+        jax.tree_util.tree_map(jnp.zeros_like, diff_shared),
+    )
+    (dx, dshared), dparams = jax.lax.scan(
+        body, init, (jnp.arange(_n_groups(extras)), params, extras)
+    )
+    dshared = {**{k: None for k in shared}, **dshared}
+    return dshared, dparams, dx, jax.tree_util.tree_map(lambda _: None, extras)
+
+
+scan_groups.defvjp(_scan_groups_fwd, _scan_groups_bwd)
 
 
 def check_axial(shape: Sequence[int], dims: Sequence[int], length: int, d_model: int) -> None:
@@ -416,15 +648,21 @@ class AxialPositionalEmbedding(nn.Module):
                 f"sequence length {length} exceeds the axial positions' capacity {total} "
                 f"(axial_shape {self.shape}); enlarge axial_shape."
             )
+        # Position p's coordinate on axis i is (p // stride_i) % s_i. Gathering
+        # each table at those coordinates builds only the `length` rows asked
+        # for and lets XLA fuse the lookups into the consumer (the sum with the
+        # token embeddings), instead of broadcasting every table to the full
+        # grid of prod(shape) positions first.
+        p = jnp.arange(length, dtype=jnp.int32)
         parts = []
+        stride = total
         for i, (s, e) in enumerate(zip(self.shape, self.dims, strict=True)):
             table = self.param(f"axis_{i}", nn.initializers.normal(1.0), (s, e), jnp.float32)
             if anchor is not None:
                 table, _ = jax.lax.optimization_barrier((table, anchor))
-            view = [1] * len(self.shape) + [e]
-            view[i] = s
-            parts.append(jnp.broadcast_to(table.reshape(view), (*self.shape, e)))
-        return jnp.concatenate(parts, axis=-1).reshape(total, sum(self.dims))[:length]
+            stride //= s
+            parts.append(jnp.take(table, (p // stride) % s, axis=0, mode="clip"))
+        return jnp.concatenate(parts, axis=-1)
 
 
 def sinusoidal_positions(length: int, d_model: int) -> Array:

@@ -12,6 +12,7 @@ sorted sequence with a look-back window.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -148,6 +149,32 @@ def _permute_bwd(res, g):
 
 
 permute.defvjp(_permute_fwd, _permute_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def sort_rounds(x: jax.Array, perm: jax.Array, inv: jax.Array, n_hashes: int) -> jax.Array:
+    """The r hash rounds of x in sorted order: y[..., s, :] = x[..., perm[s] % l, :].
+
+    x: [b, h, l, ...]; perm, inv: [b, h, r * l] from `sort_by_bucket`. Equals
+    `permute` of x tiled r times, without materialising the tiled copy. The
+    gradient gathers with `inv` and sums the r rounds.
+    """
+    return _take(x, perm % x.shape[2])
+
+
+def _sort_rounds_fwd(x, perm, inv, n_hashes):
+    return _take(x, perm % x.shape[2]), (perm, inv)
+
+
+def _sort_rounds_bwd(n_hashes, res, g):
+    perm, inv = res
+    b, h, n = inv.shape
+    g = _take(g, inv)  # round-major: [b, h, r * l, ...]
+    g = g.reshape(b, h, n_hashes, n // n_hashes, *g.shape[3:])
+    return jnp.sum(g, axis=2, dtype=jnp.float32).astype(g.dtype), None, None
+
+
+sort_rounds.defvjp(_sort_rounds_fwd, _sort_rounds_bwd)
 
 
 def _take(x: jax.Array, idx: jax.Array) -> jax.Array:

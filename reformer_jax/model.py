@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -340,19 +341,19 @@ class ReformerLM(nn.Module):
             buckets=stacked_buckets,
             return_buckets=True,
         )
-        h = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2m]
         head = OutputHead(cfg, name="head")
         if output == "hidden":
-            result = h
+            result = jnp.concatenate([y1, y2], axis=-1)  # [b, l, 2m]
         elif output == "log_probs":
-            result = head(h, head_key, deterministic=deterministic)
+            result = head(jnp.concatenate([y1, y2], axis=-1), head_key, deterministic=deterministic)
         elif output == "loss":
             if weights is None:
                 weights = jnp.ones(tokens.shape, jnp.float32)
-            targets = tokens
+            streams, targets = (y1, y2), tokens
             if not cfg.shift_inputs:  # position t predicts token t + 1
-                h, targets, weights = h[:, :-1], tokens[:, 1:], weights[:, 1:]
-            result = head.loss(h, targets, weights, head_key, deterministic=deterministic)
+                streams = (y1[:, :-1], y2[:, :-1])
+                targets, weights = tokens[:, 1:], weights[:, 1:]
+            result = head.loss(streams, targets, weights, head_key, deterministic=deterministic)
         else:
             raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
         if return_buckets:
@@ -448,35 +449,41 @@ class OutputHead(nn.Module):
         return jax.nn.log_softmax(logits, axis=-1)
 
     def loss(
-        self, h: Array, targets: Array, weights: Array, key: Array, *, deterministic: bool = True
+        self,
+        streams: Sequence[Array],
+        targets: Array,
+        weights: Array,
+        key: Array,
+        *,
+        deterministic: bool = True,
     ) -> dict[str, Array]:
-        """Sums of weighted NLL (nats), correct predictions and weights."""
+        """Sums of weighted NLL (nats), correct predictions and weights.
+
+        streams: the stack's outputs, each [b, l, m]; the head reads their
+        concatenation [b, l, 2m] one chunk of cfg.loss_chunk_size positions at a
+        time (`layers.sum_chunks`), so neither the [b, l, v] logits nor the
+        [b, l, 2m] input is ever alive whole.
+        """
         params = self._params()
 
-        def chunk_stats(args):
-            h_c, t_c, w_c, k_c = args
-            logp = self._log_probs(params, h_c, k_c, deterministic)
+        def chunk_stats(p, args, k):
+            *parts, t_c, w_c = args
+            h_c = jnp.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
+            logp = self._log_probs(p, h_c, k, deterministic)
             nll = -jnp.take_along_axis(logp, t_c[..., None], axis=-1)[..., 0]
             correct = (jnp.argmax(logp, axis=-1) == t_c).astype(jnp.float32)
             return jnp.stack([jnp.sum(nll * w_c), jnp.sum(correct * w_c), jnp.sum(w_c)])
 
         weights = weights.astype(jnp.float32)
-        b, length, _ = h.shape
+        length = targets.shape[1]
+        args = (*streams, targets, weights)
         c = self.cfg.loss_chunk_size
         if not c or c >= length:
-            sums = chunk_stats((h, targets, weights, key))
+            sums = chunk_stats(params, args, key)
         else:
             padded = lsh.round_up(length, c)
-
-            def split(x):  # [b, l, ...] -> [u, b, c, ...]
-                x = jnp.pad(x, ((0, 0), (0, padded - length)) + ((0, 0),) * (x.ndim - 2))
-                return x.reshape(b, padded // c, c, *x.shape[2:]).swapaxes(0, 1)
-
-            keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(padded // c))
-            per_chunk = jax.lax.map(
-                jax.checkpoint(chunk_stats), (split(h), split(targets), split(weights), keys)
-            )
-            sums = jnp.sum(per_chunk, axis=0)
+            args = tuple(lsh.pad_length(a, padded, axis=1) for a in args)
+            sums = layers.sum_chunks(chunk_stats, c, params, args, key)
         return {"nll": sums[0], "correct": sums[1], "weight": sums[2]}
 
 

@@ -7,6 +7,7 @@ Usage:
         [--plot fig5.png]
     python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
         [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
+        (compile time, time per step, peak RSS, planner figure, MFU)
     python scripts/benchmark.py depth --gin_file=configs/enwik8.gin [--layers 4 8 12 24]
     python scripts/benchmark.py sample --gin_file=configs/imagenet64.gin [--gin_param=...]
         [--lengths 1K 4K 12288] [--new_tokens 16] [--repeats 3] [--memory configs/enwik8.gin ...]
@@ -402,16 +403,19 @@ def bench_step(args: argparse.Namespace) -> None:
     state = jax.jit(init_state)()
     key = jax.random.key(1)
     t0 = time.perf_counter()
-    state, metrics = step(state, batch, key)
-    jax.block_until_ready(metrics)
-    result["first_step_s"] = time.perf_counter() - t0  # compile + run
+    step = step.lower(state, batch, key).compile()
+    result["compile_s"] = time.perf_counter() - t0
+    result["rss_before_step_gib"] = _rss_gib()
     times = []
-    for _ in range(args.steps):
+    for i in range(1 + args.steps):  # the first run is timed too: --steps 0 runs one step
+        print(f"[bench] step {i + 1} of {1 + args.steps} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         state, metrics = step(state, batch, key)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
-    result["step_s"] = statistics.median(times)
+    result["peak_rss_gib"] = _peak_rss_gib()
+    result["first_step_s"] = times[0]
+    result["step_s"] = statistics.median(times[1:] or times)
     result["times_s"] = times
     result["loss"] = float(metrics["nll"] / metrics["weight"])
     tokens = batch_size * cfg.max_len
@@ -430,6 +434,19 @@ def bench_step(args: argparse.Namespace) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+def _rss_gib() -> float:
+    """This process's resident memory now (Linux /proc), GiB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
+
+
+def _peak_rss_gib() -> float:
+    """This process's peak resident memory so far (getrusage; KiB on Linux), GiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
@@ -659,7 +676,9 @@ def main(argv: list[str] | None = None) -> None:
     stp.add_argument("--gin_file", action="append", default=[])
     stp.add_argument("--gin_param", action="append", default=[])
     stp.add_argument("--batch_size", type=int, default=1, help="sequences per step")
-    stp.add_argument("--steps", type=int, default=5, help="timed steps after the first")
+    stp.add_argument(
+        "--steps", type=int, default=5, help="more timed steps after the first (0: one step)"
+    )
     stp.add_argument(
         "--peak_tflops", type=float, default=None, help="default: a measured matmul peak"
     )
