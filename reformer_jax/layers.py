@@ -430,6 +430,21 @@ def _write(bufs, parts, i, chunk):
     )
 
 
+def _backward_loop(step, chunk: int, length: int):
+    """The chunk loops' backward pass: step(i) -> (parameter cotangents, input
+    cotangents of chunk i); writes the latter into [b, length, ...] buffers grown
+    from chunk 0's and sums the former."""
+
+    def body(i, carry):
+        dxs, dparams = carry
+        dp_i, dxs_i = step(i)
+        return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    dp_0, dxs_0 = step(0)
+    init = (tuple(_grow(d, length, 1) for d in dxs_0), dp_0)
+    return jax.lax.fori_loop(1, length // chunk, body, init)
+
+
 def _scan_chunks_fwd(fn, chunk, params, xs, key):
     length = xs[0].shape[1]
     call = lambda i: fn(params, tuple(_slice(a, i, chunk) for a in xs), jax.random.fold_in(key, i))
@@ -451,14 +466,7 @@ def _scan_chunks_bwd(fn, chunk, residuals, dys):
         dp_i, *dxs_i = vjp(dys_i)
         return dp_i, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, xs, strict=True))
 
-    def body(i, carry):
-        dxs, dparams = carry
-        dp_i, dxs_i = step(i)
-        return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
-
-    dp_0, dxs_0 = step(0)
-    init = (tuple(_grow(d, length, 1) for d in dxs_0), dp_0)
-    dxs, dparams = jax.lax.fori_loop(1, length // chunk, body, init)
+    dxs, dparams = _backward_loop(step, chunk, length)
     return dparams, dxs, None
 
 
@@ -503,14 +511,7 @@ def _sum_chunks_bwd(fn, chunk, residuals, dtotal):
         dp_i, *dxs_i = vjp(dtotal)
         return dp_i, tuple(d.astype(a.dtype) for d, a in zip(dxs_i, diff, strict=True))
 
-    def body(i, carry):
-        dxs, dparams = carry
-        dp_i, dxs_i = step(i)
-        return _write(dxs, dxs_i, i, chunk), jax.tree_util.tree_map(jnp.add, dparams, dp_i)
-
-    dp_0, dxs_0 = step(0)
-    init = (tuple(_grow(d, length, 1) for d in dxs_0), dp_0)
-    dxs, dparams = jax.lax.fori_loop(1, length // chunk, body, init)
+    dxs, dparams = _backward_loop(step, chunk, length)
     it = iter(dxs)
     return dparams, tuple(next(it) if fl else None for fl in floating), None
 

@@ -193,20 +193,21 @@ def hf_config(length: int):
 # ----------------------------------------------------------------------------- memory
 
 
-def rss_bytes() -> int:
+def _status_bytes(field: str) -> int:
+    """A memory field of /proc/self/status (reported in kB), in bytes; 0 if absent."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes() -> int:
+    return _status_bytes("VmRSS")
 
 
 def hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return _status_bytes("VmHWM")
 
 
 def reset_peak_rss() -> bool:
