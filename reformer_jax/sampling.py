@@ -122,7 +122,7 @@ def filter_logits(
     if top_k is not None and top_k < x.shape[-1]:
         kth = jax.lax.top_k(x, top_k)[0][..., -1:]
         x = jnp.where(x < kth, -jnp.inf, x)
-    if top_p is not None and top_p < 1.0:
+    if top_p is not None and not (isinstance(top_p, (int, float)) and top_p >= 1.0):
         order = jnp.argsort(-x, axis=-1)
         sorted_x = jnp.take_along_axis(x, order, axis=-1)
         probs = jax.nn.softmax(sorted_x, axis=-1)
@@ -655,26 +655,28 @@ def generate(
         raise ValueError(f"n_hashes must be a positive int, got {n_hashes!r}.")
     prompt = jnp.asarray(prompt)
     check_prompt(cfg, prompt, num_tokens)
+    # temperature and top_p are traced, so a sweep over them compiles once;
+    # greedy and top_k decide the program's shape and stay static.
+    use_top_p = opts.top_p is not None and opts.top_p < 1.0
     return _generate(
         params,
         cfg,
         prompt.astype(jnp.int32),
         key,
+        jnp.float32(opts.temperature),
+        jnp.float32(opts.top_p) if use_top_p else None,
         num_tokens=num_tokens,
-        opts=opts,
+        greedy=opts.greedy,
+        top_k=opts.top_k,
         n_hashes=n_hashes,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "num_tokens", "opts", "n_hashes"))
-def _generate(params, cfg, prompt, key, *, num_tokens, opts, n_hashes):
+@functools.partial(jax.jit, static_argnames=("cfg", "num_tokens", "greedy", "top_k", "n_hashes"))
+def _generate(params, cfg, prompt, key, temperature, top_p, *, num_tokens, greedy, top_k, n_hashes):
     hash_key, draw_key = jax.random.split(key)
     choose = functools.partial(
-        sample_logits,
-        greedy=opts.greedy,
-        temperature=opts.temperature,
-        top_k=opts.top_k,
-        top_p=opts.top_p,
+        sample_logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p
     )
     log_probs, cache = prefill(params, cfg, prompt, hash_key, n_hashes=n_hashes)
     first = choose(log_probs, jax.random.fold_in(draw_key, 0))

@@ -2,7 +2,8 @@
 
     pip install -e '.[peers]'          # torch and transformers, never in the default install
     python scripts/compare_peers.py [--lengths 1K 4K 16K 64K] [--tokens 16384] [--steps 5]
-        [--steps_long 3] [--impls ours hf] [--json peers.json] [--plot docs/figures/peers.png]
+        [--steps_long 3] [--impls ours hf] [--device cpu|gpu] [--json peers.json]
+        [--plot docs/figures/peers.png]
 
 Both sides train the same model (issue 11): vocabulary 258, d_model 256, 4
 heads x 64, d_ff 1024, layers (local, lsh, local, lsh), chunk 64 for both
@@ -40,6 +41,16 @@ measured by a probe in each framework (the larger of the two is the machine's
 peak). A same-model check (`--_cell check:128`, needs both frameworks in one
 process) converts the HF model's random weights with reformer_jax.convert and
 compares the loss with HF's buckets injected, and the parameter counts.
+
+`--device gpu` runs both sides on the GPU (jax's default device; HF's model
+and batch moved to "cuda"), float32 with TF32 matmuls on both (jax's default
+precision on GPUs; torch.backends.cuda.matmul.allow_tf32 = True for HF), our
+knobs at "all at once" (GPU_KNOBS) and no CPU XLA flags. There the memory
+columns are device memory, not RSS: ours `memory_stats()["peak_bytes_in_use"]`
+(the whole cell, compilation's autotuning included), HF
+`torch.cuda.max_memory_allocated()` over the timed steps; "before step" is the
+memory in use just before the first step. Step times are taken after
+synchronising the device. The same-model check stays on the CPU.
 
 The table goes to stdout, progress to stderr.
 """
@@ -119,6 +130,8 @@ OURS_KNOBS: dict[int, dict[str, Any]] = {
     16384: {"ff_chunk_size": 4096, "loss_chunk_size": 4096},
     65536: {"ff_chunk_size": 4096, "loss_chunk_size": 4096},
 }
+# On a GPU memory is plentiful at these sizes and loops cost launches: all at once.
+GPU_KNOBS = {"attention_head_chunk": None, "ff_chunk_size": None, "loss_chunk_size": None}
 
 
 # XLA:CPU flags of our cells: no XNNPACK ("ynn") fusions, which take their
@@ -127,9 +140,14 @@ OURS_KNOBS: dict[int, dict[str, Any]] = {
 OURS_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
-def ours_knobs(length: int, overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def ours_knobs(
+    length: int, overrides: dict[str, dict[str, Any]] | None = None, device: str = "cpu"
+) -> dict[str, Any]:
     """Our speed knobs at `length`: defaults, OURS_KNOBS, then --ours_knobs overrides."""
-    knobs = {**DEFAULT_KNOBS, **OURS_KNOBS.get(length, {})}
+    if device == "gpu":
+        knobs = dict(GPU_KNOBS)
+    else:
+        knobs = {**DEFAULT_KNOBS, **OURS_KNOBS.get(length, {})}
     return {**knobs, **(overrides or {}).get(str(length), {})}
 
 
@@ -277,7 +295,9 @@ def flops_of(length: int, batch: int) -> dict[str, float]:
     return model_flops(ours_config(length), batch, length)
 
 
-def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict[str, Any]:
+def run_ours(
+    length: int, batch: int, steps: int, knobs: dict[str, Any], device: str = "cpu"
+) -> dict[str, Any]:
     """One cell of ours: compile, warm up, time `steps` training steps."""
     import jax
     import jax.numpy as jnp
@@ -324,6 +344,11 @@ def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict
         "rss_before_step_mib": rss_bytes() / MIB,
         **xla,
     }
+    dev = jax.devices()[0]
+    if device == "gpu":
+        if dev.platform != "gpu":
+            raise RuntimeError(f"--device gpu, but jax's default device is {dev}")
+        record["rss_before_step_mib"] = dev.memory_stats()["bytes_in_use"] / MIB
 
     box = {"state": state}
 
@@ -341,10 +366,15 @@ def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict
 
     record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
+    if device == "gpu":
+        # No reset exists for jax's peak: it covers the whole cell.
+        record["step_peak_rss_mib"] = dev.memory_stats()["peak_bytes_in_use"] / MIB
+        record["rss_after_trim_mib"] = record["rss_before_step_mib"]
     metrics = box["metrics"]
     record["loss"] = float(metrics["nll"] / metrics["weight"])
     record["matmul_peak_tflops"] = matmul_peak_tflops(jnp.float32)
     record["framework"] = f"jax {jax.__version__}"
+    record["device"] = dev.device_kind
     record["settings"] = knobs | {
         "dtype": cfg.dtype,
         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
@@ -352,7 +382,9 @@ def run_ours(length: int, batch: int, steps: int, knobs: dict[str, Any]) -> dict
     return record
 
 
-def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
+def run_hf(
+    length: int, batch: int, steps: int, threads: int, device: str = "cpu"
+) -> dict[str, Any]:
     """One cell of HF transformers' ReformerModelWithLMHead, the same step."""
     import numpy as np
     import torch
@@ -361,14 +393,22 @@ def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
-    model = ReformerModelWithLMHead(hf_config(length))
+    gpu = device == "gpu"
+    torch_device = torch.device("cuda" if gpu else "cpu")
+    if gpu:
+        # TF32 matmuls, as jax's default precision gives ours on a GPU.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    model = ReformerModelWithLMHead(hf_config(length)).to(torch_device)
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     rng = np.random.default_rng(SEED)
-    ids = torch.from_numpy(rng.integers(0, VOCAB, (batch, length)).astype(np.int64))
+    ids = torch.from_numpy(rng.integers(0, VOCAB, (batch, length)).astype(np.int64)).to(
+        torch_device
+    )
     record: dict[str, Any] = {
         "n_params": sum(p.numel() for p in model.parameters()),
-        "rss_before_step_mib": rss_bytes() / MIB,
+        "rss_before_step_mib": (torch.cuda.memory_allocated() if gpu else rss_bytes()) / MIB,
     }
 
     box = {}
@@ -379,6 +419,8 @@ def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
         loss.backward()
         opt.step()
         box["loss"] = float(loss.detach())
+        if gpu:
+            torch.cuda.synchronize()
 
     t0 = time.perf_counter()
     one_step()
@@ -387,25 +429,39 @@ def run_hf(length: int, batch: int, steps: int, threads: int) -> dict[str, Any]:
     record["peak_reset"] = reset_peak_rss()
     record["rss_after_trim_mib"] = rss_bytes() / MIB
 
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+        record["rss_after_trim_mib"] = torch.cuda.memory_allocated() / MIB
     record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
     record["step_peak_rss_mib"] = hwm_bytes() / MIB
+    if gpu:
+        record["step_peak_rss_mib"] = torch.cuda.max_memory_allocated() / MIB
+        record["device"] = torch.cuda.get_device_name()
     record["loss"] = box["loss"]
-    record["matmul_peak_tflops"] = torch_matmul_peak_tflops()
+    record["matmul_peak_tflops"] = torch_matmul_peak_tflops(device=torch_device.type)
     record["framework"] = f"torch {torch.__version__}, transformers {transformers.__version__}"
-    record["settings"] = {"threads": threads, "dtype": "float32"}
+    record["settings"] = {
+        "threads": threads,
+        "dtype": "float32" + (" (TF32 matmuls)" if gpu else ""),
+    }
     return record
 
 
-def torch_matmul_peak_tflops(n: int = 2048, repeats: int = 10) -> float:
+def torch_matmul_peak_tflops(n: int | None = None, repeats: int = 10, device: str = "cpu") -> float:
     """benchmark.matmul_peak_tflops's probe in torch: one float32 n x n matmul."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    gpu = device == "cuda"
+    n = n or (8192 if gpu else 2048)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     a @ b
+    sync()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e12
 
@@ -485,10 +541,10 @@ def run_cell(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     steps = args.steps_long if length >= args.long_from else args.steps
     load = load_average()
     if impl == "ours":
-        knobs = ours_knobs(length, json.loads(args.ours_knobs or "{}"))
-        record = run_ours(length, batch, steps, knobs)
+        knobs = ours_knobs(length, json.loads(args.ours_knobs or "{}"), args.device)
+        record = run_ours(length, batch, steps, knobs, args.device)
     elif impl == "hf":
-        record = run_hf(length, batch, steps, args.threads)
+        record = run_hf(length, batch, steps, args.threads, args.device)
     else:
         raise ValueError(f"unknown implementation {impl!r}")
     record.update(
@@ -536,10 +592,19 @@ def spawn(spec: str, args: argparse.Namespace) -> dict[str, Any]:
             str(args.threads),
             "--ours_knobs",
             args.ours_knobs or "{}",
+            "--device",
+            args.device,
         ]
         env = dict(os.environ)
-        if spec.startswith("ours:") and args.ours_xla_flags:
-            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {args.ours_xla_flags}".strip()
+        xla_flags = args.ours_xla_flags
+        if xla_flags is None:
+            xla_flags = OURS_XLA_FLAGS if args.device == "cpu" else ""
+        if spec.startswith("ours:") and xla_flags:
+            env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
+        if spec.startswith("check:"):
+            env["JAX_PLATFORMS"] = "cpu"  # the same-model check is float64 maths on the CPU
+        elif args.device == "gpu":
+            env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         proc = subprocess.run(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
@@ -562,7 +627,7 @@ def spawn(spec: str, args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- report
 
 
-def machine() -> dict[str, Any]:
+def machine(device: str = "cpu") -> dict[str, Any]:
     model = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo") as f:
@@ -572,12 +637,36 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {
+    info = {
         "cpu": model,
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+        "device": device,
     }
+    if device == "gpu":
+        query = [
+            "nvidia-smi",
+            "--query-gpu=name,memory.total,driver_version",
+            "--format=csv,noheader",
+        ]
+        try:
+            smi = subprocess.run(query, capture_output=True, text=True)
+            info["gpu"] = smi.stdout.strip() or f"unknown ({smi.stderr.strip()[:200]})"
+        except OSError as err:
+            info["gpu"] = f"unknown ({err})"
+    return info
+
+
+def where(info: dict[str, Any]) -> str:
+    """The machine in words, for titles."""
+    if info.get("device") == "gpu":
+        return f"{info['gpu']}; {info['cpu']}"
+    return f"{info['cpu']}, {info['cores']} cores"
+
+
+def memory_name(info: dict[str, Any]) -> str:
+    return "GPU memory" if info.get("device") == "gpu" else "RSS"
 
 
 def summarize(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -615,10 +704,10 @@ def fmt(row: dict[str, Any], key: str, spec: str) -> str:
     return format(row[key], spec) if key in row else "-"
 
 
-def print_table(rows: list[dict[str, Any]], peak: float) -> None:
+def print_table(rows: list[dict[str, Any]], peak: float, mem: str = "RSS") -> None:
     print(
-        "| L | batch | tokens/s ours | tokens/s HF | speed ours/HF | step peak RSS ours "
-        "| step peak RSS HF | memory ours/HF | MFU ours | MFU HF |"
+        f"| L | batch | tokens/s ours | tokens/s HF | speed ours/HF | step peak {mem} ours "
+        f"| step peak {mem} HF | memory ours/HF | MFU ours | MFU HF |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -631,7 +720,7 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
         )
     print(f"\nMFU against the measured float32 matmul peak {peak:.3f} TFLOP/s.\n")
     print(
-        "| L | RSS before step ours / HF | step increment ours / HF | increment ours/HF "
+        f"| L | {mem} before step ours / HF | step increment ours / HF | increment ours/HF "
         "| others' CPU share ours / HF |"
     )
     print("|---:|---:|---:|---:|---:|")
@@ -645,7 +734,7 @@ def print_table(rows: list[dict[str, Any]], peak: float) -> None:
         )
 
 
-def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+def plot(rows: list[dict[str, Any]], path: str, title: str, mem: str = "RSS") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -664,7 +753,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         )
     for ax, ylabel in (
         (ax_t, "training tokens / s (higher is better)"),
-        (ax_m, "peak RSS during a step, MiB (lower is better)"),
+        (ax_m, f"peak {mem} during a step, MiB (lower is better)"),
     ):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length L")
@@ -706,7 +795,15 @@ def main(argv: list[str] | None = None) -> None:
         '"loss_chunk_size": ..}} overriding our per-length settings',
     )
     parser.add_argument(
-        "--ours_xla_flags", default=OURS_XLA_FLAGS, help="XLA_FLAGS added in our cells"
+        "--ours_xla_flags",
+        default=None,
+        help=f"XLA_FLAGS added in our cells (default on the CPU: {OURS_XLA_FLAGS!r}; GPU: none)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where both sides run (gpu: jax's GPU and torch's cuda; see the docstring)",
     )
     parser.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     parser.add_argument("--plot", metavar="PNG", help="tokens/s and memory against length")
@@ -734,6 +831,7 @@ def main(argv: list[str] | None = None) -> None:
 
     cells = []
     check = None
+    info = machine(args.device)
     if args.check_length and "hf" in args.impls:
         print(
             f"[peers] same-model check at L={args.check_length} ...",
@@ -762,7 +860,7 @@ def main(argv: list[str] | None = None) -> None:
                     file=sys.stderr,
                     flush=True,
                 )
-    report(cells, check, machine(), args)
+    report(cells, check, info, args)
 
 
 def report(cells, check, info, args) -> None:
@@ -770,10 +868,10 @@ def report(cells, check, info, args) -> None:
     rows, peak = summarize(cells)
     frameworks = sorted({c["framework"] for c in cells if c.get("status") == "ok"})
     print(
-        f"# Training step: reformer_jax vs HF transformers ({info['cpu']}, {info['cores']} cores; "
+        f"# Training step: reformer_jax vs HF transformers ({where(info)}; "
         f"{'; '.join(frameworks)}; {args.tokens:,} tokens per step)\n"
     )
-    print_table(rows, peak)
+    print_table(rows, peak, memory_name(info))
     if check is not None and check.get("status") == "ok":
         print(
             f"Same model (L={check['length']}): loss HF {check['hf_loss_float64']:.6f} vs ours "
@@ -799,7 +897,8 @@ def report(cells, check, info, args) -> None:
         plot(
             rows,
             args.plot,
-            f"{args.tokens:,} tokens per step; {info['cpu']}, {info['cores']} cores",
+            f"{args.tokens:,} tokens per step; {where(info)}",
+            memory_name(info),
         )
         print(f"Plot written to {args.plot}")
 

@@ -212,6 +212,23 @@ def test_generate_same_key_same_sample_and_ids_in_vocab():
     assert len({tuple(row) for row in np.asarray(a).tolist()}) > 1
 
 
+def test_a_temperature_and_top_p_sweep_compiles_once():
+    cfg = _cfg(vocab_size=13, n_layers=3, attention_kinds=("lsh", "local", "full"))
+    _, params = _init(cfg)
+    prompt = _tokens(3, (2, 5), cfg.vocab_size)
+    run = lambda **kw: np.asarray(
+        sampling.generate(params, cfg, prompt, jax.random.key(4), num_tokens=12, **kw)
+    )
+    greedy = run(greedy=True)
+    before = sampling._generate._cache_size()
+    cold = [run(temperature=t, top_p=p) for t in (1e-4, 0.5) for p in (0.2, 0.9)]
+    assert sampling._generate._cache_size() == before + 1  # one program for the sweep
+    # The traced values are used: near T = 0 sampling is greedy; at T = 50 it is not.
+    for sample in cold[:2]:
+        np.testing.assert_array_equal(sample, greedy)
+    assert np.any(run(temperature=50.0) != greedy)
+
+
 # ------------------------------------------------------------------ bad input
 
 

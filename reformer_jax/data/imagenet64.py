@@ -58,8 +58,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
-from tensorflow_datasets.core import constants as tfds_constants
 
 from reformer_jax.data import DatasetError, IndexedIterator
 
@@ -133,6 +131,11 @@ def _preparation_steps(name: str, data_dir: str) -> str:
 
 def _open_split(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
     """`tfds.data_source(name, split=split, data_dir=data_dir)`, or a DatasetError."""
+    # Imported here, not at the top: every CLI start registers this module with
+    # gin, and only a run that reads Imagenet64 should pay for importing tfds.
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants as tfds_constants
+
     shown_dir = data_dir if data_dir is not None else tfds_constants.get_default_data_dir()
     try:
         # download=False: a missing dataset must stop the run with the steps
