@@ -120,13 +120,14 @@ DEFAULT_KNOBS = {
     "ff_chunk_size": 256,
     "loss_chunk_size": 256,
 }
-# The feed-forward/projection and loss chunks hold 4,096 tokens at every length
-# (batch x chunk), as 256-token chunks do at L = 1K with batch 16: a 256-token
-# chunk of one 64K sequence makes [256, 256] x [256, 1024] matmuls and 256
-# trips through each chunk loop per layer, and the 64K step took 42.7 s instead
-# of 23.5 s (docs/benchmarks.md). XLA's temporaries grow by <= 6 MiB.
+# With one sequence per step the feed-forward/projection and loss chunks hold
+# 4,096 tokens, as 256-token chunks of a batch of 16 do at L = 1K: a 256-token
+# chunk of one sequence makes [256, 256] x [256, 1024] matmuls and L / 256
+# trips through each chunk loop per layer. The step took 6.5 s instead of 5.1 s
+# at 16K and 42.7 s instead of 23.5-27.5 s at 64K (docs/benchmarks.md); XLA's
+# temporaries grow by <= 6 MiB. At 4K (batch 4) 1,024-token chunks were no
+# faster than 256-token ones.
 OURS_KNOBS: dict[int, dict[str, Any]] = {
-    4096: {"ff_chunk_size": 1024, "loss_chunk_size": 1024},
     16384: {"ff_chunk_size": 4096, "loss_chunk_size": 4096},
     65536: {"ff_chunk_size": 4096, "loss_chunk_size": 4096},
 }
