@@ -271,7 +271,10 @@ def timed_steps(one_step, steps: int) -> tuple[list[float], list[float]]:
         one_step()
         times.append(time.perf_counter() - t0)
         busy1, total1, own1 = cpu_jiffies()
-        others.append(((busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0))
+        # The machine's and this process's tick counters are read at slightly
+        # different moments: on a short step the difference can dip below 0.
+        share = ((busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0)
+        others.append(min(1.0, max(0.0, share)))
     return times, others
 
 
