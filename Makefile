@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reformer_jax tests scripts notebooks
+	$(VENV)/bin/ruff format --check reformer_jax tests scripts notebooks
 
 # Re-run notebooks/*.ipynb and save their outputs in place (what is committed).
 # SMOKE=1 (default): the small setting, ~2 min each on a 2-core CPU; SMOKE=0: the

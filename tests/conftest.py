@@ -17,9 +17,7 @@ machine. Set REFORMER_JAX_TEST_XLA_CACHE= (empty) to turn it off.
 import os
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_cache = os.environ.get(
-    "REFORMER_JAX_TEST_XLA_CACHE", os.path.join(_ROOT, ".pytest_cache", "xla")
-)
+_cache = os.environ.get("REFORMER_JAX_TEST_XLA_CACHE", os.path.join(_ROOT, ".pytest_cache", "xla"))
 if _cache:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

@@ -409,8 +409,17 @@ def test_eval_variants_swap_shared_qk_kinds_both_ways():
     'full' and under 'lsh-1' while its local layer is left alone.
     """
     cfg = ReformerConfig(
-        vocab_size=16, max_len=32, d_model=32, d_ff=64, n_heads=2, d_head=16, n_layers=2,
-        attention_kinds=("full_shared", "local"), chunk_len=32, local_chunk_len=8, n_buckets=2,
+        vocab_size=16,
+        max_len=32,
+        d_model=32,
+        d_ff=64,
+        n_heads=2,
+        d_head=16,
+        n_layers=2,
+        attention_kinds=("full_shared", "local"),
+        chunk_len=32,
+        local_chunk_len=8,
+        n_buckets=2,
     )
     lsh4, label = train.eval_variant_config(cfg, "lsh-4")
     assert (lsh4.attention_kinds, lsh4.n_hashes, label) == (("lsh", "local"), 4, "LSH-4")
