@@ -6,7 +6,7 @@
 
 Gin lives only here, at the top: this module registers the library's
 configurables, parses the user's files and bindings and calls plain Python
-(`train.train`). The entry points (`reformer_jax/train/__main__.py`,
+(`trainer.train`). The entry points (`reformer_jax/train/__main__.py`,
 evaluate.py, memory.py) import this module; no library module imports gin,
 and the trainer does not import this module, so the imports point one way.
 
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import gin
 import jax
 
-from reformer_jax import checkpoints, train
+from reformer_jax import checkpoints, trainer
 from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
 from reformer_jax.model import ReformerConfig
 
@@ -60,7 +60,7 @@ def register_configurables() -> None:
     if _REGISTERED:
         return
     gin.external_configurable(ReformerConfig, name="ReformerConfig")
-    gin.external_configurable(train.train, name="train")
+    gin.external_configurable(trainer.train, name="train")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
     gin.external_configurable(enwik8.enwik8_dataset, name="enwik8_dataset")
     gin.external_configurable(imagenet64.imagenet64_dataset, name="imagenet64_dataset")
@@ -169,7 +169,7 @@ def call_train(**kwargs):
     register_configurables()
     try:
         return gin.get_configurable("train")(**kwargs)
-    except (train.TrainingError, checkpoints.CheckpointError, DatasetError) as e:
+    except (trainer.TrainingError, checkpoints.CheckpointError, DatasetError) as e:
         raise UsageError(_first_line(e)) from None
     except (ValueError, TypeError) as e:
         raise UsageError(f"bad configuration: {_first_line(e)}") from None

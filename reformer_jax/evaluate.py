@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import checkpoints, cli, train
+from reformer_jax import checkpoints, cli, evaluation, sharding
 from reformer_jax.data import DatasetError
 from reformer_jax.model import ReformerLM
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str]) -> None:
             f"{config} not found: --workdir must be a training run's workdir (or give --gin_file "
             "for the dataset of a run saved with save_params)"
         )
-    mesh = train.make_mesh()
+    mesh = sharding.make_mesh()
     try:
         run = checkpoints.load_run(args.workdir, args.step, mesh=mesh)
     except checkpoints.CheckpointError as e:
@@ -112,21 +112,21 @@ def main(argv: Sequence[str]) -> None:
         variants = (
             [(cfg, "as configured")]
             if not args.variants
-            else [train.eval_variant_config(cfg, v) for v in args.variants]
+            else [evaluation.eval_variant_config(cfg, v) for v in args.variants]
         )
     except ValueError as e:
         raise cli.UsageError(f"--variants: {e}") from None
     results = {}
     for var_cfg, label in variants:
         try:
-            results[label] = train.Evaluator(var_cfg, dataset_fn, **kw)(params)
+            results[label] = evaluation.Evaluator(var_cfg, dataset_fn, **kw)(params)
         except DatasetError as e:
             raise cli.UsageError(str(e)) from None
     if args.json:
         print(json.dumps({"step": step, "results": results}))
     else:
         print(f"checkpoint step {step} of {args.workdir}")
-        print(train.format_eval_table(results))
+        print(evaluation.format_eval_table(results))
 
 
 def _abstract_params(cfg):

@@ -27,7 +27,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import cli, optim, train
+from reformer_jax import cli, optim, trainer
 from reformer_jax.model import ReformerConfig, ReformerLM, count_params
 
 GIB = 2**30
@@ -46,7 +46,7 @@ def plan(
     optimizer: str = "adam",
     grad_accum_steps: int = 1,
 ) -> dict[str, int]:
-    """Bytes of one compiled `train.train_step` of `cfg` at [batch_size, seq_len] tokens."""
+    """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens."""
     seq_len = cfg.max_len if seq_len is None else seq_len
     model = ReformerLM(cfg)
     # The schedule does not change memory; the optimizer's state does.
@@ -55,7 +55,7 @@ def plan(
 
     def init_state():
         params = model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
-        return train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+        return trainer.TrainState.create(params, opt)
 
     state = jax.eval_shape(init_state)
     batch = {
@@ -64,7 +64,7 @@ def plan(
     }
     key = jax.eval_shape(lambda: jax.random.key(0))
     step = jax.jit(
-        lambda s, b, k: train.train_step(
+        lambda s, b, k: trainer.train_step(
             s,
             b,
             k,

@@ -354,7 +354,7 @@ def bench_step(args: argparse.Namespace) -> None:
     """One real training step of a gin config: time, MFU, planner vs. measured peak memory."""
     import numpy as np
 
-    from reformer_jax import cli, memory, optim, train
+    from reformer_jax import cli, memory, optim, trainer
     from reformer_jax.model import ReformerLM
 
     cli.parse_gin(args.gin_file, args.gin_param)
@@ -385,10 +385,10 @@ def bench_step(args: argparse.Namespace) -> None:
 
     def init_state():
         params = model.init(jax.random.key(0), jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
-        return train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+        return trainer.TrainState.create(params, opt)
 
     step = jax.jit(
-        lambda s, b, k: train.train_step(
+        lambda s, b, k: trainer.train_step(
             s, b, k, model=model, optimizer=opt, schedule=schedule, grad_accum_steps=grad_accum
         ),
         donate_argnums=0,
@@ -556,7 +556,7 @@ def bench_agreement(args: argparse.Namespace) -> None:
     """Decode-time LSH vs. training-time LSH on a trained copy-task model."""
     import numpy as np
 
-    from reformer_jax import optim, sampling, train
+    from reformer_jax import optim, sampling, trainer
     from reformer_jax.data import synthetic
     from reformer_jax.model import ReformerConfig, ReformerLM
 
@@ -579,9 +579,9 @@ def bench_agreement(args: argparse.Namespace) -> None:
     lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=50, total_steps=args.steps)
     opt = optim.make_optimizer("adam", schedule=lr, b1=0.9, b2=0.98, eps=1e-9)
     params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
-    state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    state = trainer.TrainState.create(params, opt)
     step = jax.jit(
-        lambda s, b, k: train.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
+        lambda s, b, k: trainer.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
         donate_argnums=0,
     )
     task = synthetic.DuplicationTask(length, vocab, 32, seed=0)

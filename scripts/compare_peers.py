@@ -14,7 +14,7 @@ num_buckets), axial positions (a near-square factorisation of L, widths 64 +
 one sequence at lengths above it.
 
 A training step is forward, loss, backward and an Adam update:
-reformer_jax.train.train_step under jit (parameters and Adam state donated)
+reformer_jax.trainer.train_step under jit (parameters and Adam state donated)
 for ours; for HF, `ReformerModelWithLMHead` in train() mode (its reversible
 backward runs only then) with labels = inputs, `loss.backward()` and
 torch.optim.Adam.step(), torch.set_num_threads(cores). The first step
@@ -308,7 +308,7 @@ def run_ours(
     import numpy as np
     from benchmark import matmul_peak_tflops
 
-    from reformer_jax import optim, train
+    from reformer_jax import optim, trainer
     from reformer_jax.model import ReformerLM, count_params
 
     cfg = ours_config(length, knobs)
@@ -318,10 +318,10 @@ def run_ours(
 
     def init_state():
         params = model.init(jax.random.key(SEED), jnp.zeros((1, length), jnp.int32))["params"]
-        return train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+        return trainer.TrainState.create(params, opt)
 
     step = jax.jit(
-        lambda s, b, k: train.train_step(s, b, k, model=model, optimizer=opt, schedule=schedule),
+        lambda s, b, k: trainer.train_step(s, b, k, model=model, optimizer=opt, schedule=schedule),
         donate_argnums=0,
     )
     rng = np.random.default_rng(SEED)

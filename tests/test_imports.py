@@ -74,7 +74,7 @@ def test_no_import_cycle():
 
     for m in sorted(graph):
         visit(m, [])
-    assert "reformer_jax.cli" not in graph["reformer_jax.train"]
+    assert "reformer_jax.cli" not in graph["reformer_jax.trainer"]
     assert graph["reformer_jax.train.__main__"] <= {
         "reformer_jax",
         "reformer_jax.cli",
@@ -95,7 +95,7 @@ def test_only_the_command_line_imports_gin():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]", f"gin imported below the CLI: {result.stdout}"
-    assert "reformer_jax.train" in library and "reformer_jax.checkpoints" in library
+    assert "reformer_jax.trainer" in library and "reformer_jax.checkpoints" in library
     # Each gin-importing module is one of the command-line modules.
     for name, path in _modules().items():
         if "import gin" in open(path).read():

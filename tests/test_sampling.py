@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import attention, optim, sampling, train
+from reformer_jax import attention, optim, sampling, trainer
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 
@@ -294,9 +294,9 @@ def test_copy_task_model_writes_the_second_copy_by_greedy_lsh4_decoding():
     lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=50, total_steps=steps)
     opt = optim.make_optimizer("adam", schedule=lr, b1=0.9, b2=0.98, eps=1e-9)
     params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
-    state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    state = trainer.TrainState.create(params, opt)
     step = jax.jit(
-        lambda s, b, k: train.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
+        lambda s, b, k: trainer.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
         donate_argnums=0,
     )
     task = synthetic.DuplicationTask(length, vocab, 32, seed=0)

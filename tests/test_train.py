@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import checkpoints, metrics, optim, train
+from reformer_jax import checkpoints, evaluation, metrics, optim, sharding, trainer
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 from tests import inprocess
@@ -182,7 +182,7 @@ def _tiny_setup(schedule, learning_rate, warmup_steps, **cfg_changes):
     lr = optim.make_schedule(schedule, learning_rate=learning_rate, warmup_steps=warmup_steps)
     opt = optim.make_optimizer("adam", schedule=lr)
     params = model.init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
-    state = train.TrainState(step=jnp.int32(0), params=params, opt_state=opt.init(params))
+    state = trainer.TrainState.create(params, opt)
     return model, opt, lr, state
 
 
@@ -194,7 +194,7 @@ def test_train_step_compiles_once():
 
     @chex.assert_max_traces(n=1)
     def step(state, batch, key):
-        return train.train_step(state, batch, key, model=model, optimizer=opt, schedule=lr)
+        return trainer.train_step(state, batch, key, model=model, optimizer=opt, schedule=lr)
 
     step = jax.jit(step, donate_argnums=0)
     losses = []
@@ -209,7 +209,7 @@ def test_gradient_accumulation_equals_one_big_batch():
     # fold_in(step_key, i), so LSH rotations would differ from the whole batch's.
     model, opt, lr, state = _tiny_setup("constant", 1e-2, 0, attention_kinds=("local",))
     batch = synthetic.DuplicationTask(32, 8, 8, seed=3).batch(0)
-    run = lambda k: train.train_step(
+    run = lambda k: trainer.train_step(
         state, batch, jax.random.key(1), model=model, optimizer=opt, schedule=lr, grad_accum_steps=k
     )
     (s1, m1), (s4, m4) = run(1), run(4)
@@ -286,8 +286,8 @@ def test_evaluator_traces_once_across_evals():
     )
     params = ReformerLM(cfg).init(jax.random.key(0), jnp.zeros((1, 32), jnp.int32))["params"]
     data = lambda **kw: synthetic.duplication_dataset(vocab_size=8, **kw)
-    evaluate = train.Evaluator(
-        cfg, data, batch_size=4, eval_batches=3, seed=0, mesh=train.make_mesh()
+    evaluate = evaluation.Evaluator(
+        cfg, data, batch_size=4, eval_batches=3, seed=0, mesh=sharding.make_mesh()
     )
     results = [evaluate(params) for _ in range(3)]
     assert evaluate.traces == 1
@@ -298,7 +298,7 @@ def test_evaluator_traces_once_across_evals():
     )
     total = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
     for i in range(3):
-        s = train.eval_step(
+        s = evaluation.eval_step(
             params, next(data_it), jax.random.fold_in(jax.random.key(0), i), model=ReformerLM(cfg)
         )
         total = {k: total[k] + float(s[k]) for k in total}
@@ -421,16 +421,16 @@ def test_eval_variants_swap_shared_qk_kinds_both_ways():
         local_chunk_len=8,
         n_buckets=2,
     )
-    lsh4, label = train.eval_variant_config(cfg, "lsh-4")
+    lsh4, label = evaluation.eval_variant_config(cfg, "lsh-4")
     assert (lsh4.attention_kinds, lsh4.n_hashes, label) == (("lsh", "local"), 4, "LSH-4")
-    full, label = train.eval_variant_config(lsh4, "full")
+    full, label = evaluation.eval_variant_config(lsh4, "full")
     assert (full.attention_kinds, label) == (("full_shared", "local"), "Full")
     with pytest.raises(ValueError, match="unknown evaluation variant"):
-        train.eval_variant_config(cfg, "lsh-0")
+        evaluation.eval_variant_config(cfg, "lsh-0")
 
     tokens = jax.random.randint(jax.random.key(7), (2, 32), 0, 16)
     params = ReformerLM(cfg).init(jax.random.key(8), tokens)["params"]
-    one_round = train.eval_variant_config(cfg, "lsh-1")[0]
+    one_round = evaluation.eval_variant_config(cfg, "lsh-1")[0]
     want = ReformerLM(cfg).apply({"params": params}, tokens)
     got = ReformerLM(one_round).apply({"params": params}, tokens, key=jax.random.key(9))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=0)

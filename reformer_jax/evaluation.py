@@ -1,0 +1,119 @@
+"""Evaluation: loss sums without dropout, the compiled Evaluator, the paper's Table 2 variants.
+
+    eval_step(params, batch, key, *, model) -> loss sums
+    Evaluator(cfg, dataset_fn, *, batch_size, eval_batches, seed, mesh, split="eval")
+        evaluator(params) -> {"loss", "accuracy", "bits_per_token"}   (compiled once)
+    eval_variant_config(cfg, "full" | "lsh-N") -> (config, column label)
+    format_eval_table({label: metrics}) -> a markdown table
+
+The command line around these is `python -m reformer_jax.evaluate`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from reformer_jax.metrics import summarize
+from reformer_jax.model import ReformerConfig, ReformerLM
+from reformer_jax.sharding import shard_batch
+
+
+def loss_sums(model, params, batch, key, deterministic):
+    """The model's next-token loss sums {"nll", "correct", "weight"} on `batch`."""
+    return model.apply(
+        {"params": params},
+        batch["tokens"],
+        key=key,
+        deterministic=deterministic,
+        weights=batch["weights"],
+        output="loss",
+    )
+
+
+def eval_step(params: Any, batch: dict, key: jax.Array, *, model: ReformerLM) -> dict:
+    """Loss sums of a batch without dropout (hashing still uses `key`)."""
+    return loss_sums(model, params, batch, key, deterministic=True)
+
+
+def eval_variant_config(cfg: ReformerConfig, variant: str) -> tuple[ReformerConfig, str]:
+    """The model config of an evaluation column of the paper's Table 2.
+
+    'full': every shared-QK layer (LSH or full) as shared-QK full attention.
+    'lsh-N': every shared-QK layer as LSH attention with N hash rounds, so a
+    model trained with shared-QK full attention is evaluated with LSH too.
+    The two kinds have the same parameters (docs/algorithm.md §2); local and
+    ordinary full-attention layers are left as they are.
+    """
+    if variant == "full":
+        kinds = tuple("full_shared" if k == "lsh" else k for k in cfg.attention_kinds)
+        return cfg.replace(attention_kinds=kinds), "Full"
+    if variant.startswith("lsh-") and variant[4:].isdigit() and int(variant[4:]) > 0:
+        kinds = tuple("lsh" if k == "full_shared" else k for k in cfg.attention_kinds)
+        return cfg.replace(attention_kinds=kinds, n_hashes=int(variant[4:])), f"LSH-{variant[4:]}"
+    raise ValueError(f"unknown evaluation variant {variant!r}; use 'full' or 'lsh-N'.")
+
+
+class Evaluator:
+    """Mean metrics of a model over the first `eval_batches` batches of `split`.
+
+    The eval step is compiled once, when the evaluator is built: every call
+    reuses it (`traces` counts how often it was traced). eval_batches=None
+    (or 0) runs until the split's iterator ends: the whole validation/test
+    split for enwik8 (bits per character over every byte).
+    """
+
+    def __init__(
+        self,
+        cfg: ReformerConfig,
+        dataset_fn: Callable,
+        *,
+        batch_size: int,
+        eval_batches: int | None,
+        seed: int,
+        mesh: Mesh,
+        split: str = "eval",
+    ):
+        self.cfg, self.dataset_fn, self.split = cfg, dataset_fn, split
+        self.batch_size, self.eval_batches, self.seed, self.mesh = (
+            batch_size,
+            eval_batches,
+            seed,
+            mesh,
+        )
+        self.traces = 0
+        model = ReformerLM(cfg)
+        replicated = NamedSharding(mesh, PartitionSpec())
+
+        def step(params, batch, index):
+            self.traces += 1  # runs only while tracing
+            return eval_step(
+                params, batch, jax.random.fold_in(jax.random.key(seed), index), model=model
+            )
+
+        self._step = jax.jit(step, out_shardings=replicated)
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        data = self.dataset_fn(
+            split=self.split, batch_size=self.batch_size, seq_len=self.cfg.max_len, seed=self.seed
+        )
+        batches = itertools.islice(data, self.eval_batches) if self.eval_batches else data
+        totals = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
+        for i, batch in enumerate(batches):
+            sums = jax.device_get(self._step(params, shard_batch(batch, self.mesh), np.int32(i)))
+            totals = {k: totals[k] + float(sums[k]) for k in totals}
+        return summarize(totals)
+
+
+def format_eval_table(results: dict[str, dict[str, float]]) -> str:
+    """Evaluation results by variant as a markdown table (accuracy, bits per token)."""
+    head = "| metric | " + " | ".join(results) + " |"
+    rule = "|---|" + "---:|" * len(results)
+    acc = "| accuracy | " + " | ".join(f"{100 * r['accuracy']:.1f}%" for r in results.values())
+    bpt = "| bits/token | " + " | ".join(f"{r['bits_per_token']:.4f}" for r in results.values())
+    return "\n".join([head, rule, acc + " |", bpt + " |"])

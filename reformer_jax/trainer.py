@@ -1,0 +1,302 @@
+"""The trainer: train state, the train step, the loop.
+
+    TrainState(step, params, opt_state)
+    train_step(state, batch, key, *, model, optimizer, schedule, grad_accum_steps=1)
+        -> (state, metrics)          batch: {"tokens": int32 [b, l], "weights": float32 [b, l]}
+    train(*, model_config, dataset_fn, workdir, steps, batch_size, ...) -> final eval metrics
+
+The command line is `python -m reformer_jax.train` (reformer_jax/cli.py);
+nothing here reads gin, so `train(...)` is a plain function for notebooks.
+Evaluation is reformer_jax/evaluation.py, data parallelism
+reformer_jax/sharding.py, checkpoints and the restore order
+reformer_jax/checkpoints.py, the metric files and progress bar
+reformer_jax/metrics.py.
+
+Multi-host (one process per host, `jax.distributed.initialize` first): every
+process runs this same code; each keeps its own rows of each global batch
+(`sharding.shard_batch`), the parameters are replicated, and only process 0
+writes metrics, TensorBoard and the config (orbax coordinates the checkpoint).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from reformer_jax import checkpoints, evaluation, metrics, optim
+from reformer_jax.evaluation import Evaluator, eval_variant_config, format_eval_table
+from reformer_jax.model import ReformerConfig, ReformerLM
+from reformer_jax.sharding import make_mesh, shard_batch
+
+log = logging.getLogger("reformer_jax")
+
+
+class TrainingError(Exception):
+    """Training cannot go on (diverged, bad arguments); one line for the user."""
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params: Any, optimizer: optax.GradientTransformation, step: int = 0):
+        """The state at `step` of a run that starts from `params`: fresh optimizer moments."""
+        return cls(step=jnp.int32(step), params=params, opt_state=optimizer.init(params))
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    key: jax.Array,
+    *,
+    model: ReformerLM,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict]:
+    """One optimizer update on `batch` (tokens, weights: [b, l]).
+
+    The step key is fold_in(key, step). With grad_accum_steps = k the batch is
+    split into k micro-batches whose gradients are summed in a scan, so memory
+    is that of b / k sequences. Metrics are sums (normalised on the host).
+    """
+    step_key = jax.random.fold_in(key, state.step)
+
+    def grads_of(micro, k):
+        def loss_fn(params):
+            sums = evaluation.loss_sums(model, params, micro, k, deterministic=False)
+            return sums["nll"], sums
+
+        return jax.grad(loss_fn, has_aux=True)(state.params)
+
+    if grad_accum_steps == 1:
+        nll_grads, sums = grads_of(batch, step_key)
+    else:
+        micro = jax.tree_util.tree_map(
+            lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch
+        )
+
+        def body(acc, xs):
+            i, mb = xs
+            g, s = grads_of(mb, jax.random.fold_in(step_key, i))
+            return jax.tree_util.tree_map(jnp.add, acc, (g, s)), None
+
+        zero_sums = {"nll": jnp.float32(0), "correct": jnp.float32(0), "weight": jnp.float32(0)}
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, zero_sums))
+        (nll_grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
+    # The loss is the mean NLL over weighted tokens of the whole batch.
+    grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(sums["weight"], 1.0), nll_grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics_ = {
+        "nll": sums["nll"],
+        "correct": sums["correct"],
+        "weight": sums["weight"],
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "learning_rate": schedule(state.step),
+    }
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics_
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(
+    *,
+    model_config: ReformerConfig,
+    dataset_fn: Callable,
+    workdir: str,
+    steps: int,
+    batch_size: int,
+    seed: int = 0,
+    optimizer: str = "adam",
+    schedule: str = "rsqrt",
+    learning_rate: float = 0.03125,
+    warmup_steps: int = 2000,
+    b1: float = 0.9,
+    b2: float = 0.98,
+    eps: float = 1e-9,
+    weight_decay: float = 0.0,
+    clip_norm: float | None = None,
+    grad_accum_steps: int = 1,
+    log_every: int = 50,
+    eval_every: int = 500,
+    eval_batches: int = 4,
+    checkpoint_every: int = 500,
+    keep_checkpoints: int = 3,
+    final_eval: Sequence[str] = (),
+    init_checkpoint: str | None = None,
+    steps_ahead: int = 2,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Trains `model_config` on `dataset_fn` batches; returns the final eval metrics.
+
+    dataset_fn(split=, batch_size=, seq_len=, seed=) returns an iterator of
+    global {"tokens", "weights"} numpy batches with get_state/set_state.
+    init_checkpoint: a workdir (or checkpoint directory) whose parameters
+    start a new run (fine-tuning); see reformer_jax/checkpoints.py for the
+    restore order. steps_ahead: how many steps may be dispatched before the
+    oldest has finished. final_eval lists evaluation variants run at the end
+    ("full", "lsh-1", ...: the paper's Table 2 row), printed as a table.
+    """
+    cfg = model_config
+    mesh = make_mesh()
+    _check_train_args(
+        cfg,
+        mesh,
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum_steps=grad_accum_steps,
+        steps_ahead=steps_ahead,
+    )
+    lr = optim.make_schedule(
+        schedule, learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=steps
+    )
+    opt = optim.make_optimizer(
+        optimizer,
+        schedule=lr,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        clip_norm=clip_norm,
+    )
+    train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
+    model, primary = ReformerLM(cfg), jax.process_index() == 0
+    init_state, abstract = _state_factory(model, opt, cfg, seed, mesh)
+    ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
+    state, extra = checkpoints.restore_train_state(
+        ckpt, abstract, init_state, init_checkpoint=init_checkpoint
+    )
+    if "data" in extra:
+        train_data.set_state(extra["data"])
+        if extra.get("seed", seed) != seed:
+            log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
+    step_fn = _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh)
+    eval_kw = dict(batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh)
+    evaluate = Evaluator(cfg, dataset_fn, **eval_kw)
+    # No train-state checkpoint: any metrics.jsonl is from a run killed before its first one.
+    truncate_to = extra.get("metrics_bytes", 0)
+    writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=truncate_to)
+    bar = metrics.progress_bar(int(state.step), steps, progress and primary)
+    meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
+    try:
+        for step in range(int(state.step), steps):
+            state, step_metrics = step_fn(state, shard_batch(next(train_data), mesh))
+            done = step + 1
+            meter.dispatched(done, step_metrics)
+            last, save = done == steps, done % checkpoint_every == 0 or done == steps
+            if done % log_every == 0 or last or save:  # never checkpoint a diverged state
+                record, bad = meter.flush()
+                if bad:
+                    raise TrainingError(_diverged_message(*bad, ckpt.latest_step(), workdir))
+                writer.write(done, "train", record)
+            if eval_every and (done % eval_every == 0 or last):
+                writer.write(done, "eval", evaluate(state.params))
+            if save:  # after the step's records, so a resume from here repeats none of them
+                position = {"data": train_data.get_state(), "metrics_bytes": writer.offset()}
+                ckpt.save(done, state, config=cfg, extra={**position, "seed": seed})
+        ckpt.wait()
+        final = {}
+        for variant in final_eval:
+            var_cfg, label = eval_variant_config(cfg, variant)
+            final[label] = Evaluator(var_cfg, dataset_fn, **eval_kw)(state.params)
+            writer.write(int(state.step), f"final/{label}", final[label])
+        if final and primary:
+            print(format_eval_table(final), flush=True)
+        return final
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+
+
+def _check_train_args(cfg: ReformerConfig, mesh: Mesh, **values: int) -> None:
+    for name, value in values.items():
+        least = 0 if name == "steps_ahead" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
+    n_dev, accum = mesh.devices.size, values["grad_accum_steps"]
+    if values["batch_size"] % (n_dev * accum):
+        raise ValueError(
+            f"batch_size={values['batch_size']} must be divisible by devices ({n_dev}) x "
+            f"grad_accum_steps ({accum})."
+        )
+    if not cfg.causal:
+        # Next-token targets with bidirectional attention let each position see its answer.
+        raise TrainingError(
+            "ReformerConfig.causal=False cannot be trained: the objective is next-token "
+            "prediction, which bidirectional attention solves by copying; set causal=True."
+        )
+
+
+def _state_factory(model, opt, cfg, seed, mesh):
+    """fresh_state(params, step) for the restore order, and the state's abstract shapes."""
+    init_key = jax.random.split(jax.random.key(seed))[0]
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_params():
+        return model.init(init_key, jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
+
+    def make(params, step):
+        return TrainState.create(params, opt, step)
+
+    def fresh_state(params, step):
+        if params is None:
+            return jax.jit(lambda: make(init_params(), 0), out_shardings=replicated)()
+        return jax.jit(lambda p: make(p, step), out_shardings=replicated)(params)
+
+    abstract = jax.eval_shape(lambda: make(init_params(), 0))
+    abstract = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
+    )
+    return fresh_state, abstract
+
+
+def _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh):
+    """The compiled step (state, global batch) -> (state, metrics), state donated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+
+    def step(state, batch):
+        # The step key is derived inside the step, so no host array need be
+        # replicated across processes; the same key as in the module docstring.
+        key = jax.random.split(jax.random.key(seed))[1]
+        return train_step(
+            state,
+            batch,
+            key,
+            model=model,
+            optimizer=opt,
+            schedule=lr,
+            grad_accum_steps=grad_accum_steps,
+        )
+
+    return jax.jit(
+        step,
+        in_shardings=(replicated, data),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )
+
+
+def _diverged_message(step: int, names: list[str], last_checkpoint: int | None, workdir: str):
+    return (
+        f"non-finite {' and '.join(names)} at step {step}; stopped, the last good checkpoint "
+        f"(step {last_checkpoint}) is kept in {workdir}. Lower the learning rate or set clip_norm."
+    )
