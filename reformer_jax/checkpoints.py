@@ -42,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from reformer_jax.model import ReformerConfig
+from reformer_jax.config import ReformerConfig
 
 log = logging.getLogger("reformer_jax")
 

@@ -30,8 +30,8 @@ import gin
 import jax
 
 from reformer_jax import checkpoints, trainer
+from reformer_jax.config import ReformerConfig
 from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
-from reformer_jax.model import ReformerConfig
 
 _REGISTERED = False
 log = logging.getLogger("reformer_jax")

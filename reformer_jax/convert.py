@@ -50,8 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax import lsh
-from reformer_jax.model import ReformerConfig, ReformerLM, block_names
+from reformer_jax import kinds, lsh
+from reformer_jax.config import ReformerConfig
+from reformer_jax.model import ReformerLM, block_names
 
 log = logging.getLogger("reformer_jax")
 
@@ -138,8 +139,8 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         )
     if not get("is_decoder"):
         raise refuse("is_decoder", "is not supported: ReformerLM is causal (is_decoder=true).")
-    kinds = get("attn_layers")
-    if not kinds or any(k not in ("lsh", "local") for k in kinds):
+    hf_kinds = get("attn_layers")
+    if not hf_kinds or any(k not in ("lsh", "local") for k in hf_kinds):
         raise refuse("attn_layers", "is not supported: each layer must be 'lsh' or 'local'.")
     act = get("hidden_act")
     if act not in ACTIVATIONS:
@@ -172,8 +173,8 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
 
     lsh_drop = get("lsh_attention_probs_dropout_prob")
     local_drop = get("local_attention_probs_dropout_prob")
-    attention_dropout = local_drop if "local" in kinds else lsh_drop
-    if "lsh" in kinds and "local" in kinds and lsh_drop != local_drop:
+    attention_dropout = local_drop if "local" in hf_kinds else lsh_drop
+    if "lsh" in hf_kinds and "local" in hf_kinds and lsh_drop != local_drop:
         log.warning(
             "%s: lsh_attention_probs_dropout_prob=%s differs from "
             "local_attention_probs_dropout_prob=%s; ReformerConfig has one attention dropout "
@@ -193,8 +194,8 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
             d_ff=get("feed_forward_size"),
             n_heads=get("num_attention_heads"),
             d_head=get("attention_head_size"),
-            n_layers=len(kinds),
-            attention_kinds=_cycle(kinds),
+            n_layers=len(hf_kinds),
+            attention_kinds=_cycle(hf_kinds),
             chunk_len=get("lsh_attn_chunk_length"),
             local_chunk_len=get("local_attn_chunk_length"),
             n_hashes=get("num_hashes"),
@@ -231,11 +232,11 @@ def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
             view = [1] * len(cfg.axial_shape)
             view[i] = s
             shapes[f"reformer.embeddings.position_embeddings.weights.{i}"] = (*view, e)
-    kinds = cfg.attention_kinds
+    cycle = cfg.attention_kinds
     for i in range(cfg.n_layers):
         p = f"reformer.encoder.layers.{i}."
-        lsh_layer = kinds[i % len(kinds)] == "lsh"
-        projections = ("query_key", "value") if lsh_layer else ("query", "key", "value")
+        shared_qk = kinds.get(cycle[i % len(cycle)]).shared_qk
+        projections = ("query_key", "value") if shared_qk else ("query", "key", "value")
         for name in projections:
             shapes[f"{p}attention.self_attention.{name}.weight"] = (hd, m)
         shapes[f"{p}attention.output.dense.weight"] = (m, hd)
@@ -301,7 +302,7 @@ def params_from_hf(
         for g in range(cfg.n_groups):
             p = f"reformer.encoder.layers.{g * cycle + j}."
             a = p + "attention.self_attention."
-            if cfg.attention_kinds[j] == "lsh":
+            if kinds.get(cfg.attention_kinds[j]).shared_qk:
                 attention = {
                     "wq": proj_in(a + "query_key.weight"),
                     "wv": proj_in(a + "value.weight"),

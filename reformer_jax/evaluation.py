@@ -19,8 +19,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from reformer_jax import kinds
+from reformer_jax.config import ReformerConfig
 from reformer_jax.metrics import summarize
-from reformer_jax.model import ReformerConfig, ReformerLM
+from reformer_jax.model import ReformerLM
 from reformer_jax.sharding import shard_batch
 
 
@@ -51,12 +53,13 @@ def eval_variant_config(cfg: ReformerConfig, variant: str) -> tuple[ReformerConf
     ordinary full-attention layers are left as they are.
     """
     if variant == "full":
-        kinds = tuple("full_shared" if k == "lsh" else k for k in cfg.attention_kinds)
-        return cfg.replace(attention_kinds=kinds), "Full"
-    if variant.startswith("lsh-") and variant[4:].isdigit() and int(variant[4:]) > 0:
-        kinds = tuple("lsh" if k == "full_shared" else k for k in cfg.attention_kinds)
-        return cfg.replace(attention_kinds=kinds, n_hashes=int(variant[4:])), f"LSH-{variant[4:]}"
-    raise ValueError(f"unknown evaluation variant {variant!r}; use 'full' or 'lsh-N'.")
+        changes, label = {}, "Full"
+    elif variant.startswith("lsh-") and variant[4:].isdigit() and int(variant[4:]) > 0:
+        changes, label = {"n_hashes": int(variant[4:])}, f"LSH-{variant[4:]}"
+    else:
+        raise ValueError(f"unknown evaluation variant {variant!r}; use 'full' or 'lsh-N'.")
+    cycle = tuple(kinds.get(k).variant(variant) for k in cfg.attention_kinds)
+    return cfg.replace(attention_kinds=cycle, **changes), label
 
 
 class Evaluator:

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax import cli, optim, trainer
-from reformer_jax.model import ReformerConfig, ReformerLM, count_params
+from reformer_jax.config import ReformerConfig
+from reformer_jax.model import ReformerLM, count_params
 
 GIB = 2**30
 NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="

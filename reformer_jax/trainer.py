@@ -32,8 +32,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reformer_jax import checkpoints, evaluation, metrics, optim
+from reformer_jax.config import ReformerConfig
 from reformer_jax.evaluation import Evaluator, eval_variant_config, format_eval_table
-from reformer_jax.model import ReformerConfig, ReformerLM
+from reformer_jax.model import ReformerLM
 from reformer_jax.sharding import make_mesh, shard_batch
 
 log = logging.getLogger("reformer_jax")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from reformer_jax import convert
+from reformer_jax import convert, decoding
 from reformer_jax.model import ReformerLM
 
 HF_DIR = os.path.join(os.path.dirname(__file__), "data", "hf")
@@ -238,7 +238,7 @@ def test_cli_convert_then_load_and_sample(tmp_path, capsys):
     tokens, _, _ = _expected("axial_enwik8_like")
     prompt = jnp.asarray(tokens[:, :40])
     forward = ReformerLM(cfg).apply({"params": run.params}, prompt)[:, -1]
-    first, _ = sampling.prefill(run.params, cfg, prompt, jax.random.key(0))
+    first, _ = decoding.prefill(run.params, cfg, prompt, jax.random.key(0))
     np.testing.assert_allclose(np.asarray(first), np.asarray(forward), atol=1e-5, rtol=0)
     ids = sampling.generate(run.params, cfg, prompt, jax.random.key(0), num_tokens=8, greedy=True)
     assert ids.shape == (2, 8) and int(ids.min()) >= 0 and int(ids.max()) < cfg.vocab_size

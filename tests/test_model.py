@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import layers
+from reformer_jax import layers, positions
 from reformer_jax.model import ReformerConfig, ReformerLM, bits_per_token
 
 
@@ -85,17 +85,16 @@ def test_chunked_feed_forward_keeps_one_chunk_alive():
 
 
 def test_axial_positions_concatenate_per_axis_tables():
-    axial = layers.AxialPositionalEmbedding((4, 6), (5, 3))
-    params = axial.init(jax.random.key(0), 24)["params"]
-    enc = np.asarray(axial.apply({"params": params}, 24))
+    axial = positions.AxialPositionalEmbedding((4, 6), (5, 3))
+    params = axial.init(jax.random.key(0), jnp.arange(24))["params"]
+    enc = np.asarray(axial.apply({"params": params}, jnp.arange(24)))
     t0, t1 = np.asarray(params["axis_0"]), np.asarray(params["axis_1"])
     assert enc.shape == (24, 8) and t0.shape == (4, 5) and t1.shape == (6, 3)
     for p in range(24):
         np.testing.assert_array_equal(enc[p], np.concatenate([t0[p // 6], t1[p % 6]]))
-    # A shorter sequence takes the first positions (evaluation, decoding).
-    np.testing.assert_array_equal(axial.apply({"params": params}, 10), enc[:10])
-    with pytest.raises(ValueError, match="exceeds"):
-        axial.apply({"params": params}, 25)
+    # Any positions, in any order and batch shape (evaluation, decoding).
+    some = jnp.array([[3, 17, 0], [23, 5, 9]])
+    np.testing.assert_array_equal(axial.apply({"params": params}, some), enc[np.asarray(some)])
 
 
 def test_model_uses_the_configured_axial_shape():
@@ -383,7 +382,9 @@ def test_hash_seed_fixes_rotations_per_layer():
     from reformer_jax.model import shift_right
 
     block = jax.tree_util.tree_map(lambda a: a[0], params["blocks"]["0_shared_qk"]["attention"])
-    x = params["embed"]["embedding"][shift_right(tokens)] + layers.sinusoidal_positions(32, 32)
+    x = params["embed"]["embedding"][shift_right(tokens)] + positions.sinusoidal_positions(
+        jnp.arange(32), 32
+    )
     h = layers.layer_norm(x, block["norm"]["scale"], block["norm"]["bias"], cfg.layer_norm_eps)
     q = jnp.einsum("bld,dhk->bhlk", h, block["wq"])
     key0 = jax.random.fold_in(jax.random.key(7), 0)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import attention, optim, sampling, trainer
+from reformer_jax import attention, decoding, optim, sampling, trainer
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 
@@ -58,10 +58,10 @@ def test_cached_decoding_equals_recomputing_the_prefix(prompt_len):
     model, params = _init(cfg, seed=prompt_len)
     tokens = _tokens(prompt_len + 100, (3, cfg.max_len), cfg.vocab_size)
     reference = model.apply({"params": params}, tokens)  # [b, l, v], position t predicts t
-    log_probs, cache = sampling.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(0))
+    log_probs, cache = decoding.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(0))
     np.testing.assert_allclose(log_probs, reference[:, prompt_len], rtol=1e-5, atol=1e-5)
     for t in range(prompt_len, cfg.max_len - 1):
-        log_probs, cache = sampling.decode_step(params, cfg, cache, tokens[:, t])
+        log_probs, cache = decoding.decode_step(params, cfg, cache, tokens[:, t])
         np.testing.assert_allclose(
             log_probs, reference[:, t + 1], rtol=1e-5, atol=1e-5, err_msg=f"step at {t + 1}"
         )
@@ -85,10 +85,10 @@ def test_lsh_decoding_within_one_chunk_equals_shared_qk_full_attention():
     tokens = _tokens(5, (2, cfg.max_len), cfg.vocab_size)
     reference = model.apply({"params": params}, tokens)
     prompt_len = 3
-    log_probs, cache = sampling.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(1))
+    log_probs, cache = decoding.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(1))
     np.testing.assert_allclose(log_probs, reference[:, prompt_len], rtol=1e-5, atol=1e-5)
     for t in range(prompt_len, cfg.max_len - 1):
-        log_probs, cache = sampling.decode_step(params, cfg, cache, tokens[:, t])
+        log_probs, cache = decoding.decode_step(params, cfg, cache, tokens[:, t])
         np.testing.assert_allclose(log_probs, reference[:, t + 1], rtol=1e-5, atol=1e-5)
     buckets_seen = set(np.unique(cache.layers["0_shared_qk"]["buckets"]).tolist())
     assert len(buckets_seen) > 1  # the tokens really were hashed into several buckets
@@ -141,7 +141,7 @@ def test_lsh_decode_step_equals_float64_reference(dedup, pos):
     buckets = jax.random.randint(keys[2], (bsz, heads, rounds, length), 0, n_buckets)
     k = attention.normalize_keys(qk)
     q = qk[:, :, pos] * 2.0  # a query larger than unit norm, as unnormalised queries are
-    out = sampling.lsh_decode_attention(
+    out = attention.lsh_decode_attention(
         q, k, v, buckets, jnp.int32(pos), n_buckets=n_buckets, window=window, dedup=dedup
     )
     k64 = normalized_keys(np.asarray(qk))

@@ -1,0 +1,199 @@
+"""ReformerConfig: everything that shapes a Reformer stack, in groups.
+
+Fields are grouped as the class lists them: shape, LSH attention
+(`chunk_len`, `n_chunks_before`, ... as in the paper's §2), local attention
+(the same names with a `local_` prefix), positions, dropout, and execution
+settings that change how a step runs but not what it computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from reformer_jax import kinds, lsh
+from reformer_jax.positions import check_axial
+
+ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu")
+POS_ENCODINGS = ("axial", "sinusoidal", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReformerConfig:
+    """Everything that shapes a ReformerLM. Defaults: a small LSH language model.
+
+    attention_kinds is the per-layer cycle of kinds (reformer_jax/kinds.py:
+    "lsh", "local", "full", "full_shared"); n_layers must be a multiple of its
+    length. n_buckets=None uses the paper's 2L/c (docs/algorithm.md §1.2).
+    pos_encoding is "axial" (axial_shape and axial_dims), "sinusoidal" or
+    "none"; left as "auto" it is axial when axial_shape is set.
+
+    Fields that imported checkpoints need (reformer_jax.convert), each
+    defaulting to the behaviour trained models here already have:
+    layer_norm_eps (HF transformers uses 1e-12); hash_seed (fixed LSH
+    rotations: layer i hashes with fold_in(key(hash_seed), i) on every call,
+    instead of rotations drawn from the call's key); shift_inputs (False: the
+    model reads tokens as given, so position t predicts token t + 1, as HF's
+    ReformerModelWithLMHead does); local_n_chunks_before/after (the local
+    layers' window when it differs from the LSH layers'; None = the same).
+    """
+
+    # Shape.
+    vocab_size: int = 256
+    max_len: int = 1024
+    d_model: int = 256
+    d_ff: int = 512
+    n_heads: int = 4
+    d_head: int = 64
+    n_layers: int = 2
+    attention_kinds: tuple[str, ...] = ("lsh",)
+    ff_activation: str = "relu"
+    causal: bool = True
+    cross_attention: bool = False  # a cross-attention half per block (decoders of enc-dec)
+    reversible: bool = True
+    dtype: str = "float32"
+    layer_norm_eps: float = 1e-6
+    shift_inputs: bool = True  # a setting of the LM head (reformer_jax/heads.py)
+    # LSH attention (docs/algorithm.md §1): its chunks and their window.
+    chunk_len: int = 64
+    n_chunks_before: int = 1
+    n_chunks_after: int = 0
+    n_hashes: int = 2
+    n_buckets: int | tuple[int, ...] | None = None
+    dedup: bool = False
+    hash_seed: int | None = None
+    # Local attention (docs/algorithm.md §2): local_* (None: the same as LSH's window).
+    local_chunk_len: int = 128
+    local_n_chunks_before: int | None = None
+    local_n_chunks_after: int | None = None
+    # Positions (docs/algorithm.md §5).
+    pos_encoding: str = "auto"  # "axial" | "sinusoidal" | "none"; "auto": axial if axial_shape
+    axial_shape: tuple[int, ...] | None = None
+    axial_dims: tuple[int, ...] | None = None
+    # Dropout.
+    dropout: float = 0.0
+    attention_dropout: float | None = None  # None: same as dropout
+    # Execution: how a step runs, not what the model computes (none changes a result).
+    ff_chunk_size: int | None = None
+    attention_head_chunk: int | None = None  # heads per step; None = all at once
+    loss_chunk_size: int | None = None
+    remat: bool = False
+
+    def __post_init__(self):
+        # Sequences given as lists (gin, JSON) become tuples so the config hashes.
+        for name in ("attention_kinds", "n_buckets", "axial_shape", "axial_dims"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if self.attention_dropout is None:
+            object.__setattr__(self, "attention_dropout", self.dropout)
+        if self.pos_encoding == "auto":  # the name before "axial" and "sinusoidal" were spelled out
+            encoding = "sinusoidal" if self.axial_shape is None else "axial"
+            object.__setattr__(self, "pos_encoding", encoding)
+        self.validate()
+
+    def validate(self) -> None:
+        positive = (
+            "vocab_size",
+            "max_len",
+            "d_model",
+            "d_ff",
+            "n_heads",
+            "d_head",
+            "n_layers",
+            "chunk_len",
+            "local_chunk_len",
+            "n_hashes",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"ReformerConfig.{name} must be a positive int, got {value!r}.")
+        cycle = self.attention_kinds
+        if not cycle or any(k not in kinds.KINDS for k in cycle):
+            raise ValueError(
+                f"ReformerConfig.attention_kinds={cycle!r}: each kind must be one of "
+                f"{tuple(kinds.KINDS)}."
+            )
+        if self.n_layers % len(cycle):
+            raise ValueError(
+                f"n_layers={self.n_layers} is not a multiple of the attention cycle "
+                f"{cycle} (length {len(cycle)}): layers are stacked per cycle position, so "
+                f"use n_layers = {len(cycle)} * k."
+            )
+        if self.n_buckets is not None:
+            lsh.bucket_factors(self.n_buckets)
+        if self.ff_activation not in ACTIVATIONS:
+            raise ValueError(
+                f"ff_activation={self.ff_activation!r}; use one of {sorted(ACTIVATIONS)}."
+            )
+        if self.attention_head_chunk is not None and (
+            not isinstance(self.attention_head_chunk, int)
+            or self.attention_head_chunk <= 0
+            or self.n_heads % self.attention_head_chunk
+        ):
+            raise ValueError(
+                f"attention_head_chunk={self.attention_head_chunk!r} must be a positive divisor "
+                f"of n_heads={self.n_heads} (or None for all heads at once)."
+            )
+        for name in ("ff_chunk_size", "loss_chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding={self.pos_encoding!r}; use one of {POS_ENCODINGS}.")
+        if (self.axial_shape is None) != (self.axial_dims is None):
+            raise ValueError("set both axial_shape and axial_dims, or neither.")
+        if self.pos_encoding == "axial" and self.axial_shape is None:
+            raise ValueError("pos_encoding='axial' needs axial_shape and axial_dims.")
+        if self.axial_shape is not None:
+            check_axial(self.axial_shape, self.axial_dims, self.max_len, self.d_model)
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={self.dtype!r}; use 'float32' or 'bfloat16'.")
+        if not isinstance(self.layer_norm_eps, (int, float)) or not self.layer_norm_eps > 0:
+            raise ValueError(
+                f"layer_norm_eps must be a positive float, got {self.layer_norm_eps!r}."
+            )
+        if self.hash_seed is not None and (
+            isinstance(self.hash_seed, bool) or not isinstance(self.hash_seed, int)
+        ):
+            raise ValueError(
+                f"hash_seed must be an int (fixed LSH rotations) or None, got {self.hash_seed!r}."
+            )
+        for name in ("n_chunks_before", "n_chunks_after") + tuple(
+            f"local_{n}" for n in ("n_chunks_before", "n_chunks_after")
+        ):
+            value = getattr(self, name)
+            if value is None and name.startswith("local_"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+
+    @property
+    def n_groups(self) -> int:
+        return self.n_layers // len(self.attention_kinds)
+
+    def lsh_buckets(self, length: int) -> int | tuple[int, ...]:
+        """Buckets per round: as configured, or the paper's default for `length`."""
+        if self.n_buckets is not None:
+            return self.n_buckets
+        return lsh.default_n_buckets(lsh.round_up(length, self.chunk_len), self.chunk_len)
+
+    @property
+    def local_window(self) -> tuple[int, int]:
+        """(chunks before, chunks after) of the local layers' window."""
+        before, after = self.local_n_chunks_before, self.local_n_chunks_after
+        return (
+            self.n_chunks_before if before is None else before,
+            self.n_chunks_after if after is None else after,
+        )
+
+    def lsh_layers(self) -> list[int]:
+        """Indices of the layers that hash (the keys of `buckets`)."""
+        cycle = self.attention_kinds
+        return [i for i in range(self.n_layers) if kinds.get(cycle[i % len(cycle)]).hashes]
+
+    def replace(self, **changes) -> ReformerConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,126 @@
+"""The seam: ReformerStack (hidden states, cross-attention to a context) and the LM head on it."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reformer_jax import layers
+from reformer_jax.config import ReformerConfig
+from reformer_jax.model import ReformerLM, ReformerStack
+
+
+def _cfg(**overrides):
+    base = dict(
+        vocab_size=32,
+        max_len=64,
+        d_model=32,
+        d_ff=48,
+        n_heads=2,
+        d_head=16,
+        n_layers=4,
+        attention_kinds=("lsh", "local"),
+        chunk_len=16,
+        local_chunk_len=16,
+        n_buckets=4,
+        dropout=0.1,
+        cross_attention=True,
+    )
+    return ReformerConfig(**{**base, **overrides})
+
+
+def _context(seed, batch, length, d):
+    memory = jax.random.normal(jax.random.key(seed), (batch, length, d), jnp.float32)
+    mask = jnp.arange(length)[None, :] < jnp.array([[length], [length - 7]])[:batch]
+    return memory, mask
+
+
+def test_context_gradient_of_the_reversible_stack_equals_plain_autodiff():
+    """The context is an input of the custom VJP: its cotangent, summed over every
+    cross-attention half, equals autodiff of the same stack run as a plain
+    residual network (same keys, so the same dropout masks and buckets)."""
+    cfg = _cfg()
+    tokens = jax.random.randint(jax.random.key(0), (2, 64), 0, cfg.vocab_size)
+    memory, mask = _context(1, 2, 24, cfg.d_model)
+    params = ReformerStack(cfg).init(jax.random.key(2), tokens, context=memory)["params"]
+    ct = jax.random.normal(jax.random.key(3), (2, 64, 2 * cfg.d_model))
+
+    def loss(params, memory, rev):
+        hidden = ReformerStack(cfg.replace(reversible=rev)).apply(
+            {"params": params},
+            tokens,
+            context=memory,
+            context_mask=mask,
+            key=jax.random.key(4),
+            deterministic=False,
+        )
+        return jnp.sum(hidden * ct)
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    (l_rev, (gp_rev, gc_rev)), (l_ref, (gp_ref, gc_ref)) = (
+        grad(params, memory, True),
+        grad(params, memory, False),
+    )
+    np.testing.assert_allclose(l_rev, l_ref, rtol=1e-6)
+    # float32 through four layers of rebuilt activations: relative 1e-4 of each
+    # array's scale (the tolerance of the other reversible-vs-autodiff tests).
+    for want, got in zip(
+        jax.tree_util.tree_leaves((gp_ref, gc_ref)),
+        jax.tree_util.tree_leaves((gp_rev, gc_rev)),
+        strict=True,
+    ):
+        scale = float(jnp.max(jnp.abs(want)))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+    # The memory is read (non-zero cotangent) except where it is masked out.
+    assert float(jnp.max(jnp.abs(gc_rev[1, :-7]))) > 1e-3
+    assert float(jnp.max(jnp.abs(gc_rev[1, -7:]))) == 0.0
+    assert gp_rev["blocks"]["0_shared_qk"]["cross_attention"]["wk"].shape[0] == cfg.n_groups
+
+
+def test_cross_attention_half_equals_dense_attention_and_ignores_masked_memory():
+    cfg = _cfg(ff_chunk_size=24)  # 64 queries in 3 chunks, the last one padded
+    x = jax.random.normal(jax.random.key(0), (2, 64, cfg.d_model))
+    memory, mask = _context(1, 2, 24, cfg.d_model)
+    bias = jnp.where(mask, 0.0, -1e9)
+    half = layers.CrossAttentionHalf(cfg)
+    context = {"memory": memory, "bias": bias}
+    p = half.init(jax.random.key(2), x, context, jax.random.key(0))["params"]
+    got = half.apply({"params": p}, x, context, jax.random.key(0))
+
+    # The same half written densely in float64 numpy.
+    f64 = lambda a: np.asarray(a, np.float64)
+    xn = f64(x)
+    mean = xn.mean(-1, keepdims=True)
+    var = ((xn - mean) ** 2).mean(-1, keepdims=True)
+    h = (xn - mean) / np.sqrt(var + cfg.layer_norm_eps) * f64(p["norm"]["scale"])
+    h = h + f64(p["norm"]["bias"])
+    q = np.einsum("blm,mhd->bhld", h, f64(p["wq"]))
+    k = np.einsum("btm,mhd->bhtd", f64(memory), f64(p["wk"]))
+    v = np.einsum("btm,mhd->bhtd", f64(memory), f64(p["wv"]))
+    logits = np.einsum("bhld,bhtd->bhlt", q, k) / np.sqrt(cfg.d_head)
+    logits = np.where(np.asarray(mask)[:, None, None, :], logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    want = np.einsum("bhlt,bhtd,hdm->blm", probs, v, f64(p["wo"]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    # Padding in the memory changes nothing.
+    noisy = memory.at[1, -7:].set(100.0)
+    again = half.apply({"params": p}, x, {"memory": noisy, "bias": bias}, jax.random.key(0))
+    np.testing.assert_array_equal(again, got)
+
+
+def test_lm_is_the_stack_under_its_head():
+    """ReformerLM's log-probs are the LM head applied to the stack's hidden states of
+    the shifted tokens, with the stack's parameters at the top level."""
+    cfg = _cfg(cross_attention=False, dropout=0.0)
+    tokens = jax.random.randint(jax.random.key(0), (2, 64), 0, cfg.vocab_size)
+    lm = ReformerLM(cfg)
+    params = lm.init(jax.random.key(1), tokens)["params"]
+    assert set(params) == {"embed", "blocks", "head"}
+    stack_params = {k: v for k, v in params.items() if k != "head"}
+    shifted = jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+    hidden = ReformerStack(cfg).apply({"params": stack_params}, shifted)
+    np.testing.assert_array_equal(lm.apply({"params": params}, tokens, output="hidden"), hidden)
+    log_probs = lm.apply({"params": params}, tokens)
+    head = lm.apply({"params": params}, hidden, method=ReformerLM.log_probs)
+    np.testing.assert_allclose(log_probs, head, rtol=1e-6, atol=1e-6)
