@@ -17,13 +17,10 @@ from typing import Any
 def attention_flops(kind: str, cfg: Any, batch: int, length: int) -> float:
     """Forward matmul FLOPs of one `kind` attention sublayer on [batch, length] tokens.
 
-    The input projections (q and v, plus k unless queries and keys are shared:
-    "lsh", "full_shared") and the output projection, then the logits and the
-    probabilities @ v over every key slot a query's window admits, masked or
-    not: full attention counts all `length` keys (causal masking halves its
-    useful work), "lsh" n_hashes * chunk_len * (1 + n_chunks_before +
-    n_chunks_after) slots, "local" local_chunk_len * (1 + n_chunks_before +
-    n_chunks_after).
+    Projections q, v and out, plus k unless QK is shared ("lsh", "full_shared");
+    logits and probs @ v over every key slot a query's window admits, masked or
+    not: "full(_shared)" `length`, "lsh" n_hashes * chunk_len * (1 + chunks
+    before + after), "local" local_chunk_len * (1 + cfg.local_window's chunks).
     """
     t = batch * length
     d, h, k = cfg.d_model, cfg.n_heads, cfg.d_head
@@ -32,7 +29,7 @@ def attention_flops(kind: str, cfg: Any, batch: int, length: int) -> float:
     if kind == "lsh":
         window = cfg.n_hashes * cfg.chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
     elif kind == "local":
-        window = cfg.local_chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
+        window = cfg.local_chunk_len * (1 + sum(cfg.local_window))
     else:
         window = length
     attend = 2 * 2 * t * h * k * window  # logits and probs @ v

@@ -111,6 +111,11 @@ def test_attention_flops_of_windowed_kinds_by_hand():
     assert flops.attention_flops("local", cfg, b, l) == 4 * 2 * t * m * h * d + 2 * (
         2 * t * h * d * 64 * 2
     )
+    # The local layers' own window, where it differs from the LSH layers'.
+    wide = cfg.replace(local_n_chunks_before=2, local_n_chunks_after=1)
+    assert flops.attention_flops("local", wide, b, l) == 4 * 2 * t * m * h * d + 2 * (
+        2 * t * h * d * 64 * 4
+    )
     assert flops.attention_flops("full_shared", cfg, b, l) == 3 * 2 * t * m * h * d + 2 * (
         2 * t * h * d * l
     )
