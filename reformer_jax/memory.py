@@ -27,9 +27,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import cli, optim, trainer
+from reformer_jax import cli, optim, profiling
 from reformer_jax.config import ReformerConfig
-from reformer_jax.model import ReformerLM, count_params
+from reformer_jax.model import count_params
 
 GIB = 2**30
 NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="
@@ -48,48 +48,28 @@ def plan(
     grad_accum_steps: int = 1,
 ) -> dict[str, int]:
     """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens."""
-    seq_len = cfg.max_len if seq_len is None else seq_len
-    model = ReformerLM(cfg)
-    # The schedule does not change memory; the optimizer's state does.
-    schedule = optim.make_schedule("constant", learning_rate=1e-3, warmup_steps=0)
-    opt = optim.make_optimizer(optimizer, schedule=schedule)
-
-    def init_state():
-        params = model.init(jax.random.key(0), jnp.zeros((1, seq_len), jnp.int32))["params"]
-        return trainer.TrainState.create(params, opt)
-
-    state = jax.eval_shape(init_state)
-    batch = {
-        "tokens": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
-        "weights": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.float32),
-    }
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    step = jax.jit(
-        lambda s, b, k: trainer.train_step(
-            s,
-            b,
-            k,
-            model=model,
-            optimizer=opt,
-            schedule=schedule,
-            grad_accum_steps=grad_accum_steps,
-        ),
-        donate_argnums=0,
+    # Shapes only: nothing is allocated or run. The learning-rate schedule does
+    # not change memory; the optimizer's state does.
+    setup = profiling.train_setup(
+        cfg,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        optimizer=optimizer,
+        grad_accum_steps=grad_accum_steps,
+        abstract=True,
     )
-    mem = step.lower(state, batch, key).compile().memory_analysis()
-    temp = int(mem.temp_size_in_bytes)
+    setup.compile()
     # The donated state aliases the new state, so the live total is arguments
-    # + temporaries + outputs not aliased to an argument.
-    total = int(
-        mem.argument_size_in_bytes + temp + mem.output_size_in_bytes - mem.alias_size_in_bytes
-    )
+    # + temporaries + outputs not aliased to an argument: xla_memory's "total".
+    mem = profiling.xla_memory(setup.fn)
+    state = setup.state
     return {
         "n_params": count_params(state.params),
         "params_bytes": _tree_bytes(state.params),
         "optimizer_bytes": _tree_bytes(state.opt_state),
-        "temp_bytes": temp,
-        "batch_bytes": _tree_bytes(batch),
-        "total_bytes": total,
+        "temp_bytes": mem["temp"],
+        "batch_bytes": _tree_bytes(setup.batch),
+        "total_bytes": mem["total"],
     }
 
 

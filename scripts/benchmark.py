@@ -54,25 +54,16 @@ import os
 import platform
 import statistics
 import sys
-import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from reformer_jax import profiling
 from reformer_jax.attention import full_attention, lsh_attention
+from reformer_jax.flops import model_flops
 from reformer_jax.lsh import default_n_buckets
-
-MIB = 2**20
-GIB = 2**30
-
-
-def parse_length(text: str) -> int:
-    """'4096', '4K' or '4k' -> 4096."""
-    text = text.strip()
-    if text[-1:] in ("K", "k"):
-        return int(text[:-1]) * 1024
-    return int(text)
+from reformer_jax.profiling import GIB, MIB, parse_length
 
 
 def default_memory_budget() -> float:
@@ -134,34 +125,26 @@ def run_cell(
     inputs = make_inputs(method, shape, dtype, args.seed)
     step = make_step(method, n_hashes, length, args.chunk)
 
-    t0 = time.perf_counter()
-    compiled = step.lower(*inputs).compile()
-    cell["compile_s"] = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
+    compiled, cell["compile_s"] = profiling.compile_timed(step, *inputs)
+    mem = profiling.xla_memory(compiled)
     if mem is not None:
         for name in ("temp", "argument", "output", "generated_code"):
-            cell[f"{name}_mib"] = getattr(mem, f"{name}_size_in_bytes") / MIB
-        if (cell["temp_mib"] + cell["argument_mib"]) * MIB > budget:
+            cell[f"{name}_mib"] = mem[name] / MIB
+        if mem["temp"] + mem["argument"] > budget:
             cell["status"] = "skipped (memory)"
             return cell
 
     try:
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*inputs))
-        cell["warmup_s"] = time.perf_counter() - t0
+        (cell["warmup_s"],) = profiling.time_steps(lambda: compiled(*inputs), 1).times
         # A warm-up already over the time limit: one timed run is enough.
         repeats = 1 if cell["warmup_s"] > args.max_seconds else args.repeats
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*inputs))
-            times.append(time.perf_counter() - t0)
+        timed = profiling.time_steps(lambda: compiled(*inputs), repeats)
     except Exception as err:  # e.g. XLA RESOURCE_EXHAUSTED at run time
         cell["status"] = f"failed ({type(err).__name__})"
         cell["error"] = str(err)[:500]
         return cell
-    cell["times_s"] = times
-    cell["median_s"] = statistics.median(times)
+    cell["times_s"] = timed.times
+    cell["median_s"] = timed.median
     return cell
 
 
@@ -300,62 +283,9 @@ def bench_depth(args: argparse.Namespace) -> None:
         print(f"| {n} | {cells[0]} | {cells[1]} |", flush=True)
 
 
-def model_flops(cfg, batch: int, length: int) -> dict[str, float]:
-    """Matmul FLOPs of one training step of ReformerLM `cfg` on [batch, length] tokens.
-
-    Counted the usual way: 2 FLOPs per multiply-add; a training step is the
-    forward pass plus a backward pass of twice its cost. `train` is that
-    (3x forward); `train_with_recompute` adds the reversible backward pass's
-    second forward through every layer (4x forward for the layers, 3x for the
-    embedding and head). Attention counts every admissible window slot,
-    masked or not (causal masking halves the useful work of full attention).
-    """
-    t = batch * length
-    d, h, k = cfg.d_model, cfg.n_heads, cfg.d_head
-    layer = 0.0
-    for kind in cfg.attention_kinds:
-        n_proj = 3 if kind in ("lsh", "full_shared") else 4  # q(k), v, o (+ k)
-        proj = 2 * t * d * h * k * n_proj
-        if kind == "lsh":
-            window = cfg.n_hashes * cfg.chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
-        elif kind == "local":
-            window = cfg.local_chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
-        else:
-            window = length
-        attend = 2 * 2 * t * h * k * window  # logits and probs @ v
-        ff = 2 * 2 * t * d * cfg.d_ff
-        layer += proj + attend + ff
-    layers = layer * cfg.n_groups
-    head = 2 * t * 2 * d * cfg.vocab_size
-    forward = layers + head
-    return {
-        "forward": forward,
-        "train": 3 * forward,
-        "train_with_recompute": 3 * forward + (layers if cfg.reversible else 0.0),
-    }
-
-
-def matmul_peak_tflops(dtype: Any, n: int | None = None, repeats: int = 10) -> float:
-    """Measured peak of one square matmul on the default device (a probe, not a spec)."""
-    n = n or (8192 if jax.devices()[0].platform != "cpu" else 2048)
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
-    mm = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(mm(a, b))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(a, b))
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e12
-
-
 def bench_step(args: argparse.Namespace) -> None:
     """One real training step of a gin config: time, MFU, planner vs. measured peak memory."""
-    import numpy as np
-
-    from reformer_jax import cli, memory, optim, trainer
-    from reformer_jax.model import ReformerLM
+    from reformer_jax import cli, memory
 
     cli.parse_gin(args.gin_file, args.gin_param)
     cfg = cli.model_config()
@@ -379,52 +309,24 @@ def bench_step(args: argparse.Namespace) -> None:
     result["planner_temp_gib"] = plan["temp_bytes"] / GIB
     result["n_params"] = plan["n_params"]
 
-    model = ReformerLM(cfg)
-    schedule = optim.make_schedule("constant", learning_rate=1e-4, warmup_steps=0)
-    opt = optim.make_optimizer("adam", schedule=schedule)
-
-    def init_state():
-        params = model.init(jax.random.key(0), jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
-        return trainer.TrainState.create(params, opt)
-
-    step = jax.jit(
-        lambda s, b, k: trainer.train_step(
-            s, b, k, model=model, optimizer=opt, schedule=schedule, grad_accum_steps=grad_accum
-        ),
-        donate_argnums=0,
-    )
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": jnp.asarray(
-            rng.integers(0, cfg.vocab_size, (batch_size, cfg.max_len)), jnp.int32
-        ),
-        "weights": jnp.ones((batch_size, cfg.max_len), jnp.float32),
-    }
-    state = jax.jit(init_state)()
-    key = jax.random.key(1)
-    t0 = time.perf_counter()
-    step = step.lower(state, batch, key).compile()
-    result["compile_s"] = time.perf_counter() - t0
-    result["rss_before_step_gib"] = _rss_gib()
-    times = []
-    for i in range(1 + args.steps):  # the first run is timed too: --steps 0 runs one step
-        print(f"[bench] step {i + 1} of {1 + args.steps} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        state, metrics = step(state, batch, key)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t0)
-    result["peak_rss_gib"] = _peak_rss_gib()
+    setup = profiling.train_setup(cfg, batch_size=batch_size, grad_accum_steps=grad_accum)
+    result["compile_s"] = setup.compile()
+    result["rss_before_step_gib"] = profiling.rss_bytes() / GIB
+    progress = lambda i: print(f"[bench] step {i + 1} of {1 + args.steps} ...", file=sys.stderr)
+    # The first run is timed too: --steps 0 runs one step.
+    times = profiling.time_steps(setup, 1 + args.steps, before_each=progress).times
+    result["peak_rss_gib"] = profiling.process_peak_rss_bytes() / GIB
     result["first_step_s"] = times[0]
     result["step_s"] = statistics.median(times[1:] or times)
     result["times_s"] = times
-    result["loss"] = float(metrics["nll"] / metrics["weight"])
+    result["loss"] = setup.loss()
     tokens = batch_size * cfg.max_len
     result["tokens_per_s"] = tokens / result["step_s"]
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         result["measured_peak_gib"] = stats["peak_bytes_in_use"] / GIB
     flops = model_flops(cfg, batch_size, cfg.max_len)
-    peak = args.peak_tflops or matmul_peak_tflops(jnp.dtype(cfg.dtype))
+    peak = args.peak_tflops or profiling.matmul_peak_tflops(jnp.dtype(cfg.dtype))
     result["matmul_peak_tflops"] = peak
     for name in ("train", "train_with_recompute"):
         achieved = flops[name] / result["step_s"] / 1e12
@@ -436,37 +338,17 @@ def bench_step(args: argparse.Namespace) -> None:
             json.dump(result, f, indent=2)
 
 
-def _rss_gib() -> float:
-    """This process's resident memory now (Linux /proc), GiB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
-
-
-def _peak_rss_gib() -> float:
-    """This process's peak resident memory so far (getrusage; KiB on Linux), GiB."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-
-
-def _timed(fn, repeats: int) -> tuple[float, float]:
+def _first_and_median(fn, repeats: int) -> tuple[float, float]:
     """(first call seconds (compile + run), median of `repeats` further calls)."""
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
+    (first,) = profiling.time_steps(fn, 1).times
+    return first, profiling.time_steps(fn, repeats).median
 
 
 def bench_sample(args: argparse.Namespace) -> None:
     """Tokens per second of cached decoding vs. recomputing the prefix; cache memory."""
     import functools
 
-    from reformer_jax import cli, sampling
+    from reformer_jax import cli, decoding
     from reformer_jax.model import ReformerLM
 
     cli.parse_gin(args.gin_file, args.gin_param)
@@ -488,7 +370,7 @@ def bench_sample(args: argparse.Namespace) -> None:
 
         def step(carry, _):
             cache, token = carry
-            log_probs, cache = sampling._decode_step(params, cfg, cache, token)
+            log_probs, cache = decoding.step(params, cfg, cache, token)
             token = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
             return (cache, token), token
 
@@ -504,17 +386,17 @@ def bench_sample(args: argparse.Namespace) -> None:
         )()
         tokens = jax.random.randint(jax.random.key(1), (args.batch, length), 0, cfg.vocab_size)
         key = jax.random.key(2)
-        _, cache = sampling.prefill(params, cfg, tokens[:, : length - n - 1], key)
+        _, cache = decoding.prefill(params, cfg, tokens[:, : length - n - 1], key)
 
         print(f"[bench] L={length}: cached ...", file=sys.stderr, flush=True)
-        first_c, cached = _timed(
+        first_c, cached = _first_and_median(
             functools.partial(decode_n, cfg, params, cache, tokens[:, length - n - 1]),
             args.repeats,
         )
         print(f"[bench] L={length}: recompute ...", file=sys.stderr, flush=True)
-        first_r, recompute = _timed(
+        first_r, recompute = _first_and_median(
             functools.partial(
-                sampling.recompute_log_probs, params, cfg, tokens[:, : length - 1], key
+                decoding.recompute_log_probs, params, cfg, tokens[:, : length - 1], key
             ),
             args.recompute_repeats,
         )
@@ -540,7 +422,7 @@ def bench_sample(args: argparse.Namespace) -> None:
         for path in args.memory:
             cli.parse_gin([path], [])
             cfg = cli.model_config()
-            size = sampling.cache_bytes(cfg, 1)
+            size = decoding.cache_bytes(cfg, 1)
             kinds = "/".join(cfg.attention_kinds)
             print(
                 f"| {path} | {cfg.max_len} | {cfg.n_layers} x {kinds} | {cfg.dtype} "
@@ -556,7 +438,7 @@ def bench_agreement(args: argparse.Namespace) -> None:
     """Decode-time LSH vs. training-time LSH on a trained copy-task model."""
     import numpy as np
 
-    from reformer_jax import optim, sampling, trainer
+    from reformer_jax import decoding, optim, sampling
     from reformer_jax.data import synthetic
     from reformer_jax.model import ReformerConfig, ReformerLM
 
@@ -578,12 +460,8 @@ def bench_agreement(args: argparse.Namespace) -> None:
     model = ReformerLM(cfg)
     lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=50, total_steps=args.steps)
     opt = optim.make_optimizer("adam", schedule=lr, b1=0.9, b2=0.98, eps=1e-9)
-    params = model.init(jax.random.key(0), jnp.zeros((1, length), jnp.int32))["params"]
-    state = trainer.TrainState.create(params, opt)
-    step = jax.jit(
-        lambda s, b, k: trainer.train_step(s, b, k, model=model, optimizer=opt, schedule=lr),
-        donate_argnums=0,
-    )
+    state = profiling.init_train_state(model, opt, length)
+    step = profiling.jit_train_step(model, opt, lr)
     task = synthetic.DuplicationTask(length, vocab, 32, seed=0)
     print(f"[bench] training {args.steps} steps ...", file=sys.stderr, flush=True)
     for i in range(args.steps):
@@ -616,12 +494,12 @@ def bench_agreement(args: argparse.Namespace) -> None:
         teacher = float(np.mean(np.argmax(forced, -1)[:, half + 1 :] == tokens[:, half + 1 :]))
         # Along the true sequence: cached decoding vs. recomputing each prefix.
         key = jax.random.key(3)
-        log_probs, cache = sampling.prefill(params, cfg, tokens[:, :1], key, n_hashes=n_hashes)
+        log_probs, cache = decoding.prefill(params, cfg, tokens[:, :1], key, n_hashes=n_hashes)
         same, diffs = [], []
         for t in range(1, length - 1):
-            log_probs, cache = sampling.decode_step(params, cfg, cache, tokens[:, t])
+            log_probs, cache = decoding.decode_step(params, cfg, cache, tokens[:, t])
             if t % args.every == 0 or t == length - 2:
-                ref = sampling.recompute_log_probs(
+                ref = decoding.recompute_log_probs(
                     params, cfg, tokens[:, : t + 1], key, n_hashes=n_hashes
                 )
                 same.append(np.asarray(jnp.argmax(log_probs, -1) == jnp.argmax(ref, -1)))

@@ -34,7 +34,7 @@ figure belongs to one cell. Memory per cell:
 - ours also: XLA's compiled memory_analysis of the step (arguments, outputs,
   temporaries).
 
-FLOPs are benchmark.model_flops (2 per multiply-add, backward = 2x forward,
+FLOPs are reformer_jax.flops.model_flops (2 per multiply-add, backward = 2x forward,
 plus the reversible backward pass's recomputation of every layer), the same
 count for both, divided by the step time and by the machine's matmul peak,
 measured by a probe in each framework (the larger of the two is the machine's
@@ -58,22 +58,21 @@ The table goes to stdout, progress to stderr.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reformer_jax import profiling
+from reformer_jax.flops import model_flops
+from reformer_jax.profiling import MIB, load_average, parse_length
 
-MIB = 2**20
 VOCAB = 258
 D_MODEL = 256
 N_HEADS = 4
@@ -84,14 +83,6 @@ CHUNK = 64
 N_HASHES = 2
 AXIAL_DIMS = (64, 192)
 SEED = 0
-
-
-def parse_length(text: str) -> int:
-    """'4096', '4K' or '4k' -> 4096."""
-    text = text.strip()
-    if text[-1:] in ("K", "k"):
-        return int(text[:-1]) * 1024
-    return int(text)
 
 
 def axial_shape(length: int) -> tuple[int, int]:
@@ -218,74 +209,6 @@ def hf_config(length: int):
     )
 
 
-# ----------------------------------------------------------------------------- memory
-
-
-def _status_bytes(field: str) -> int:
-    """A memory field of /proc/self/status (reported in kB), in bytes; 0 if absent."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def rss_bytes() -> int:
-    return _status_bytes("VmRSS")
-
-
-def hwm_bytes() -> int:
-    return _status_bytes("VmHWM")
-
-
-def reset_peak_rss() -> bool:
-    """Returns freed heap to the OS, then resets the kernel's RSS high-water mark."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_jiffies() -> tuple[int, int, int]:
-    """(machine busy, machine total, this process's user + system) in clock ticks."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    with open("/proc/self/stat") as f:
-        own = f.read().rsplit(")", 1)[1].split()
-    return sum(fields) - fields[3] - fields[4], sum(fields), int(own[11]) + int(own[12])
-
-
-def timed_steps(one_step, steps: int) -> tuple[list[float], list[float]]:
-    """Seconds of each of `steps` calls, and the share of the machine's CPU that other
-    processes used meanwhile (the machine is shared: this shows how loaded it was)."""
-    times, others = [], []
-    for _ in range(steps):
-        busy0, total0, own0 = cpu_jiffies()
-        t0 = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t0)
-        busy1, total1, own1 = cpu_jiffies()
-        # The machine's and this process's tick counters are read at slightly
-        # different moments: on a short step the difference can dip below 0.
-        share = ((busy1 - busy0) - (own1 - own0)) / max(1, total1 - total0)
-        others.append(min(1.0, max(0.0, share)))
-    return times, others
-
-
-def process_peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def load_average() -> float:
-    return os.getloadavg()[0]
-
-
 def tokens_batch(length: int, tokens: int) -> int:
     return max(1, tokens // length)
 
@@ -293,10 +216,24 @@ def tokens_batch(length: int, tokens: int) -> int:
 # ----------------------------------------------------------------------------- cells
 
 
-def flops_of(length: int, batch: int) -> dict[str, float]:
-    from benchmark import model_flops
-
-    return model_flops(ours_config(length), batch, length)
+def warm_up_and_time(
+    one_step: Callable[[], Any],
+    steps: int,
+    record: dict[str, Any],
+    before_timed: Callable[[], None] | None = None,
+) -> None:
+    """The warm-up step, the RSS high-water mark reset (freed heap returned first),
+    then `steps` timed steps: their figures into `record`. `before_timed()` runs
+    between the reset and the timed steps."""
+    (record["first_step_s"],) = profiling.time_steps(one_step, 1).times
+    record["warmup_peak_rss_mib"] = profiling.peak_rss_bytes() / MIB
+    record["peak_reset"] = profiling.reset_peak_rss()
+    record["rss_after_trim_mib"] = profiling.rss_bytes() / MIB
+    if before_timed is not None:
+        before_timed()
+    timed = profiling.time_steps(one_step, steps)
+    record["times_s"], record["others_cpu_share"] = timed.times, timed.others_cpu_share
+    record["step_peak_rss_mib"] = profiling.peak_rss_bytes() / MIB
 
 
 def run_ours(
@@ -304,48 +241,21 @@ def run_ours(
 ) -> dict[str, Any]:
     """One cell of ours: compile, warm up, time `steps` training steps."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from benchmark import matmul_peak_tflops
 
-    from reformer_jax import optim, trainer
-    from reformer_jax.model import ReformerLM, count_params
+    from reformer_jax.model import count_params
 
     cfg = ours_config(length, knobs)
-    model = ReformerLM(cfg)
-    schedule = optim.make_schedule("constant", learning_rate=1e-4, warmup_steps=0)
-    opt = optim.make_optimizer("adam", schedule=schedule)
-
-    def init_state():
-        params = model.init(jax.random.key(SEED), jnp.zeros((1, length), jnp.int32))["params"]
-        return trainer.TrainState.create(params, opt)
-
-    step = jax.jit(
-        lambda s, b, k: trainer.train_step(s, b, k, model=model, optimizer=opt, schedule=schedule),
-        donate_argnums=0,
-    )
-    rng = np.random.default_rng(SEED)
-    batch_arrays = {
-        "tokens": jnp.asarray(rng.integers(0, VOCAB, (batch, length)), jnp.int32),
-        "weights": jnp.ones((batch, length), jnp.float32),
-    }
-    state = jax.jit(init_state)()
-    key = jax.random.key(1)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch_arrays, key).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
+    setup = profiling.train_setup(cfg, batch_size=batch, seed=SEED)
+    compile_s = setup.compile()
+    mem = profiling.xla_memory(setup.fn)
     xla = {}
     if mem is not None:
-        for name in ("argument", "output", "temp", "alias", "generated_code"):
-            xla[f"xla_{name}_mib"] = getattr(mem, f"{name}_size_in_bytes", 0) / MIB
-        xla["xla_total_mib"] = (
-            xla["xla_argument_mib"] + xla["xla_output_mib"] - xla["xla_alias_mib"]
-        ) + xla["xla_temp_mib"]
+        xla = {f"xla_{name}_mib": mem[name] / MIB for name in profiling.XLA_MEMORY_FIELDS}
+        xla["xla_total_mib"] = mem["total"] / MIB
     record = {
-        "n_params": count_params(state.params),
+        "n_params": count_params(setup.state.params),
         "compile_s": compile_s,
-        "rss_before_step_mib": rss_bytes() / MIB,
+        "rss_before_step_mib": profiling.rss_bytes() / MIB,
         **xla,
     }
     dev = jax.devices()[0]
@@ -354,29 +264,13 @@ def run_ours(
             raise RuntimeError(f"--device gpu, but jax's default device is {dev}")
         record["rss_before_step_mib"] = dev.memory_stats()["bytes_in_use"] / MIB
 
-    box = {"state": state}
-
-    def one_step():
-        box["state"], box["metrics"] = compiled(box["state"], batch_arrays, key)
-        jax.block_until_ready(box["metrics"])
-
-    del state
-    t0 = time.perf_counter()
-    one_step()
-    record["first_step_s"] = time.perf_counter() - t0
-    record["warmup_peak_rss_mib"] = hwm_bytes() / MIB
-    record["peak_reset"] = reset_peak_rss()
-    record["rss_after_trim_mib"] = rss_bytes() / MIB
-
-    record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
-    record["step_peak_rss_mib"] = hwm_bytes() / MIB
+    warm_up_and_time(setup, steps, record)
     if device == "gpu":
         # No reset exists for jax's peak: it covers the whole cell.
         record["step_peak_rss_mib"] = dev.memory_stats()["peak_bytes_in_use"] / MIB
         record["rss_after_trim_mib"] = record["rss_before_step_mib"]
-    metrics = box["metrics"]
-    record["loss"] = float(metrics["nll"] / metrics["weight"])
-    record["matmul_peak_tflops"] = matmul_peak_tflops(jnp.float32)
+    record["loss"] = setup.loss()
+    record["matmul_peak_tflops"] = profiling.matmul_peak_tflops("float32")
     record["framework"] = f"jax {jax.__version__}"
     record["device"] = dev.device_kind
     record["settings"] = knobs | {
@@ -410,9 +304,10 @@ def run_hf(
     ids = torch.from_numpy(rng.integers(0, VOCAB, (batch, length)).astype(np.int64)).to(
         torch_device
     )
+    in_use = torch.cuda.memory_allocated() if gpu else profiling.rss_bytes()
     record: dict[str, Any] = {
         "n_params": sum(p.numel() for p in model.parameters()),
-        "rss_before_step_mib": (torch.cuda.memory_allocated() if gpu else rss_bytes()) / MIB,
+        "rss_before_step_mib": in_use / MIB,
     }
 
     box = {}
@@ -426,18 +321,11 @@ def run_hf(
         if gpu:
             torch.cuda.synchronize()
 
-    t0 = time.perf_counter()
-    one_step()
-    record["first_step_s"] = time.perf_counter() - t0
-    record["warmup_peak_rss_mib"] = hwm_bytes() / MIB
-    record["peak_reset"] = reset_peak_rss()
-    record["rss_after_trim_mib"] = rss_bytes() / MIB
-
-    if gpu:
+    def gpu_peak_reset():
         torch.cuda.reset_peak_memory_stats()
         record["rss_after_trim_mib"] = torch.cuda.memory_allocated() / MIB
-    record["times_s"], record["others_cpu_share"] = timed_steps(one_step, steps)
-    record["step_peak_rss_mib"] = hwm_bytes() / MIB
+
+    warm_up_and_time(one_step, steps, record, before_timed=gpu_peak_reset if gpu else None)
     if gpu:
         record["step_peak_rss_mib"] = torch.cuda.max_memory_allocated() / MIB
         record["device"] = torch.cuda.get_device_name()
@@ -452,22 +340,20 @@ def run_hf(
 
 
 def torch_matmul_peak_tflops(n: int | None = None, repeats: int = 10, device: str = "cpu") -> float:
-    """benchmark.matmul_peak_tflops's probe in torch: one float32 n x n matmul."""
+    """reformer_jax.profiling.matmul_peak_tflops's probe in torch: one float32 n x n matmul."""
     import torch
 
     gpu = device == "cuda"
     n = n or (8192 if gpu else 2048)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    a @ b
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+
+    def matmul() -> None:
         a @ b
         sync()
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e12
+
+    matmul()
+    return 2 * n**3 / profiling.time_steps(matmul, repeats).median / 1e12
 
 
 def run_check(length: int) -> dict[str, Any]:
@@ -482,6 +368,8 @@ def run_check(length: int) -> dict[str, Any]:
     from reformer_jax.model import ReformerLM, count_params
 
     jax.config.update("jax_default_matmul_precision", "highest")
+    # A sibling script: importable as the check runs as `python scripts/compare_peers.py`
+    # (spawn), which puts scripts/ first on sys.path.
     from make_hf_fixture import log_softmax, randomize
 
     torch.manual_seed(SEED)
@@ -560,13 +448,15 @@ def run_cell(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         load_avg_1min_after=load_average(),
         # Resetting the high-water mark also resets ru_maxrss: the whole cell's peak is
         # the larger of the two marks.
-        process_peak_rss_mib=max(process_peak_rss() / MIB, record["warmup_peak_rss_mib"]),
+        process_peak_rss_mib=max(
+            profiling.process_peak_rss_bytes() / MIB, record["warmup_peak_rss_mib"]
+        ),
         torch_imported="torch" in sys.modules,
         jax_imported="jax" in sys.modules,
     )
     record["step_s"] = statistics.median(record["times_s"])
     record["tokens_per_s"] = record["tokens"] / record["step_s"]
-    flops = flops_of(length, batch)
+    flops = model_flops(ours_config(length), batch, length)
     record["flops_train"] = flops["train"]
     record["flops_train_with_recompute"] = flops["train_with_recompute"]
     record["achieved_tflops"] = flops["train_with_recompute"] / record["step_s"] / 1e12

@@ -3,7 +3,7 @@
 Runs the script as a user would (`--impls ours`), which times our training
 step in a fresh subprocess (`--_cell ours:L`) at a tiny size, and checks the
 JSON record: the throughput is that of the timed steps, the FLOPs are
-benchmark.model_flops of the same model, the memory figures are ordered as
+reformer_jax.flops.model_flops of the same model, the memory figures are ordered as
 their definitions imply, and no process imported torch.
 """
 
@@ -16,6 +16,8 @@ import subprocess
 import sys
 
 import pytest
+
+from reformer_jax.flops import model_flops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
@@ -79,10 +81,9 @@ def test_ours_cell_record_is_consistent(record):
 def test_flops_are_model_flops_of_the_same_model(record):
     data, length, tokens, _, _ = record
     (cell,) = data["cells"]
-    benchmark = _load("benchmark")
     peers = _load("compare_peers")
     cfg = peers.ours_config(length)
-    flops = benchmark.model_flops(cfg, tokens // length, length)
+    flops = model_flops(cfg, tokens // length, length)
     assert cell["flops_train"] == flops["train"]
     assert cell["flops_train_with_recompute"] == flops["train_with_recompute"]
     assert flops["train_with_recompute"] > flops["train"]  # the reversible recomputation
