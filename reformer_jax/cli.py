@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import gin
 import jax
 
-from reformer_jax import checkpoints, trainer
+from reformer_jax import checkpoints, tasks, trainer
 from reformer_jax.config import ReformerConfig
 from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
 
@@ -53,14 +53,15 @@ def register_configurables() -> None:
     """Registers the configurables gin files may bind (idempotent).
 
     ReformerConfig (`ReformerConfig.<field> = ...`), the trainer
-    (`train.<argument> = ...`) and the dataset factories
-    (`train.dataset_fn = @duplication_dataset`).
+    (`train.<argument> = ...`), the tasks (`train.task = @LanguageModelTask()`)
+    and the dataset factories (`train.dataset_fn = @duplication_dataset`).
     """
     global _REGISTERED
     if _REGISTERED:
         return
     gin.external_configurable(ReformerConfig, name="ReformerConfig")
     gin.external_configurable(trainer.train, name="train")
+    gin.external_configurable(tasks.LanguageModelTask, name="LanguageModelTask")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
     gin.external_configurable(enwik8.enwik8_dataset, name="enwik8_dataset")
     gin.external_configurable(imagenet64.imagenet64_dataset, name="imagenet64_dataset")
@@ -141,6 +142,15 @@ def model_config() -> ReformerConfig:
         raise UsageError(f"bad model config: {_first_line(e)}") from None
     # Return a plain ReformerConfig, not gin's subclass, so configs compare and hash alike.
     return ReformerConfig(**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__})
+
+
+def task() -> tasks.Task:
+    """The task `train.task` names (with its gin bindings); next-token prediction if unbound.
+
+    Runs written before tasks existed bind none: they are language models.
+    """
+    ref = query("train.task")
+    return tasks.LanguageModelTask() if ref is None else ref.scoped_configurable_fn()
 
 
 def query(binding: str, default=None):

@@ -20,11 +20,9 @@ import os
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from reformer_jax import checkpoints, cli, evaluation, sharding
 from reformer_jax.data import DatasetError
-from reformer_jax.model import ReformerLM
 
 
 def _config_bindings(cfg) -> list[str]:
@@ -92,7 +90,8 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(f"{gin_files[0]} binds no train.dataset_fn")
     dataset_fn = dataset_ref.scoped_configurable_fn  # the factory with its gin bindings
     params, step = run.params, run.step
-    abstract = _abstract_params(cfg)
+    task = cli.task()
+    abstract = jax.eval_shape(lambda: task.init_params(task.model(cfg), jax.random.key(0), cfg))
     try:
         checkpoints.check_params_fit(params, abstract, f"checkpoint step {step}")
     except checkpoints.CheckpointError as e:
@@ -107,6 +106,7 @@ def main(argv: Sequence[str]) -> None:
         seed=cli.query("train.seed", 0),
         mesh=mesh,
         split=args.split,
+        task=task,
     )
     try:
         variants = (
@@ -127,11 +127,6 @@ def main(argv: Sequence[str]) -> None:
     else:
         print(f"checkpoint step {step} of {args.workdir}")
         print(evaluation.format_eval_table(results))
-
-
-def _abstract_params(cfg):
-    tokens = jnp.zeros((1, cfg.max_len), jnp.int32)
-    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
 
 
 if __name__ == "__main__":

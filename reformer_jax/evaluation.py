@@ -1,8 +1,9 @@
 """Evaluation: loss sums without dropout, the compiled Evaluator, the paper's Table 2 variants.
 
-    eval_step(params, batch, key, *, model) -> loss sums
-    Evaluator(cfg, dataset_fn, *, batch_size, eval_batches, seed, mesh, split="eval")
-        evaluator(params) -> {"loss", "accuracy", "bits_per_token"}   (compiled once)
+    eval_step(params, batch, key, *, model, task) -> the task's loss sums
+    Evaluator(cfg, dataset_fn, *, batch_size, eval_batches, seed, mesh, split="eval", task)
+        evaluator(params) -> the task's metrics, e.g. {"loss", "accuracy", "bits_per_token"}
+        (compiled once)
     eval_variant_config(cfg, "full" | "lsh-N") -> (config, column label)
     format_eval_table({label: metrics}) -> a markdown table
 
@@ -15,32 +16,24 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reformer_jax import kinds
 from reformer_jax.config import ReformerConfig
-from reformer_jax.metrics import summarize
-from reformer_jax.model import ReformerLM
 from reformer_jax.sharding import shard_batch
+from reformer_jax.tasks import LanguageModelTask, Task
+
+LM_TASK = LanguageModelTask()
 
 
-def loss_sums(model, params, batch, key, deterministic):
-    """The model's next-token loss sums {"nll", "correct", "weight"} on `batch`."""
-    return model.apply(
-        {"params": params},
-        batch["tokens"],
-        key=key,
-        deterministic=deterministic,
-        weights=batch["weights"],
-        output="loss",
-    )
-
-
-def eval_step(params: Any, batch: dict, key: jax.Array, *, model: ReformerLM) -> dict:
-    """Loss sums of a batch without dropout (hashing still uses `key`)."""
-    return loss_sums(model, params, batch, key, deterministic=True)
+def eval_step(
+    params: Any, batch: dict, key: jax.Array, *, model: nn.Module, task: Task = LM_TASK
+) -> dict:
+    """The task's loss sums of a batch without dropout (hashing still uses `key`)."""
+    return task.loss_sums(model, params, batch, key, deterministic=True)
 
 
 def eval_variant_config(cfg: ReformerConfig, variant: str) -> tuple[ReformerConfig, str]:
@@ -81,6 +74,7 @@ class Evaluator:
         seed: int,
         mesh: Mesh,
         split: str = "eval",
+        task: Task = LM_TASK,
     ):
         self.cfg, self.dataset_fn, self.split = cfg, dataset_fn, split
         self.batch_size, self.eval_batches, self.seed, self.mesh = (
@@ -90,13 +84,18 @@ class Evaluator:
             mesh,
         )
         self.traces = 0
-        model = ReformerLM(cfg)
+        self.task = task
+        model = task.model(cfg)
         replicated = NamedSharding(mesh, PartitionSpec())
 
         def step(params, batch, index):
             self.traces += 1  # runs only while tracing
             return eval_step(
-                params, batch, jax.random.fold_in(jax.random.key(seed), index), model=model
+                params,
+                batch,
+                jax.random.fold_in(jax.random.key(seed), index),
+                model=model,
+                task=task,
             )
 
         self._step = jax.jit(step, out_shardings=replicated)
@@ -106,11 +105,13 @@ class Evaluator:
             split=self.split, batch_size=self.batch_size, seq_len=self.cfg.max_len, seed=self.seed
         )
         batches = itertools.islice(data, self.eval_batches) if self.eval_batches else data
-        totals = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
+        totals: dict[str, float] = {}
         for i, batch in enumerate(batches):
             sums = jax.device_get(self._step(params, shard_batch(batch, self.mesh), np.int32(i)))
-            totals = {k: totals[k] + float(sums[k]) for k in totals}
-        return summarize(totals)
+            totals = {k: totals.get(k, 0.0) + float(v) for k, v in sums.items()}
+        if not totals:
+            totals = {"nll": 0.0, "correct": 0.0, "weight": 0.0}
+        return self.task.summarize(totals)
 
 
 def format_eval_table(results: dict[str, dict[str, float]]) -> str:

@@ -26,16 +26,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from reformer_jax import checkpoints, evaluation, metrics, optim
+from reformer_jax import checkpoints, metrics, optim
 from reformer_jax.config import ReformerConfig
-from reformer_jax.evaluation import Evaluator, eval_variant_config, format_eval_table
-from reformer_jax.model import ReformerLM
+from reformer_jax.evaluation import LM_TASK, Evaluator, eval_variant_config, format_eval_table
 from reformer_jax.sharding import make_mesh, shard_batch
+from reformer_jax.tasks import Task, TaskError
 
 log = logging.getLogger("reformer_jax")
 
@@ -64,22 +65,24 @@ def train_step(
     batch: dict,
     key: jax.Array,
     *,
-    model: ReformerLM,
+    model: nn.Module,
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule,
     grad_accum_steps: int = 1,
+    task: Task = LM_TASK,
 ) -> tuple[TrainState, dict]:
-    """One optimizer update on `batch` (tokens, weights: [b, l]).
+    """One optimizer update of `task`'s loss on `batch` (the arrays task.batch_keys names).
 
     The step key is fold_in(key, step). With grad_accum_steps = k the batch is
     split into k micro-batches whose gradients are summed in a scan, so memory
-    is that of b / k sequences. Metrics are sums (normalised on the host).
+    is that of b / k sequences. Metrics are the task's sums (normalised on the
+    host) and the gradient and parameter norms.
     """
     step_key = jax.random.fold_in(key, state.step)
 
     def grads_of(micro, k):
         def loss_fn(params):
-            sums = evaluation.loss_sums(model, params, micro, k, deterministic=False)
+            sums = task.loss_sums(model, params, micro, k, deterministic=False)
             return sums["nll"], sums
 
         return jax.grad(loss_fn, has_aux=True)(state.params)
@@ -96,17 +99,18 @@ def train_step(
             g, s = grads_of(mb, jax.random.fold_in(step_key, i))
             return jax.tree_util.tree_map(jnp.add, acc, (g, s)), None
 
-        zero_sums = {"nll": jnp.float32(0), "correct": jnp.float32(0), "weight": jnp.float32(0)}
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, (state.params, zero_sums))
+        first = jax.tree_util.tree_map(lambda x: x[0], micro)
+        sums_shape = jax.eval_shape(lambda: grads_of(first, step_key)[1])
+        zeros = jax.tree_util.tree_map(
+            lambda s: jnp.zeros(s.shape, s.dtype), (state.params, sums_shape)
+        )
         (nll_grads, sums), _ = jax.lax.scan(body, zeros, (jnp.arange(grad_accum_steps), micro))
-    # The loss is the mean NLL over weighted tokens of the whole batch.
+    # The loss is the mean NLL over the scored items (weighted tokens, examples) of the batch.
     grads = jax.tree_util.tree_map(lambda g: g / jnp.maximum(sums["weight"], 1.0), nll_grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics_ = {
-        "nll": sums["nll"],
-        "correct": sums["correct"],
-        "weight": sums["weight"],
+        **sums,
         "grad_norm": optax.tree.norm(grads),
         "param_norm": optax.tree.norm(params),
         "learning_rate": schedule(state.step),
@@ -144,11 +148,14 @@ def train(
     init_checkpoint: str | None = None,
     steps_ahead: int = 2,
     progress: bool = True,
+    task: Task | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Trains `model_config` on `dataset_fn` batches; returns the final eval metrics.
+    """Trains `model_config` for `task` on `dataset_fn` batches; returns the final eval metrics.
 
-    dataset_fn(split=, batch_size=, seq_len=, seed=) returns an iterator of
-    global {"tokens", "weights"} numpy batches with get_state/set_state.
+    task: what is learned (reformer_jax/tasks.py); default next-token
+    prediction (LanguageModelTask). dataset_fn(split=, batch_size=, seq_len=,
+    seed=) returns an iterator of global numpy batches holding the task's
+    `batch_keys` (an LM: {"tokens", "weights"}), with get_state/set_state.
     init_checkpoint: a workdir (or checkpoint directory) whose parameters
     start a new run (fine-tuning); see reformer_jax/checkpoints.py for the
     restore order. steps_ahead: how many steps may be dispatched before the
@@ -156,6 +163,11 @@ def train(
     ("full", "lsh-1", ...: the paper's Table 2 row), printed as a table.
     """
     cfg = model_config
+    task = LM_TASK if task is None else task
+    try:
+        task.check(cfg)
+    except TaskError as e:
+        raise TrainingError(str(e)) from None
     mesh = make_mesh()
     _check_train_args(
         cfg,
@@ -178,8 +190,8 @@ def train(
         clip_norm=clip_norm,
     )
     train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
-    model, primary = ReformerLM(cfg), jax.process_index() == 0
-    init_state, abstract = _state_factory(model, opt, cfg, seed, mesh)
+    model, primary = task.model(cfg), jax.process_index() == 0
+    init_state, abstract = _state_factory(task, model, opt, cfg, seed, mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
     state, extra = checkpoints.restore_train_state(
         ckpt, abstract, init_state, init_checkpoint=init_checkpoint
@@ -188,8 +200,10 @@ def train(
         train_data.set_state(extra["data"])
         if extra.get("seed", seed) != seed:
             log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
-    step_fn = _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh)
-    eval_kw = dict(batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh)
+    step_fn = _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh)
+    eval_kw = dict(
+        batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh, task=task
+    )
     evaluate = Evaluator(cfg, dataset_fn, **eval_kw)
     # No train-state checkpoint: any metrics.jsonl is from a run killed before its first one.
     truncate_to = extra.get("metrics_bytes", 0)
@@ -198,7 +212,13 @@ def train(
     meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
     try:
         for step in range(int(state.step), steps):
-            state, step_metrics = step_fn(state, shard_batch(next(train_data), mesh))
+            batch = next(train_data)
+            if step == int(state.step) or step == 0:
+                try:
+                    task.check_batch(batch)
+                except TaskError as e:
+                    raise TrainingError(str(e)) from None
+            state, step_metrics = step_fn(state, shard_batch(batch, mesh))
             done = step + 1
             meter.dispatched(done, step_metrics)
             last, save = done == steps, done % checkpoint_every == 0 or done == steps
@@ -238,21 +258,15 @@ def _check_train_args(cfg: ReformerConfig, mesh: Mesh, **values: int) -> None:
             f"batch_size={values['batch_size']} must be divisible by devices ({n_dev}) x "
             f"grad_accum_steps ({accum})."
         )
-    if not cfg.causal:
-        # Next-token targets with bidirectional attention let each position see its answer.
-        raise TrainingError(
-            "ReformerConfig.causal=False cannot be trained: the objective is next-token "
-            "prediction, which bidirectional attention solves by copying; set causal=True."
-        )
 
 
-def _state_factory(model, opt, cfg, seed, mesh):
+def _state_factory(task, model, opt, cfg, seed, mesh):
     """fresh_state(params, step) for the restore order, and the state's abstract shapes."""
     init_key = jax.random.split(jax.random.key(seed))[0]
     replicated = NamedSharding(mesh, PartitionSpec())
 
     def init_params():
-        return model.init(init_key, jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
+        return task.init_params(model, init_key, cfg)
 
     def make(params, step):
         return TrainState.create(params, opt, step)
@@ -269,7 +283,7 @@ def _state_factory(model, opt, cfg, seed, mesh):
     return fresh_state, abstract
 
 
-def _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh):
+def _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh):
     """The compiled step (state, global batch) -> (state, metrics), state donated."""
     replicated = NamedSharding(mesh, PartitionSpec())
     data = NamedSharding(mesh, PartitionSpec("data"))
@@ -286,6 +300,7 @@ def _jit_train_step(model, opt, lr, seed, grad_accum_steps, mesh):
             optimizer=opt,
             schedule=lr,
             grad_accum_steps=grad_accum_steps,
+            task=task,
         )
 
     return jax.jit(
