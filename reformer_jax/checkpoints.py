@@ -42,7 +42,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig
 
 log = logging.getLogger("reformer_jax")
 
@@ -66,9 +66,11 @@ def config_to_json(config: ReformerConfig) -> dict:
 
 
 def config_from_json(data: dict) -> ReformerConfig:
-    # JSON lists become tuples in ReformerConfig.__post_init__.
+    # JSON lists become tuples in ReformerConfig.__post_init__. Checkpoints
+    # written before RunSettings held its fields in the model config: how
+    # that run stepped is not part of the model, so they are dropped.
     known = {f.name for f in dataclasses.fields(ReformerConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known - set(LEGACY_RUN_FIELDS))
     if unknown:
         log.warning("checkpoint config has fields this version does not know: %s", unknown)
     return ReformerConfig(**{k: v for k, v in data.items() if k in known})

@@ -23,14 +23,16 @@ import argparse
 import importlib.resources
 import logging
 import os
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import gin
 import jax
 
 from reformer_jax import checkpoints, tasks, trainer
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig, RunSettings
 from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
 
 _REGISTERED = False
@@ -60,6 +62,7 @@ def register_configurables() -> None:
     if _REGISTERED:
         return
     gin.external_configurable(ReformerConfig, name="ReformerConfig")
+    gin.external_configurable(RunSettings, name="RunSettings")
     gin.external_configurable(trainer.train, name="train")
     gin.external_configurable(tasks.LanguageModelTask, name="LanguageModelTask")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
@@ -118,6 +121,8 @@ def parse_gin(
     gin.clear_config()
     for path in files:
         gin.add_config_file_search_path(os.path.dirname(os.path.abspath(path)))
+    files = [_modernise_file(p) for p in files]
+    params = [_modernise(p, "--gin_param") for p in params]
     for path in search_paths:
         if not os.path.isdir(path):
             raise UsageError(f"--gin_search_paths: {path} is not a directory")
@@ -133,6 +138,40 @@ def parse_gin(
         logging.disable(logging.NOTSET)
 
 
+_LEGACY_BINDING = re.compile(r"\bReformerConfig\.(" + "|".join(LEGACY_RUN_FIELDS) + r")\b")
+
+
+def _modernise(text: str, where: str) -> str:
+    """Bindings of the execution settings ReformerConfig once held, as RunSettings bindings."""
+    names = sorted(set(_LEGACY_BINDING.findall(text)))
+    if names:
+        log.warning(
+            "%s: ReformerConfig.%s is now RunSettings.%s (how a step runs, not part of the "
+            "model); read as such",
+            where,
+            names[0],
+            names[0],
+        )
+    return _LEGACY_BINDING.sub(r"RunSettings.\1", text)
+
+
+def _modernise_file(path: str) -> str:
+    """`path`, or a rewritten copy of it when it binds ReformerConfig's former run settings
+    (a run's config.gin written before RunSettings existed)."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return path  # gin reports it
+    new = _modernise(text, path)
+    if new == text:
+        return path
+    copy = os.path.join(tempfile.mkdtemp(prefix="reformer_jax_gin_"), os.path.basename(path))
+    with open(copy, "w") as f:
+        f.write(new)
+    return copy
+
+
 def model_config() -> ReformerConfig:
     """The ReformerConfig the parsed gin config describes."""
     register_configurables()
@@ -142,6 +181,13 @@ def model_config() -> ReformerConfig:
         raise UsageError(f"bad model config: {_first_line(e)}") from None
     # Return a plain ReformerConfig, not gin's subclass, so configs compare and hash alike.
     return ReformerConfig(**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__})
+
+
+def run_settings() -> RunSettings:
+    """The RunSettings `train.run_settings` names (default: none set: plain steps)."""
+    ref = query("train.run_settings")
+    # Unbound (runs from before RunSettings): its own bindings still apply.
+    return gin.get_configurable("RunSettings")() if ref is None else ref.scoped_configurable_fn()
 
 
 def task() -> tasks.Task:

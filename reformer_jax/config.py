@@ -1,9 +1,14 @@
 """ReformerConfig: everything that shapes a Reformer stack, in groups.
 
-Fields are grouped as the class lists them: shape, LSH attention
-(`chunk_len`, `n_chunks_before`, ... as in the paper's §2), local attention
-(the same names with a `local_` prefix), positions, dropout, and execution
-settings that change how a step runs but not what it computes.
+    ReformerConfig     what the model is (saved with every checkpoint)
+    RunSettings        how a step runs: chunk sizes and rematerialisation, which
+                       change memory and speed but not what is computed (a
+                       setting of each run, never saved as the model's identity)
+    LEGACY_RUN_FIELDS  the RunSettings fields older ReformerConfigs held
+
+ReformerConfig's fields are grouped as the class lists them: shape, LSH
+attention (`chunk_len`, `n_chunks_before`, ... as in the paper's §2), local
+attention (the same names with a `local_` prefix), positions, dropout.
 """
 
 from __future__ import annotations
@@ -72,11 +77,6 @@ class ReformerConfig:
     # Dropout.
     dropout: float = 0.0
     attention_dropout: float | None = None  # None: same as dropout
-    # Execution: how a step runs, not what the model computes (none changes a result).
-    ff_chunk_size: int | None = None
-    attention_head_chunk: int | None = None  # heads per step; None = all at once
-    loss_chunk_size: int | None = None
-    remat: bool = False
 
     def __post_init__(self):
         # Sequences given as lists (gin, JSON) become tuples so the config hashes.
@@ -126,19 +126,6 @@ class ReformerConfig:
             raise ValueError(
                 f"ff_activation={self.ff_activation!r}; use one of {sorted(ACTIVATIONS)}."
             )
-        if self.attention_head_chunk is not None and (
-            not isinstance(self.attention_head_chunk, int)
-            or self.attention_head_chunk <= 0
-            or self.n_heads % self.attention_head_chunk
-        ):
-            raise ValueError(
-                f"attention_head_chunk={self.attention_head_chunk!r} must be a positive divisor "
-                f"of n_heads={self.n_heads} (or None for all heads at once)."
-            )
-        for name in ("ff_chunk_size", "loss_chunk_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive int or None, got {value!r}.")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}.")
@@ -197,3 +184,46 @@ class ReformerConfig:
 
     def replace(self, **changes) -> ReformerConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How a step runs; none of these changes a result beyond float rounding.
+
+    ff_chunk_size: positions per chunk of the position-wise parts (the
+      feed-forward, the attention projections, cross-attention queries);
+      None = the whole sequence at once (paper §3, "Chunking").
+    loss_chunk_size: positions per chunk of the LM head's logits and loss.
+    attention_head_chunk: heads per step of the attention; None = all at once.
+    remat: with a non-reversible stack, rematerialise each layer group in the
+      backward pass.
+    """
+
+    ff_chunk_size: int | None = None
+    loss_chunk_size: int | None = None
+    attention_head_chunk: int | None = None
+    remat: bool = False
+
+    def __post_init__(self):
+        for name in ("ff_chunk_size", "loss_chunk_size", "attention_head_chunk"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            ):
+                raise ValueError(
+                    f"RunSettings.{name} must be a positive int or None, got {value!r}."
+                )
+        if not isinstance(self.remat, bool):
+            raise ValueError(f"RunSettings.remat must be True or False, got {self.remat!r}.")
+
+    def check(self, cfg: ReformerConfig) -> None:
+        """Errors for settings that do not fit the model `cfg`."""
+        h = self.attention_head_chunk
+        if h is not None and cfg.n_heads % h:
+            raise ValueError(
+                f"RunSettings.attention_head_chunk={h} must divide n_heads={cfg.n_heads} (or be "
+                "None for all heads at once)."
+            )
+
+
+LEGACY_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSettings))

@@ -107,6 +107,7 @@ def main(argv: Sequence[str]) -> None:
         mesh=mesh,
         split=args.split,
         task=task,
+        run=cli.run_settings(),
     )
     try:
         variants = (

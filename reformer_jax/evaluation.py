@@ -1,7 +1,7 @@
 """Evaluation: loss sums without dropout, the compiled Evaluator, the paper's Table 2 variants.
 
     eval_step(params, batch, key, *, model, task) -> the task's loss sums
-    Evaluator(cfg, dataset_fn, *, batch_size, eval_batches, seed, mesh, split="eval", task)
+    Evaluator(cfg, dataset_fn, *, batch_size, eval_batches, seed, mesh, split="eval", task, run)
         evaluator(params) -> the task's metrics, e.g. {"loss", "accuracy", "bits_per_token"}
         (compiled once)
     eval_variant_config(cfg, "full" | "lsh-N") -> (config, column label)
@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reformer_jax import kinds
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.sharding import shard_batch
 from reformer_jax.tasks import LanguageModelTask, Task
 
@@ -75,6 +75,7 @@ class Evaluator:
         mesh: Mesh,
         split: str = "eval",
         task: Task = LM_TASK,
+        run: RunSettings | None = None,
     ):
         self.cfg, self.dataset_fn, self.split = cfg, dataset_fn, split
         self.batch_size, self.eval_batches, self.seed, self.mesh = (
@@ -85,7 +86,7 @@ class Evaluator:
         )
         self.traces = 0
         self.task = task
-        model = task.model(cfg)
+        model = task.model(cfg, run)
         replicated = NamedSharding(mesh, PartitionSpec())
 
         def step(params, batch, index):

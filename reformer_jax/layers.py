@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from reformer_jax import attention, kinds
 from reformer_jax.chunked import positionwise, scan_head_chunks
+from reformer_jax.config import RunSettings
 
 Array = jax.Array
 # "gelu" is the tanh approximation (trax's and jax's default); "gelu_exact" the
@@ -142,6 +143,7 @@ class AttentionHalf(nn.Module):
 
     cfg: Any  # reformer_jax.config.ReformerConfig
     kind: str
+    run: RunSettings = RunSettings()
 
     def setup(self):
         cfg = self.cfg
@@ -205,11 +207,11 @@ class AttentionHalf(nn.Module):
         hash_key = keys[HASH] if hash_key is None else hash_key
         kind = self.attention_kind
 
-        # Position-wise parts run over the sequence in chunks of cfg.ff_chunk_size
+        # Position-wise parts run over the sequence in chunks of run.ff_chunk_size
         # (`positionwise`): the LayerNorm and the q/k/v projections of a head chunk,
         # and the output projection with its dropout. Only the attention itself
         # sees the whole sequence, one head chunk at a time.
-        eps, c = cfg.layer_norm_eps, cfg.ff_chunk_size
+        eps, c = cfg.layer_norm_eps, self.run.ff_chunk_size
 
         def project(p, xc, _):  # xc: [b, c, m] -> q, k (or None), v: [b, c, a, d]
             hc = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], eps).astype(dtype)
@@ -236,7 +238,7 @@ class AttentionHalf(nn.Module):
             )
             return jnp.swapaxes(out, 1, 2), new_buckets
 
-        per_chunk = cfg.attention_head_chunk or heads
+        per_chunk = self.run.attention_head_chunk or heads
         if per_chunk >= heads:
             out, new_buckets = heads_out(wq, wk, wv, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
@@ -294,11 +296,12 @@ class CrossAttentionHalf(nn.Module):
     (an encoder's memory [b, t, m], not normalised again: the encoder ends
     with its own LayerNorm). Attention is full over the context (paper §5's
     translation model uses dense encoder-decoder attention, as trax's
-    EncDecAttention) and runs over chunks of cfg.ff_chunk_size queries, so
+    EncDecAttention) and runs over chunks of run.ff_chunk_size queries, so
     only one chunk's [b, h, c, t] logits are alive.
     """
 
     cfg: Any
+    run: RunSettings = RunSettings()
 
     @nn.compact
     def __call__(self, x: Array, context: dict, key: Array, *, deterministic: bool = True):
@@ -339,20 +342,21 @@ class CrossAttentionHalf(nn.Module):
             )
             return dropout(y.astype(dtype), cfg.dropout, k_out, deterministic)
 
-        return positionwise(chunk, cfg.ff_chunk_size, p, (x,), keys[OUT_DROPOUT])
+        return positionwise(chunk, self.run.ff_chunk_size, p, (x,), keys[OUT_DROPOUT])
 
 
 class FeedForwardHalf(nn.Module):
     """G of a reversible block: LayerNorm -> Dense(d_ff) -> dropout -> act -> Dense -> dropout.
 
     Dropout sits before the activation, as in trax (docs/algorithm.md §4). With
-    `cfg.ff_chunk_size`, the sequence is processed in chunks by `positionwise`
+    `run.ff_chunk_size`, the sequence is processed in chunks by `positionwise`
     (recomputed in the backward pass), so only one chunk's [b, c, f]
     activation is alive in the forward or the backward pass. Each chunk draws its dropout mask from
     fold_in(key, chunk index), so masks depend on the chunk size.
     """
 
     cfg: Any
+    run: RunSettings = RunSettings()
 
     @nn.compact
     def __call__(self, x: Array, key: Array, *, deterministic: bool = True) -> Array:
@@ -378,4 +382,5 @@ class FeedForwardHalf(nn.Module):
             h = jnp.einsum("bcf,fm->bcm", h, p["w2"].astype(dtype)) + p["b2"].astype(dtype)
             return dropout(h, cfg.dropout, k2, deterministic)
 
-        return positionwise(block, cfg.ff_chunk_size, params, (x,), layer_keys(key)[FF_DROPOUT])
+        ff_key = layer_keys(key)[FF_DROPOUT]
+        return positionwise(block, self.run.ff_chunk_size, params, (x,), ff_key)

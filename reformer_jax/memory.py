@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax import cli, optim, profiling
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.model import count_params
 
 GIB = 2**30
@@ -46,8 +46,10 @@ def plan(
     seq_len: int | None = None,
     optimizer: str = "adam",
     grad_accum_steps: int = 1,
+    run: RunSettings | None = None,
 ) -> dict[str, int]:
-    """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens."""
+    """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens,
+    run with `run` (chunk sizes, remat)."""
     # Shapes only: nothing is allocated or run. The learning-rate schedule does
     # not change memory; the optimizer's state does.
     setup = profiling.train_setup(
@@ -57,6 +59,7 @@ def plan(
         optimizer=optimizer,
         grad_accum_steps=grad_accum_steps,
         abstract=True,
+        run=run,
     )
     setup.compile()
     # The donated state aliases the new state, so the live total is arguments
@@ -137,6 +140,7 @@ def main(argv) -> None:
         seq_len=seq_len,
         optimizer=args.optimizer,
         grad_accum_steps=cli.query("train.grad_accum_steps", 1),
+        run=cli.run_settings(),
     )
     if args.json:
         print(json.dumps(result))

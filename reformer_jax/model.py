@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from reformer_jax import attention, kinds, layers, reversible
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.heads import LMHead, shift_right
 from reformer_jax.positions import AxialPositionalEmbedding, sinusoidal_positions
 
@@ -34,6 +34,7 @@ __all__ = [
     "ReformerConfig",
     "ReformerLM",
     "ReformerStack",
+    "RunSettings",
     "bits_per_token",
     "block_names",
     "count_params",
@@ -68,20 +69,22 @@ class ReformerStack(nn.Module):
     dropout: layer i of a call uses fold_in(key's blocks part, i). Without a
     key, hashing uses a fixed key (evaluation is then deterministic).
     `n_hashes` overrides the config's hash rounds for this call (the paper's
-    Table 2).
+    Table 2). `run` says how the step runs (chunk sizes, remat), which does
+    not change what it computes.
     """
 
     cfg: ReformerConfig
+    run: RunSettings = RunSettings()
 
     def halves(self):
         """Per cycle position, the detached (attention, cross-attention | None, feed-forward)
         modules whose `apply` is a pure function of that layer's parameters."""
-        cfg = self.cfg
+        cfg, run = self.cfg, self.run
         return [
             (
-                layers.AttentionHalf(cfg, kind, parent=None),
-                layers.CrossAttentionHalf(cfg, parent=None) if cfg.cross_attention else None,
-                layers.FeedForwardHalf(cfg, parent=None),
+                layers.AttentionHalf(cfg, kind, run, parent=None),
+                layers.CrossAttentionHalf(cfg, run, parent=None) if cfg.cross_attention else None,
+                layers.FeedForwardHalf(cfg, run, parent=None),
             )
             for kind in cfg.attention_kinds
         ]
@@ -247,7 +250,7 @@ class ReformerStack(nn.Module):
             x,
             (blocks_key, hash_base),
             reversible=cfg.reversible,
-            remat=cfg.remat,
+            remat=self.run.remat,
             buckets=stacked_buckets,
             return_buckets=True,
             cs=cs,
@@ -322,13 +325,14 @@ class ReformerLM(nn.Module):
 
     The stack's parameters sit at the top level (shared scope) and the head's
     under `head`, so checkpoints written before the stack and the head were
-    separate modules load unchanged.
+    separate modules load unchanged. `run`: how a step runs (RunSettings).
     """
 
     cfg: ReformerConfig
+    run: RunSettings = RunSettings()
 
     def setup(self):
-        self.stack = ReformerStack(self.cfg)
+        self.stack = ReformerStack(self.cfg, self.run)
         nn.share_scope(self, self.stack)
         self.head = LMHead(self.cfg)
 
@@ -350,7 +354,7 @@ class ReformerLM(nn.Module):
         output="log_probs": float32 [b, l, v]; "hidden": [b, l, 2m] before the
         head; "loss": float32 sums {"nll", "correct", "weight"} of the
         next-token loss weighted by `weights` [b, l] (default all ones),
-        computed in cfg.loss_chunk_size chunks so [b, l, v] logits are never
+        computed in run.loss_chunk_size chunks so [b, l, v] logits are never
         alive at once. `mask` (bool [b, l], True = real token) hides padding
         keys from attention. See `LMHead` for the shift and
         `ReformerStack.__call__` for `buckets`.
@@ -383,7 +387,7 @@ class ReformerLM(nn.Module):
                 tokens,
                 weights,
                 head_key,
-                loss_chunk_size=self.cfg.loss_chunk_size,
+                loss_chunk_size=self.run.loss_chunk_size,
                 deterministic=deterministic,
             )
         return (result, used) if return_buckets else result

@@ -285,8 +285,9 @@ def train_setup(
     grad_accum_steps: int = 1,
     seed: int = 0,
     abstract: bool = False,
+    run: Any = None,
 ) -> TrainSetup:
-    """The training step of ReformerLM(cfg) on [batch_size, seq_len] tokens
+    """The training step of ReformerLM(cfg, run) on [batch_size, seq_len] tokens
     (default max_len): `optimizer` with a constant `learning_rate`, the state from
     init_train_state(seed), uniformly random tokens (numpy default_rng(seed)) with
     unit weights, and key(1). abstract=True: state, batch and key are shapes only,
@@ -297,10 +298,10 @@ def train_setup(
     import numpy as np
 
     from reformer_jax import optim
-    from reformer_jax.model import ReformerLM
+    from reformer_jax.model import ReformerLM, RunSettings
 
     seq_len = cfg.max_len if seq_len is None else seq_len
-    model = ReformerLM(cfg)
+    model = ReformerLM(cfg, RunSettings() if run is None else run)
     schedule = optim.make_schedule("constant", learning_rate=learning_rate, warmup_steps=0)
     opt = optim.make_optimizer(optimizer, schedule=schedule)
     state = init_train_state(model, opt, seq_len, seed, abstract=abstract)

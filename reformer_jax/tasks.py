@@ -7,7 +7,7 @@ take one and know nothing of next-token prediction; gin selects it
 
     Task.batch_keys                     the arrays of a batch, each [b, ...]
     Task.check(cfg)                     refuses a model config the task cannot train
-    Task.model(cfg) -> nn.Module        the network with the task's head
+    Task.model(cfg, run) -> nn.Module   the network with the task's head
     Task.init_params(model, key, cfg)   its fresh parameters
     Task.loss_sums(model, params, batch, key, *, deterministic)
         -> float32 sums {"nll", "correct", "weight", ...} inside the jitted step
@@ -28,7 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.metrics import summarize
 from reformer_jax.model import ReformerLM
 
@@ -47,7 +47,8 @@ class Task:
     def check(self, cfg: ReformerConfig) -> None:
         """Raises TaskError when the task cannot train a model of `cfg`."""
 
-    def model(self, cfg: ReformerConfig) -> nn.Module:
+    def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
+        """The network with the task's head; `run` says how its steps run (default: plainly)."""
         raise NotImplementedError
 
     def init_params(self, model: nn.Module, key: Array, cfg: ReformerConfig) -> Any:
@@ -93,8 +94,8 @@ class LanguageModelTask(Task):
                 "prediction with bidirectional attention is solved by copying; set causal=True."
             )
 
-    def model(self, cfg: ReformerConfig) -> nn.Module:
-        return ReformerLM(cfg)
+    def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
+        return ReformerLM(cfg, run or RunSettings())
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         return model.apply(

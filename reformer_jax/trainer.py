@@ -33,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from reformer_jax import checkpoints, metrics, optim
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.evaluation import LM_TASK, Evaluator, eval_variant_config, format_eval_table
 from reformer_jax.sharding import make_mesh, shard_batch
 from reformer_jax.tasks import Task, TaskError
@@ -149,13 +149,16 @@ def train(
     steps_ahead: int = 2,
     progress: bool = True,
     task: Task | None = None,
+    run_settings: RunSettings | None = None,
 ) -> dict[str, dict[str, float]]:
     """Trains `model_config` for `task` on `dataset_fn` batches; returns the final eval metrics.
 
     task: what is learned (reformer_jax/tasks.py); default next-token
-    prediction (LanguageModelTask). dataset_fn(split=, batch_size=, seq_len=,
-    seed=) returns an iterator of global numpy batches holding the task's
-    `batch_keys` (an LM: {"tokens", "weights"}), with get_state/set_state.
+    prediction (LanguageModelTask). run_settings: how each step runs (chunk
+    sizes, remat; reformer_jax/config.py), not saved with the model.
+    dataset_fn(split=, batch_size=, seq_len=, seed=) returns an iterator of
+    global numpy batches holding the task's `batch_keys` (an LM: {"tokens",
+    "weights"}), with get_state/set_state.
     init_checkpoint: a workdir (or checkpoint directory) whose parameters
     start a new run (fine-tuning); see reformer_jax/checkpoints.py for the
     restore order. steps_ahead: how many steps may be dispatched before the
@@ -164,9 +167,11 @@ def train(
     """
     cfg = model_config
     task = LM_TASK if task is None else task
+    run = RunSettings() if run_settings is None else run_settings
     try:
         task.check(cfg)
-    except TaskError as e:
+        run.check(cfg)
+    except (TaskError, ValueError) as e:
         raise TrainingError(str(e)) from None
     mesh = make_mesh()
     _check_train_args(
@@ -190,7 +195,7 @@ def train(
         clip_norm=clip_norm,
     )
     train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
-    model, primary = task.model(cfg), jax.process_index() == 0
+    model, primary = task.model(cfg, run), jax.process_index() == 0
     init_state, abstract = _state_factory(task, model, opt, cfg, seed, mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
     state, extra = checkpoints.restore_train_state(
@@ -202,7 +207,12 @@ def train(
             log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
     step_fn = _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh)
     eval_kw = dict(
-        batch_size=batch_size, eval_batches=eval_batches, seed=seed, mesh=mesh, task=task
+        batch_size=batch_size,
+        eval_batches=eval_batches,
+        seed=seed,
+        mesh=mesh,
+        task=task,
+        run=run,
     )
     evaluate = Evaluator(cfg, dataset_fn, **eval_kw)
     # No train-state checkpoint: any metrics.jsonl is from a run killed before its first one.

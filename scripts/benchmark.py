@@ -304,12 +304,13 @@ def bench_step(args: argparse.Namespace) -> None:
         "dtype": cfg.dtype,
     }
     print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
-    plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum)
+    run = cli.run_settings()
+    plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
     result["planner_total_gib"] = plan["total_bytes"] / GIB
     result["planner_temp_gib"] = plan["temp_bytes"] / GIB
     result["n_params"] = plan["n_params"]
 
-    setup = profiling.train_setup(cfg, batch_size=batch_size, grad_accum_steps=grad_accum)
+    setup = profiling.train_setup(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
     result["compile_s"] = setup.compile()
     result["rss_before_step_gib"] = profiling.rss_bytes() / GIB
     progress = lambda i: print(f"[bench] step {i + 1} of {1 + args.steps} ...", file=sys.stderr)

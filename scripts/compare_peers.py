@@ -101,7 +101,7 @@ def n_buckets(length: int) -> int | tuple[int, ...]:
     return n if isinstance(n, int) else tuple(n)
 
 
-# Our speed knobs (ReformerConfig fields; None = all heads / the whole
+# Our speed knobs (RunSettings fields; None = all heads / the whole
 # sequence at once). Two heads at a time and 256-token feed-forward and loss
 # chunks: at L = 1K, XLA's temporaries drop from 1,047 MiB (all None) to 626
 # MiB for ~5% more time (docs/benchmarks.md). OURS_KNOBS may override them
@@ -143,8 +143,8 @@ def ours_knobs(
     return {**knobs, **(overrides or {}).get(str(length), {})}
 
 
-def ours_config(length: int, knobs: dict[str, Any] | None = None, **overrides):
-    from reformer_jax.model import ReformerConfig
+def ours_config(length: int, **overrides):
+    from reformer_jax.config import ReformerConfig
 
     fields = dict(
         vocab_size=VOCAB,
@@ -166,7 +166,6 @@ def ours_config(length: int, knobs: dict[str, Any] | None = None, **overrides):
         dropout=0.0,
         ff_activation="relu",
         dtype="float32",
-        **(ours_knobs(length) if knobs is None else knobs),
     )
     fields.update(overrides)
     return ReformerConfig(**fields)
@@ -242,10 +241,11 @@ def run_ours(
     """One cell of ours: compile, warm up, time `steps` training steps."""
     import jax
 
+    from reformer_jax.config import RunSettings
     from reformer_jax.model import count_params
 
-    cfg = ours_config(length, knobs)
-    setup = profiling.train_setup(cfg, batch_size=batch, seed=SEED)
+    cfg = ours_config(length)
+    setup = profiling.train_setup(cfg, batch_size=batch, seed=SEED, run=RunSettings(**knobs))
     compile_s = setup.compile()
     mem = profiling.xla_memory(setup.fn)
     xla = {}

@@ -17,8 +17,8 @@ SMALL = [  # only sizes change: layers, length, width
     "ReformerConfig.d_ff = 128",
     "ReformerConfig.n_heads = 2",
     "ReformerConfig.d_head = 16",
-    "ReformerConfig.ff_chunk_size = 128",
-    "ReformerConfig.loss_chunk_size = 128",
+    "RunSettings.ff_chunk_size = 128",
+    "RunSettings.loss_chunk_size = 128",
     "train.steps = 1",
     "train.batch_size = 2",
     "train.grad_accum_steps = 1",
@@ -78,7 +78,7 @@ def test_imagenet64_config_trains_a_step(tmp_path):
             [
                 "ReformerConfig.n_layers = 1",
                 "ReformerConfig.axial_dims = (24, 24, 16)",
-                "ReformerConfig.attention_head_chunk = None",
+                "RunSettings.attention_head_chunk = None",
             ],
         )
     assert "ReformerConfig.axial_shape = (64, 64, 3)" in config

@@ -6,6 +6,7 @@ computed from it (its README says how). Today's code must read it and give
 the same numbers.
 """
 
+import dataclasses
 import json
 import os
 
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax import checkpoints, decoding, evaluate, sampling
+from reformer_jax import checkpoints, cli, decoding, evaluate, sampling
+from reformer_jax.config import RunSettings
 from reformer_jax.model import ReformerLM
 from tests import inprocess
 
@@ -53,3 +55,16 @@ def test_old_checkpoint_evaluates_to_the_same_metrics(tmp_path):
         for label, metrics in want["results"].items():
             for metric, value in metrics.items():
                 np.testing.assert_allclose(got["results"][label][metric], value, rtol=1e-6)
+
+
+def test_old_run_settings_bindings_are_read_as_run_settings(tmp_path):
+    """Chunk sizes were ReformerConfig fields before RunSettings: old gin files and
+    --gin_param bindings still set them, on RunSettings, with a warning."""
+    old = tmp_path / "old.gin"
+    old.write_text("include 'base.gin'\nReformerConfig.ff_chunk_size = 16\n")
+    cli.parse_gin(
+        [str(old)],
+        ["SEQ_LEN = 64", "VOCAB = 16", "N_HASHES = 2", "ReformerConfig.loss_chunk_size = 8"],
+    )
+    assert cli.run_settings() == RunSettings(ff_chunk_size=16, loss_chunk_size=8)
+    assert "ff_chunk_size" not in {f.name for f in dataclasses.fields(cli.model_config())}

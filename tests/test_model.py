@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from reformer_jax import layers, positions
+from reformer_jax.config import RunSettings
 from reformer_jax.model import ReformerConfig, ReformerLM, bits_per_token
 
 
@@ -42,7 +43,7 @@ def _tokens(seed, shape, vocab=40):
 @pytest.mark.parametrize("length,chunk", [(64, 16), (50, 16)])
 def test_chunked_feed_forward_equals_unchunked(length, chunk):
     whole = layers.FeedForwardHalf(_cfg(ff_activation="gelu"))
-    chunked = layers.FeedForwardHalf(_cfg(ff_activation="gelu", ff_chunk_size=chunk))
+    chunked = layers.FeedForwardHalf(_cfg(ff_activation="gelu"), RunSettings(ff_chunk_size=chunk))
     x = _normal(0, (2, length, 32))
     key = jax.random.key(1)
     p = whole.init(jax.random.key(2), x, key)["params"]
@@ -66,7 +67,7 @@ def test_chunked_feed_forward_equals_unchunked(length, chunk):
 
 
 def _ff_grad_temp_bytes(chunk):
-    ff = layers.FeedForwardHalf(_cfg(d_ff=1024, ff_chunk_size=chunk))
+    ff = layers.FeedForwardHalf(_cfg(d_ff=1024), RunSettings(ff_chunk_size=chunk))
     x = jnp.zeros((1, 64, 32))
     p = jax.eval_shape(lambda: ff.init(jax.random.key(0), x, jax.random.key(0)))["params"]
     loss = lambda p, x: jnp.sum(ff.apply({"params": p}, x, jax.random.key(0)))
@@ -170,10 +171,10 @@ def test_model_is_causal(kinds, chunk):
 
 
 def test_log_probs_normalised_and_loss_matches_them():
-    cfg = _cfg(attention_kinds=("local", "lsh"), loss_chunk_size=24)
+    cfg = _cfg(attention_kinds=("local", "lsh"))
     tokens = _tokens(0, (2, 64))
     weights = jax.random.uniform(jax.random.key(1), (2, 64))
-    model = ReformerLM(cfg)
+    model = ReformerLM(cfg, RunSettings(loss_chunk_size=24))
     params = model.init(jax.random.key(2), tokens)["params"]
     logp = model.apply({"params": params}, tokens)
     assert logp.shape == (2, 64, 40) and logp.dtype == jnp.float32
@@ -209,10 +210,12 @@ def test_attention_in_head_groups_equals_all_heads():
     tokens = _tokens(0, (2, 64))
     params = ReformerLM(cfg).init(jax.random.key(1), tokens)["params"]
     whole = ReformerLM(cfg).apply({"params": params}, tokens)
-    grouped = ReformerLM(cfg.replace(attention_head_chunk=2)).apply({"params": params}, tokens)
-    np.testing.assert_allclose(grouped, whole, rtol=1e-6, atol=1e-6)
+    in_chunks = ReformerLM(cfg, RunSettings(attention_head_chunk=2))
+    np.testing.assert_allclose(
+        in_chunks.apply({"params": params}, tokens), whole, rtol=1e-6, atol=1e-6
+    )
     with pytest.raises(ValueError, match="attention_head_chunk"):
-        cfg.replace(attention_head_chunk=3)
+        RunSettings(attention_head_chunk=3).check(cfg)
 
 
 def test_bfloat16_activations_float32_parameters():
@@ -259,9 +262,9 @@ def test_loss_step_compiles_once():
 # ------------------------------------------------------------------ memory
 
 
-def _grad_temp_bytes(cfg, length):
+def _grad_temp_bytes(cfg, length, run):
     tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
-    model = ReformerLM(cfg)
+    model = ReformerLM(cfg, run)
     params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64), jnp.int32)))
     grad = jax.jit(jax.grad(lambda p, t: model.apply(p, t, output="loss")["nll"]))
     return grad.lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
@@ -278,11 +281,10 @@ def test_reversible_memory_is_flat_in_depth():
         local_chunk_len=64,
         attention_kinds=("local", "lsh"),
         n_buckets=None,
-        ff_chunk_size=1024,
-        loss_chunk_size=1024,
     )
+    run = RunSettings(ff_chunk_size=1024, loss_chunk_size=1024)
     temp = {
-        (rev, n): _grad_temp_bytes(_cfg(**base, n_layers=n, reversible=rev), 4096)
+        (rev, n): _grad_temp_bytes(_cfg(**base, n_layers=n, reversible=rev), 4096, run)
         for rev in (True, False)
         for n in (2, 12)
     }
@@ -303,11 +305,9 @@ def test_reversible_temporaries_flat_from_4_to_24_layers():
         local_chunk_len=64,
         attention_kinds=("local", "lsh"),
         n_buckets=None,
-        ff_chunk_size=512,
-        loss_chunk_size=512,
-        attention_head_chunk=1,
     )
-    four, twenty_four = (_grad_temp_bytes(_cfg(**base, n_layers=n), 2048) for n in (4, 24))
+    run = RunSettings(ff_chunk_size=512, loss_chunk_size=512, attention_head_chunk=1)
+    four, twenty_four = (_grad_temp_bytes(_cfg(**base, n_layers=n), 2048, run) for n in (4, 24))
     assert twenty_four <= 1.1 * four, (four, twenty_four)
 
 

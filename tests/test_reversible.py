@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from reformer_jax import layers, reversible
+from reformer_jax.config import RunSettings
 from reformer_jax.model import ReformerConfig, ReformerLM
 
 
@@ -94,21 +95,24 @@ def _model_cfg(**kw):
         n_buckets=6,
         dropout=0.1,
         attention_dropout=0.1,
-        ff_chunk_size=32,
-        loss_chunk_size=32,
     )
     return ReformerConfig(**{**base, **kw})
 
 
+def _run(**kw):
+    """Chunked position-wise parts and loss: the chunk loops' own VJPs run inside."""
+    return RunSettings(**{"ff_chunk_size": 32, "loss_chunk_size": 32, **kw})
+
+
 @pytest.mark.parametrize("head_chunk", [None, 1])
 def test_model_gradients_equal_plain_autodiff(head_chunk):
-    cfg = _model_cfg(attention_head_chunk=head_chunk)
+    cfg, run = _model_cfg(), _run(attention_head_chunk=head_chunk)
     tokens = jax.random.randint(jax.random.key(0), (2, 96), 0, cfg.vocab_size)
     weights = jax.random.uniform(jax.random.key(1), (2, 96))
     params = ReformerLM(cfg).init(jax.random.key(2), tokens)["params"]
 
     def loss(params, rev):
-        sums = ReformerLM(cfg.replace(reversible=rev)).apply(
+        sums = ReformerLM(cfg.replace(reversible=rev), run).apply(
             {"params": params},
             tokens,
             key=jax.random.key(3),
@@ -168,6 +172,7 @@ def test_dropout_masks_replay_with_the_layer_key():
 def test_model_gradients_with_injected_buckets_and_hf_settings():
     """Injected buckets, a hash seed and HF's conventions go through the custom backward pass."""
     cfg = _model_cfg(hash_seed=3, shift_inputs=False, layer_norm_eps=1e-12, local_n_chunks_before=0)
+    run = _run()
     tokens = jax.random.randint(jax.random.key(0), (2, 96), 0, cfg.vocab_size)
     weights = jax.random.uniform(jax.random.key(1), (2, 96))
     params = ReformerLM(cfg).init(jax.random.key(2), tokens)["params"]
@@ -178,7 +183,7 @@ def test_model_gradients_with_injected_buckets_and_hf_settings():
     buckets = {i: (b + 1) % 6 for i, b in buckets.items()}
 
     def loss(params, rev, inject=True):
-        sums = ReformerLM(cfg.replace(reversible=rev)).apply(
+        sums = ReformerLM(cfg.replace(reversible=rev), run).apply(
             {"params": params},
             tokens,
             key=jax.random.key(3),

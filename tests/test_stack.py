@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax import layers
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.model import ReformerLM, ReformerStack
 
 
@@ -77,11 +77,11 @@ def test_context_gradient_of_the_reversible_stack_equals_plain_autodiff():
 
 
 def test_cross_attention_half_equals_dense_attention_and_ignores_masked_memory():
-    cfg = _cfg(ff_chunk_size=24)  # 64 queries in 3 chunks, the last one padded
+    cfg = _cfg()
     x = jax.random.normal(jax.random.key(0), (2, 64, cfg.d_model))
     memory, mask = _context(1, 2, 24, cfg.d_model)
     bias = jnp.where(mask, 0.0, -1e9)
-    half = layers.CrossAttentionHalf(cfg)
+    half = layers.CrossAttentionHalf(cfg, RunSettings(ff_chunk_size=24))  # 3 chunks, 1 padded
     context = {"memory": memory, "bias": bias}
     p = half.init(jax.random.key(2), x, context, jax.random.key(0))["params"]
     got = half.apply({"params": p}, x, context, jax.random.key(0))
