@@ -2,7 +2,7 @@
 
 Each case runs a command's `main` in-process (tests/inprocess.py) or calls the
 library function that first uses the value (optim.make_schedule and
-make_optimizer, trainer.train), so a notebook gets the same
+make_optimizer, trainer.train, memory.plan), so a notebook gets the same
 error as the command line. None of these compiles or trains: the checks run
 first. The last tests make sure every shipped config passes them.
 """
@@ -15,7 +15,7 @@ import gin
 import numpy as np
 import pytest
 
-from reformer_jax import cli, optim, sharding, trainer
+from reformer_jax import cli, memory, optim, sharding, trainer
 from reformer_jax.model import ReformerConfig
 from tests import inprocess
 
@@ -172,6 +172,44 @@ def test_check_train_args_takes_numpy_ints_and_none():
     )
 
 
+# ----------------------------------------------------------------------------- memory
+
+MEMORY_CASES = [
+    (("--seq_len=0",), "--seq_len must be an int >= 1 (leave it out for max_len=32), got 0."),
+    (("--seq_len=-4",), "--seq_len must be an int >= 1"),
+    (("--batch_size=0",), "--batch_size must be an int >= 1, got 0."),
+    (("--gin_param=train.batch_size = 0",), "bad configuration: batch_size must be an int >= 1"),
+    (("--gin_param=train.grad_accum_steps = 0",), "grad_accum_steps must be an int >= 1, got 0."),
+    (
+        ("--batch_size=3", "--gin_param=train.grad_accum_steps = 2"),
+        "batch_size=3 must be divisible by grad_accum_steps (2)",
+    ),
+    (("--gin_param=train.optimizer = 'sgd'",), "unknown optimizer 'sgd'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expect"), MEMORY_CASES, ids=[" ".join(c[0]) for c in MEMORY_CASES]
+)
+def test_memory_refuses(flags, expect, monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main appends to it
+    _refused(inprocess.run(memory.main, f"--gin_file={TINY}", *flags), expect)
+
+
+def test_memory_plan_checks_before_compiling():
+    for kw, expect in (
+        (dict(batch_size=0), "batch_size must be an int >= 1, got 0."),
+        (dict(batch_size=True), "batch_size must be an int >= 1, got True."),
+        (dict(batch_size=1, seq_len=0), r"seq_len must be an int in \[1, max_len=32\], got 0"),
+        (dict(batch_size=1, seq_len=64), r"seq_len must be an int in \[1, max_len=32\], got 64"),
+        (dict(batch_size=2, grad_accum_steps=0), "grad_accum_steps must be an int >= 1"),
+        (dict(batch_size=1, grad_accum_steps=2), r"batch_size=1 must be divisible"),
+        (dict(batch_size=1, optimizer="sgd"), "unknown optimizer 'sgd'"),
+    ):
+        with pytest.raises(ValueError, match=expect):
+            memory.plan(TINY_CFG, **kw)
+
+
 # ----------------------------------------------------------------------------- shipped configs
 
 
@@ -190,6 +228,14 @@ def test_shipped_config_passes_the_checks(path, tmp_path):
     with pytest.raises(_ReachedTheData):
         gin.get_configurable("train")(workdir=str(tmp_path), dataset_fn=_stop_at_the_data)
     assert os.listdir(tmp_path) == []
+    cfg = cli.model_config()
+    memory.check_plan_args(
+        cfg,
+        batch_size=cli.query("train.batch_size", 1),
+        seq_len=cfg.max_len,
+        optimizer=cli.query("train.optimizer", "adam"),
+        grad_accum_steps=cli.query("train.grad_accum_steps", 1),
+    )
 
 
 def test_every_shipped_config_is_covered():
