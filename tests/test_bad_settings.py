@@ -15,7 +15,7 @@ import gin
 import numpy as np
 import pytest
 
-from reformer_jax import cli, memory, optim, sharding, trainer
+from reformer_jax import cli, evaluate, memory, optim, sample, sharding, trainer
 from reformer_jax.model import ReformerConfig
 from tests import inprocess
 
@@ -208,6 +208,29 @@ def test_memory_plan_checks_before_compiling():
     ):
         with pytest.raises(ValueError, match=expect):
             memory.plan(TINY_CFG, **kw)
+
+
+# ----------------------------------------------------------------------------- sample, evaluate
+
+
+@pytest.mark.parametrize(
+    ("flag", "expect"),
+    [
+        ("--num_tokens=0", "--num_tokens must be >= 1 (ids to generate), got 0"),
+        ("--num_tokens=-5", "--num_tokens must be >= 1 (ids to generate), got -5"),
+        ("--seed=-1", "--seed must be in [0, 2**62), got -1"),
+        ("--seed=99999999999999999999", "--seed must be in [0, 2**62), got 99999999999999999999"),
+    ],
+)
+def test_sample_refuses_before_loading(flag, expect, tmp_path):
+    # The workdir does not exist: the flags are refused before the run is read.
+    argv = (f"--workdir={tmp_path / 'none'}", "--prompt_ids=1", "--num_tokens=2", flag)
+    _refused(inprocess.run(sample.main, *argv), expect)
+
+
+def test_evaluate_refuses_negative_eval_batches(tmp_path):
+    result = inprocess.run(evaluate.main, f"--workdir={tmp_path / 'none'}", "--eval_batches=-1")
+    _refused(result, "--eval_batches must be >= 0 (0: the whole split), got -1")
 
 
 # ----------------------------------------------------------------------------- shipped configs
