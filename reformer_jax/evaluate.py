@@ -69,6 +69,10 @@ def main(argv: Sequence[str]) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    if args.eval_batches is not None and args.eval_batches < 0:
+        raise cli.UsageError(
+            f"--eval_batches must be >= 0 (0: the whole split), got {args.eval_batches}"
+        )
     cli.log_to_stderr()
     config = os.path.join(args.workdir, "config.gin")
     gin_files = args.gin_file or [config]
@@ -109,6 +113,15 @@ def main(argv: Sequence[str]) -> None:
         task=task,
         run=cli.run_settings(),
     )
+    try:  # an unknown --split (or missing data) fails here, before the model compiles
+        dataset_fn(
+            split=args.split, batch_size=kw["batch_size"], seq_len=cfg.max_len, seed=kw["seed"]
+        )
+    except DatasetError as e:
+        raise cli.UsageError(str(e)) from None
+    except ValueError as e:  # gin adds a line naming the configurable
+        first = str(e).strip().splitlines()[0]
+        raise cli.UsageError(f"--split={args.split}: {first}".rstrip(".")) from None
     try:
         variants = (
             [(cfg, "as configured")]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 import os
 from typing import Any
 
@@ -39,6 +40,32 @@ def _tree_bytes(tree: Any) -> int:
     return sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree_util.tree_leaves(tree))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_plan_args(
+    cfg: ReformerConfig, *, batch_size: int, seq_len: int, optimizer: str, grad_accum_steps: int
+) -> None:
+    """One line for a `plan` argument out of range (a ValueError), before anything compiles."""
+    for name, value in (("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
+    if not _is_int(seq_len) or not 1 <= seq_len <= cfg.max_len:
+        raise ValueError(
+            f"seq_len must be an int in [1, max_len={cfg.max_len}], got {seq_len!r}; "
+            "raise ReformerConfig.max_len (and axial_shape) for longer inputs."
+        )
+    if batch_size % grad_accum_steps:
+        raise ValueError(
+            f"batch_size={batch_size} must be divisible by grad_accum_steps "
+            f"({grad_accum_steps}), the micro-batches a step is split into; give a multiple "
+            "of it or fewer micro-batches."
+        )
+    if optimizer not in optim.OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; use one of {optim.OPTIMIZERS}.")
+
+
 def plan(
     cfg: ReformerConfig,
     *,
@@ -50,6 +77,14 @@ def plan(
 ) -> dict[str, int]:
     """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens,
     run with `run` (chunk sizes, remat)."""
+    seq_len = cfg.max_len if seq_len is None else seq_len
+    check_plan_args(
+        cfg,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        optimizer=optimizer,
+        grad_accum_steps=grad_accum_steps,
+    )
     # Shapes only: nothing is allocated or run. The learning-rate schedule does
     # not change memory; the optimizer's state does.
     setup = profiling.train_setup(
@@ -124,28 +159,45 @@ def main(argv) -> None:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {NO_YNN_FUSIONS}".strip()
     cli.parse_gin(args.gin_file, args.gin_param)
     cfg = cli.model_config()
-    seq_len = args.seq_len or cfg.max_len
-    args.batch_size = args.batch_size or cli.query("train.batch_size", 1)
-    args.optimizer = args.optimizer or cli.query("train.optimizer", "adam")
-    if args.batch_size <= 0:
-        raise cli.UsageError(f"--batch_size must be positive, got {args.batch_size}.")
-    if not 0 < seq_len <= cfg.max_len:
+    # `is None`, not `or`: an explicit 0 is refused below, not replaced by the default.
+    if args.batch_size is not None and args.batch_size < 1:
+        raise cli.UsageError(f"--batch_size must be an int >= 1, got {args.batch_size}.")
+    if args.seq_len is not None and args.seq_len < 1:
         raise cli.UsageError(
-            f"--seq_len={seq_len} must be in [1, max_len={cfg.max_len}]; "
+            f"--seq_len must be an int >= 1 (leave it out for max_len={cfg.max_len}), "
+            f"got {args.seq_len}."
+        )
+    if args.seq_len is not None and args.seq_len > cfg.max_len:
+        raise cli.UsageError(
+            f"--seq_len={args.seq_len} must be in [1, max_len={cfg.max_len}]; "
             "raise ReformerConfig.max_len (and axial_shape) for longer inputs."
         )
+    seq_len = cfg.max_len if args.seq_len is None else args.seq_len
+    batch_size = cli.query("train.batch_size", 1) if args.batch_size is None else args.batch_size
+    optimizer = args.optimizer or cli.query("train.optimizer", "adam")
+    grad_accum_steps = cli.query("train.grad_accum_steps", 1)
+    try:  # values from the gin config (train.batch_size, train.grad_accum_steps, ...)
+        check_plan_args(
+            cfg,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            optimizer=optimizer,
+            grad_accum_steps=grad_accum_steps,
+        )
+    except ValueError as e:
+        raise cli.UsageError(f"bad configuration: {e}") from None
     result = plan(
         cfg,
-        batch_size=args.batch_size,
+        batch_size=batch_size,
         seq_len=seq_len,
-        optimizer=args.optimizer,
-        grad_accum_steps=cli.query("train.grad_accum_steps", 1),
+        optimizer=optimizer,
+        grad_accum_steps=grad_accum_steps,
         run=cli.run_settings(),
     )
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_plan(result, cfg, args.batch_size, seq_len, args.optimizer))
+        print(format_plan(result, cfg, batch_size, seq_len, optimizer))
 
 
 if __name__ == "__main__":

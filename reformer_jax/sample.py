@@ -156,6 +156,10 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
     if args.n_samples < 1:
         raise cli.UsageError(f"--n_samples must be >= 1, got {args.n_samples}")
+    if args.num_tokens is not None and args.num_tokens < 1:
+        raise cli.UsageError(f"--num_tokens must be >= 1 (ids to generate), got {args.num_tokens}")
+    if not 0 <= args.seed < 2**62:  # jax.random.key takes a 64-bit int
+        raise cli.UsageError(f"--seed must be in [0, 2**62), got {args.seed}")
     if args.image_prompt is not None:
         _read_image(args.image_prompt)  # a bad image fails before the model loads
     from reformer_jax import checkpoints  # the orbax stack, only once the flags are sane

@@ -21,6 +21,7 @@ writes metrics, TensorBoard and the config (orbax coordinates the checkpoint).
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -181,6 +182,13 @@ def train(
         batch_size=batch_size,
         grad_accum_steps=grad_accum_steps,
         steps_ahead=steps_ahead,
+        log_every=log_every,
+        eval_every=eval_every,
+        eval_batches=eval_batches,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        seed=seed,
+        final_eval=final_eval,
     )
     lr = optim.make_schedule(
         schedule, learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=steps
@@ -257,17 +265,53 @@ def train(
         ckpt.close()
 
 
-def _check_train_args(cfg: ReformerConfig, mesh: Mesh, **values: int) -> None:
-    for name, value in values.items():
-        least = 0 if name == "steps_ahead" else 1
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ValueError(f"{name} must be an int >= {least}, got {value!r}.")
+def _check_train_args(cfg: ReformerConfig, mesh: Mesh, *, final_eval, **values) -> None:
+    """One line for a train() argument out of range, before anything is built.
+
+    The optimizer's and schedule's values are checked by optim.make_schedule
+    and optim.make_optimizer, which train() calls next.
+    """
+    # name -> (least value, a note on what the least value or None means)
+    ranges = {
+        "steps": (1, ""),
+        "batch_size": (1, ""),
+        "grad_accum_steps": (1, ""),
+        "steps_ahead": (0, ""),
+        "log_every": (1, ""),
+        "eval_every": (0, " (0: no evaluation during training)"),
+        "eval_batches": (0, " (0 or None: the whole split)"),
+        "checkpoint_every": (1, " (the last step is always saved)"),
+        "keep_checkpoints": (1, " (or None to keep them all)"),
+    }
+    for name, (least, note) in ranges.items():
+        value = values[name]
+        if value is None and name in ("eval_batches", "keep_checkpoints"):
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}{note}, got {value!r}.")
+    seed = values["seed"]
+    # numpy's generators (the datasets) refuse negative seeds; jax keys take 63 bits.
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**62:
+        raise ValueError(f"seed must be an int in [0, 2**62), got {seed!r}.")
     n_dev, accum = mesh.devices.size, values["grad_accum_steps"]
     if values["batch_size"] % (n_dev * accum):
         raise ValueError(
             f"batch_size={values['batch_size']} must be divisible by devices ({n_dev}) x "
             f"grad_accum_steps ({accum})."
         )
+    # A bad variant would otherwise stop the run only after its last step.
+    if isinstance(final_eval, str) or not isinstance(final_eval, Sequence):
+        raise ValueError(
+            f"final_eval must be a list of evaluation variants such as ('full', 'lsh-2'), "
+            f"got {final_eval!r}."
+        )
+    for variant in final_eval:
+        if not isinstance(variant, str):
+            raise ValueError(f"final_eval: variants are names such as 'lsh-2', got {variant!r}.")
+        try:
+            eval_variant_config(cfg, variant)
+        except ValueError as e:
+            raise ValueError(f"final_eval: {e}") from None
 
 
 def _state_factory(task, model, opt, cfg, seed, mesh):
