@@ -26,3 +26,110 @@ if _cache:
 import jax  # noqa: E402 - after the cache settings, which jax reads at import
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+from reformer_jax.config import ReformerConfig  # noqa: E402
+from tests import inprocess  # noqa: E402
+
+TINY_GIN = os.path.join(_ROOT, "tests", "data", "tiny.gin")
+
+# The shared tiny models. Each is small enough to compile in seconds on a CPU
+# and big enough to be honest: several chunks per sequence, several buckets,
+# more than one head and (where the test needs it) more than one layer group.
+TINY = {
+    # One LSH layer cycle: attention, hashing and loss tests.
+    "lm": dict(
+        vocab_size=40,
+        max_len=64,
+        d_model=32,
+        d_ff=64,
+        n_heads=2,
+        d_head=16,
+        n_layers=2,
+        attention_kinds=("lsh",),
+        chunk_len=8,
+        local_chunk_len=16,
+        n_hashes=2,
+        n_buckets=4,
+    ),
+    # Local and LSH layers with dropout, two groups: reversible-vs-autodiff tests.
+    "reversible": dict(
+        vocab_size=40,
+        max_len=96,
+        d_model=32,
+        d_ff=64,
+        n_heads=2,
+        d_head=16,
+        n_layers=4,
+        attention_kinds=("local", "lsh"),
+        chunk_len=8,
+        local_chunk_len=16,
+        n_hashes=3,
+        n_buckets=6,
+        dropout=0.1,
+        attention_dropout=0.1,
+    ),
+    # Every exact-decoding kind, two groups, axial positions: cached decoding tests.
+    "decoding": dict(
+        vocab_size=40,
+        max_len=48,
+        d_model=32,
+        d_ff=64,
+        n_heads=2,
+        d_head=16,
+        n_layers=6,
+        attention_kinds=("local", "full_shared", "full"),
+        chunk_len=8,
+        local_chunk_len=8,
+        n_hashes=2,
+        n_buckets=4,
+        axial_shape=(6, 8),
+        axial_dims=(16, 16),
+    ),
+    # A decoder stack with cross-attention to a context, two groups.
+    "cross": dict(
+        vocab_size=32,
+        max_len=64,
+        d_model=32,
+        d_ff=48,
+        n_heads=2,
+        d_head=16,
+        n_layers=4,
+        attention_kinds=("lsh", "local"),
+        chunk_len=16,
+        local_chunk_len=16,
+        n_buckets=4,
+        dropout=0.1,
+        cross_attention=True,
+    ),
+}
+
+
+def tiny_config(name: str, **overrides) -> ReformerConfig:
+    """The shared tiny model `name` (see TINY), with `overrides`."""
+    return ReformerConfig(**{**TINY[name], **overrides})
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: takes tens of seconds (`make test-fast` leaves these out)"
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+    """A finished 3-step run of tests/data/tiny.gin (checkpoints at steps 2 and 3),
+    trained once per test process; copy it (`copy_run`) before changing it."""
+    wd = str(tmp_path_factory.mktemp("trained") / "run")
+    result = inprocess.train(f"--gin_file={TINY_GIN}", f"--workdir={wd}")
+    assert result.returncode == 0, result.stderr
+    return wd
+
+
+def copy_run(workdir: str, dest: str) -> str:
+    shutil.copytree(workdir, dest)
+    return dest

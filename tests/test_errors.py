@@ -8,12 +8,12 @@ the main.
 import os
 import re
 import shlex
-import shutil
 
 import pytest
 
 from reformer_jax import cli, convert, evaluate, memory, sample
 from tests import inprocess
+from tests.conftest import copy_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {
@@ -34,14 +34,11 @@ def _rows():
 
 
 @pytest.fixture(scope="module")
-def places(tmp_path_factory):
+def places(tmp_path_factory, trained_tiny_run):
     """The placeholders' directories: a finished tiny run, a corrupt copy, a file."""
     base = tmp_path_factory.mktemp("errors")
-    run = str(base / "run")
-    result = inprocess.train(f"--gin_file={ROOT}/tests/data/tiny.gin", f"--workdir={run}")
-    assert result.returncode == 0, result.stderr
-    corrupt = str(base / "corrupt")
-    shutil.copytree(run, corrupt)
+    run = copy_run(trained_tiny_run, str(base / "run"))
+    corrupt = copy_run(run, str(base / "corrupt"))
     for root, _, files in os.walk(os.path.join(corrupt, "checkpoints")):
         for name in files:
             with open(os.path.join(root, name), "wb") as f:

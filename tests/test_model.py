@@ -8,7 +8,8 @@ import pytest
 
 from reformer_jax import layers, positions
 from reformer_jax.config import RunSettings
-from reformer_jax.model import ReformerConfig, ReformerLM, bits_per_token
+from reformer_jax.model import ReformerLM, bits_per_token
+from tests.conftest import tiny_config
 
 
 def _normal(seed, shape):
@@ -16,21 +17,7 @@ def _normal(seed, shape):
 
 
 def _cfg(**kw):
-    base = dict(
-        vocab_size=40,
-        max_len=64,
-        d_model=32,
-        d_ff=64,
-        n_heads=2,
-        d_head=16,
-        n_layers=2,
-        attention_kinds=("lsh",),
-        chunk_len=8,
-        local_chunk_len=16,
-        n_hashes=2,
-        n_buckets=4,
-    )
-    return ReformerConfig(**{**base, **kw})
+    return tiny_config("lm", **kw)
 
 
 def _tokens(seed, shape, vocab=40):

@@ -7,7 +7,8 @@ import pytest
 
 from reformer_jax import layers, reversible
 from reformer_jax.config import RunSettings
-from reformer_jax.model import ReformerConfig, ReformerLM
+from reformer_jax.model import ReformerLM
+from tests.conftest import tiny_config
 
 
 def _normal(seed, shape):
@@ -80,23 +81,7 @@ def test_stack_gradients_equal_plain_autodiff():
 
 
 def _model_cfg(**kw):
-    base = dict(
-        vocab_size=40,
-        max_len=96,
-        d_model=32,
-        d_ff=64,
-        n_heads=2,
-        d_head=16,
-        n_layers=4,
-        attention_kinds=("local", "lsh"),
-        chunk_len=8,
-        local_chunk_len=16,
-        n_hashes=3,
-        n_buckets=6,
-        dropout=0.1,
-        attention_dropout=0.1,
-    )
-    return ReformerConfig(**{**base, **kw})
+    return tiny_config("reversible", **kw)
 
 
 def _run(**kw):

@@ -10,28 +10,13 @@ import pytest
 from reformer_jax import attention, decoding, optim, sampling, trainer
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
+from tests.conftest import tiny_config
 
 from .reference import MASK, SELF, normalized_keys
 
 
 def _cfg(**kw):
-    base = dict(
-        vocab_size=40,
-        max_len=48,
-        d_model=32,
-        d_ff=64,
-        n_heads=2,
-        d_head=16,
-        n_layers=6,
-        attention_kinds=("local", "full_shared", "full"),
-        chunk_len=8,
-        local_chunk_len=8,
-        n_hashes=2,
-        n_buckets=4,
-        axial_shape=(6, 8),
-        axial_dims=(16, 16),
-    )
-    return ReformerConfig(**{**base, **kw})
+    return tiny_config("decoding", **kw)
 
 
 def _init(cfg, seed=0):

@@ -5,27 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax import layers
-from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax.config import RunSettings
 from reformer_jax.model import ReformerLM, ReformerStack
+from tests.conftest import tiny_config
 
 
 def _cfg(**overrides):
-    base = dict(
-        vocab_size=32,
-        max_len=64,
-        d_model=32,
-        d_ff=48,
-        n_heads=2,
-        d_head=16,
-        n_layers=4,
-        attention_kinds=("lsh", "local"),
-        chunk_len=16,
-        local_chunk_len=16,
-        n_buckets=4,
-        dropout=0.1,
-        cross_attention=True,
-    )
-    return ReformerConfig(**{**base, **overrides})
+    return tiny_config("cross", **overrides)
 
 
 def _context(seed, batch, length, d):

@@ -8,7 +8,6 @@ tests/test_kill_soak.py.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -22,6 +21,7 @@ from reformer_jax import checkpoints, evaluation, metrics, optim, sharding, trai
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 from tests import inprocess
+from tests.conftest import copy_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
@@ -59,19 +59,14 @@ def _train(*args):
     return inprocess.train(f"--gin_file={TINY}", *args)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A finished 3-step tiny run (checkpoints at steps 2 and 3), trained once."""
-    wd = str(tmp_path_factory.mktemp("trained") / "run")
-    result = _train(f"--workdir={wd}")
-    assert result.returncode == 0, result.stderr
-    return wd
+@pytest.fixture
+def trained(trained_tiny_run):
+    """A finished 3-step tiny run (checkpoints at steps 2 and 3), trained once (conftest)."""
+    return trained_tiny_run
 
 
 def _copy_of(trained, tmp_path):
-    wd = str(tmp_path / "run")
-    shutil.copytree(trained, wd)
-    return wd
+    return copy_run(trained, str(tmp_path / "run"))
 
 
 def test_cli_end_to_end_then_resume(tmp_path):
