@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GIN    ?= configs/copy.gin
 WORKDIR ?= runs/copy
 
-.PHONY: install train test lint bench notebooks clean
+.PHONY: install train test test-fast lint bench notebooks clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15 tests
+
+# Everything but the tests marked slow (notebooks, every shipped config, multi-host,
+# install, kill-soak, full-size memory plans): a few minutes on a 2-core CPU.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=10 -m "not slow" tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check reformer_jax tests scripts notebooks

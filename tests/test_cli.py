@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
 
@@ -30,6 +32,7 @@ def test_memory_planner_json_and_errors():
     assert "multiple of the attention cycle" in bad.stderr
 
 
+@pytest.mark.slow
 def test_sweep_then_evaluate(tmp_path):
     root = str(tmp_path / "sweep")
     result = _run(

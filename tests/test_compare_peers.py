@@ -19,6 +19,8 @@ import pytest
 
 from reformer_jax.flops import model_flops
 
+pytestmark = pytest.mark.slow  # runs the peer-comparison script end to end
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
 

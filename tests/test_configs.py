@@ -11,6 +11,8 @@ import tensorflow_datasets as tfds
 
 from reformer_jax import cli
 
+pytestmark = pytest.mark.slow  # trains a step of every shipped config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = [  # only sizes change: layers, length, width
     "ReformerConfig.d_model = 64",

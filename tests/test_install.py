@@ -12,6 +12,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # installs the package into a fresh virtual environment
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

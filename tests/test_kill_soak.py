@@ -6,6 +6,10 @@ The script's 20-kill run and its result are in docs/benchmarks.md.
 import importlib.util
 import os
 
+import pytest
+
+pytestmark = pytest.mark.slow  # kills and resumes a training run repeatedly
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -257,6 +257,7 @@ def _grad_temp_bytes(cfg, length, run):
     return grad.lower(params, tokens).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_reversible_memory_is_flat_in_depth():
     base = dict(
         max_len=4096,

@@ -89,6 +89,7 @@ def _run(**kw):
     return RunSettings(**{"ff_chunk_size": 32, "loss_chunk_size": 32, **kw})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head_chunk", [None, 1])
 def test_model_gradients_equal_plain_autodiff(head_chunk):
     cfg, run = _model_cfg(), _run(attention_head_chunk=head_chunk)
@@ -154,6 +155,7 @@ def test_dropout_masks_replay_with_the_layer_key():
     assert float(jnp.max(jnp.abs(run(jax.random.key(5)) - run(jax.random.key(6))))) > 1e-2
 
 
+@pytest.mark.slow
 def test_model_gradients_with_injected_buckets_and_hf_settings():
     """Injected buckets, a hash seed and HF's conventions go through the custom backward pass."""
     cfg = _model_cfg(hash_seed=3, shift_inputs=False, layer_norm_eps=1e-12, local_n_chunks_before=0)

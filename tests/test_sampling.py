@@ -53,6 +53,7 @@ def test_cached_decoding_equals_recomputing_the_prefix(prompt_len):
     assert int(cache.length) == cfg.max_len
 
 
+@pytest.mark.slow
 def test_lsh_decoding_within_one_chunk_equals_shared_qk_full_attention():
     # The whole sequence fits one LSH chunk (chunk_len = max_len): training
     # LSH attention is then full shared-QK attention, and so is decoding.
@@ -251,6 +252,7 @@ def test_non_causal_model_cannot_sample():
 # ------------------------------------------------------------------ behaviour: the copy task
 
 
+@pytest.mark.slow
 def test_copy_task_model_writes_the_second_copy_by_greedy_lsh4_decoding():
     # configs/copy.gin shrunk to fit the test budget (~300 steps): the same
     # one-layer shared-QK LSH model trained with LSH-2 (d_model = d_ff = 64,

@@ -139,6 +139,7 @@ def test_bad_config_leaves_checkpoints_alone(trained, tmp_path):
     assert _checkpoint_steps(wd) == before == [2, 3]
 
 
+@pytest.mark.slow
 def test_length_not_a_multiple_of_the_chunk_trains(tmp_path):
     wd = str(tmp_path / "odd")
     result = _train(f"--workdir={wd}", "--gin_param=SEQ_LEN = 30", "--gin_param=train.steps = 2")
@@ -199,6 +200,7 @@ def test_train_step_compiles_once():
     assert int(state.step) == 3 and all(np.isfinite(losses))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_big_batch():
     # Local attention and no dropout: micro-batch i draws its keys from
     # fold_in(step_key, i), so LSH rotations would differ from the whole batch's.
@@ -223,6 +225,7 @@ def test_rsqrt_schedule_matches_trax_formula():
         np.testing.assert_allclose(float(lr(s)), want, rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [8])
 def test_eight_devices_match_one_and_checkpoint_restores_on_one(tmp_path, devices):
     assert jax.device_count() == 1  # the test process; the 8-device run is a subprocess
