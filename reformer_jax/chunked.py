@@ -107,9 +107,32 @@ def _backward_loop(step, chunk: int, length: int):
     return jax.lax.fori_loop(1, length // chunk, body, init)
 
 
+def _is_map(xs, ys) -> bool:
+    """One input and one output of its shape and dtype: the feed-forward's case."""
+    return (
+        len(xs) == 1
+        and isinstance(ys, jax.Array | jax.ShapeDtypeStruct)
+        and (ys.shape, ys.dtype) == (xs[0].shape, xs[0].dtype)
+    )
+
+
 def _scan_chunks_fwd(fn, chunk, params, xs, key):
     length = xs[0].shape[1]
     call = lambda i: fn(params, tuple(_slice(a, i, chunk) for a in xs), jax.random.fold_in(key, i))
+    if _is_map(xs, jax.eval_shape(call, 0)):
+        # One buffer holds x's chunks not yet processed and y's chunks already
+        # written: chunk i is read before it is overwritten, and no separate
+        # output buffer is alive beside x.
+        (x,) = xs
+
+        def body(i, buf):
+            return jax.lax.dynamic_update_slice_in_dim(
+                buf, call_on(buf, i).astype(buf.dtype), i * chunk, axis=1
+            )
+
+        call_on = lambda buf, i: fn(params, (_slice(buf, i, chunk),), jax.random.fold_in(key, i))
+        y = jax.lax.fori_loop(0, length // chunk, body, x)
+        return y, (params, xs, key)
     ys = jax.tree_util.tree_map(lambda y: _grow(y, length, 1), call(0))
     ys = jax.lax.fori_loop(1, length // chunk, lambda i, bufs: _write(bufs, call(i), i, chunk), ys)
     return ys, (params, xs, key)
@@ -118,6 +141,8 @@ def _scan_chunks_fwd(fn, chunk, params, xs, key):
 def _scan_chunks_bwd(fn, chunk, residuals, dys):
     params, xs, key = residuals
     length = xs[0].shape[1]
+    if _is_map(xs, dys):
+        return _map_chunks_bwd(fn, chunk, params, xs[0], key, dys)
 
     def step(i):  # -> (parameter cotangents, input cotangents) of chunk i
         f = lambda p, *parts: fn(p, parts, jax.random.fold_in(key, i))
@@ -130,6 +155,25 @@ def _scan_chunks_bwd(fn, chunk, residuals, dys):
 
     dxs, dparams = _backward_loop(step, chunk, length)
     return dparams, dxs, None
+
+
+def _map_chunks_bwd(fn, chunk, params, x, key, dy):
+    """The backward pass of the one-input, same-shape case: dy's buffer becomes dx's
+    (chunk i's dy is read before its dx is written), so no second [b, l, m]
+    buffer is alive beside dy (128 MiB at enwik8's [65536, 1024] in bfloat16)."""
+
+    def body(i, carry):
+        buf, dparams = carry
+        y_i, vjp = jax.vjp(
+            lambda p, x_i: fn(p, (x_i,), jax.random.fold_in(key, i)), params, _slice(x, i, chunk)
+        )
+        dp_i, dx_i = vjp(_slice(buf, i, chunk).astype(y_i.dtype))
+        buf = jax.lax.dynamic_update_slice_in_dim(buf, dx_i.astype(buf.dtype), i * chunk, axis=1)
+        return buf, jax.tree_util.tree_map(jnp.add, dparams, dp_i)
+
+    init = (dy.astype(x.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
+    dx, dparams = jax.lax.fori_loop(0, x.shape[1] // chunk, body, init)
+    return dparams, (dx,), None
 
 
 scan_chunks.defvjp(_scan_chunks_fwd, _scan_chunks_bwd)
