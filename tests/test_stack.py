@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from reformer_jax import layers
 from reformer_jax.config import RunSettings
@@ -20,6 +21,7 @@ def _context(seed, batch, length, d):
     return memory, mask
 
 
+@pytest.mark.slow
 def test_context_gradient_of_the_reversible_stack_equals_plain_autodiff():
     """The context is an input of the custom VJP: its cotangent, summed over every
     cross-attention half, equals autodiff of the same stack run as a plain
