@@ -226,12 +226,13 @@ def train(
     # No train-state checkpoint: any metrics.jsonl is from a run killed before its first one.
     truncate_to = extra.get("metrics_bytes", 0)
     writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=truncate_to)
-    bar = metrics.progress_bar(int(state.step), steps, progress and primary)
+    start = int(state.step)
+    bar = metrics.progress_bar(start, steps, progress and primary)
     meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
     try:
-        for step in range(int(state.step), steps):
+        for step in range(start, steps):
             batch = next(train_data)
-            if step == int(state.step) or step == 0:
+            if step == start:  # once: reading state.step each step would wait for the device
                 try:
                     task.check_batch(batch)
                 except TaskError as e:
