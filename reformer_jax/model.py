@@ -18,6 +18,7 @@ and its head's (`head`), at the top level, as checkpoints have always held them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -361,11 +362,8 @@ class ReformerLM(nn.Module):
         """
         if output not in ("log_probs", "hidden", "loss"):
             raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
-        if key is None:
-            if not deterministic and (self.cfg.dropout or self.cfg.attention_dropout):
-                raise ValueError("training with dropout needs `key`.")
-            key = jax.random.key(0)
-        head_key = split_key(key)[2]
+        # The stack checks the key and, without one, uses the fixed key(0): so does the head.
+        head_key = split_key(jax.random.key(0) if key is None else key)[2]
         (y1, y2), used = self.stack(
             self.head.inputs(tokens),
             mask=mask,
@@ -403,7 +401,7 @@ class ReformerLM(nn.Module):
 
 def bits_per_token(nll_sum: Array | float, weight_sum: Array | float) -> Array | float:
     """Mean NLL in nats -> bits (bits per character / per dim for bytes / pixels)."""
-    return nll_sum / weight_sum / jnp.log(2.0)
+    return nll_sum / weight_sum / math.log(2.0)
 
 
 def count_params(params: Any) -> int:
