@@ -29,6 +29,7 @@ name. A new kind is one more subclass registered in KINDS.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ def _window_flops(batch: int, length: int, heads: int, d_head: int, window: int)
     return 2.0 * 2 * batch * length * heads * d_head * window
 
 
-class AttentionKind:
+class AttentionKind(abc.ABC):
     """The interface (and the parts every kind shares); see the module docstring."""
 
     name: str
@@ -71,6 +72,7 @@ class AttentionKind:
 
     # -- training --------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def attend(
         self,
         cfg,
@@ -87,7 +89,6 @@ class AttentionKind:
         dropout_key: Array | None = None,
     ) -> tuple[Array, Array | None]:
         """q, k (None if shared_qk), v: [b, h, l, .] -> (out [b, h, l, e], LSH buckets or None)."""
-        raise NotImplementedError
 
     # -- decoding --------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ data parallelism weigh every scored item alike.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any
 
@@ -39,26 +40,28 @@ class TaskError(ValueError):
     """A model config or a batch the task cannot use; one line saying what to change."""
 
 
-class Task:
+class Task(abc.ABC):
     """The interface; see the module docstring."""
 
     batch_keys: tuple[str, ...] = ()
 
     def check(self, cfg: ReformerConfig) -> None:
-        """Raises TaskError when the task cannot train a model of `cfg`."""
+        """Raises TaskError when the task cannot train a model of `cfg` (any, by default)."""
+        del cfg
 
+    @abc.abstractmethod
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         """The network with the task's head; `run` says how its steps run (default: plainly)."""
-        raise NotImplementedError
 
     def init_params(self, model: nn.Module, key: Array, cfg: ReformerConfig) -> Any:
         """Fresh parameters of `model` (the trainer initialises through the task)."""
         return model.init(key, jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
 
+    @abc.abstractmethod
     def loss_sums(
         self, model: nn.Module, params: Any, batch: dict, key: Array, *, deterministic: bool
     ) -> dict[str, Array]:
-        raise NotImplementedError
+        """The task's float32 sums on `batch`, at least {"nll", "correct", "weight"}."""
 
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         """Host-side metrics from sums: loss (nats per scored item), accuracy, bits."""
