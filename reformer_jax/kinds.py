@@ -7,6 +7,10 @@ layer-group axis (one slice per layer of that cycle position).
 
     get(name) -> AttentionKind          "lsh" | "local" | "full" | "full_shared"
     KINDS                               the registry, name -> kind
+    attend_one(q, k, v, admissible)     one query per row against a cache (decoding)
+    lsh_decode_attention(q, k, v, buckets, pos, *, n_buckets, window, dedup)
+                                        the LSH kind's decode-time rule
+                                        (docs/algorithm.md, "LSH at decode time")
 
 An `AttentionKind` has
 
@@ -57,6 +61,104 @@ def write_at(stack: Array, value: Array, g: int, pos: Array, axis: int = 3) -> A
 def _window_flops(batch: int, length: int, heads: int, d_head: int, window: int) -> float:
     """Logits and probabilities @ values: 2 matmuls of [t, d] x [d, window] per head."""
     return 2.0 * 2 * batch * length * heads * d_head * window
+
+
+# ----------------------------------------------------------------------------- one query at a time
+
+
+def attend_one(q, k, v, admissible, self_mask=None, bias=None):
+    """q [b, h, (r,) d] against k [b, h, (r,) w, d]; returns out [b, h, (r,) e], lse float32.
+
+    The masks and the softmax are those of training's chunked kernel.
+    """
+    logits = jnp.einsum("...d,...wd->...w", q, k, preferred_element_type=jnp.float32)
+    logits = logits + jnp.where(admissible, 0.0, -attention.MASK_PENALTY)
+    if self_mask is not None:
+        logits = logits - jnp.where(self_mask, attention.SELF_PENALTY, 0.0)
+    if bias is not None:
+        logits = logits + bias
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnorm = jnp.exp(logits - peak)
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)
+    probs = unnorm / total
+    lse = (peak + jnp.log(total))[..., 0]
+    out = jnp.einsum(
+        "...w,...we->...e", probs.astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return out.astype(v.dtype), lse
+
+
+def lsh_decode_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    buckets: Array,
+    pos: Array,
+    *,
+    n_buckets: int,
+    window: int,
+    dedup: bool = False,
+) -> Array:
+    """Decode-time LSH attention (docs/algorithm.md, "LSH at decode time") for the token at `pos`.
+
+    q: [b, h, d] the new token's (unnormalised) query; k: [b, h, l, d]
+    normalised keys and v: [b, h, l, e] values of positions 0..pos (the new
+    token's already written at `pos`); buckets: int32 [b, h, r, l], likewise.
+    Entries past `pos` are ignored. Returns [b, h, e].
+    """
+    length = k.shape[2]
+    if n_buckets * length >= 2**31:
+        raise ValueError(
+            f"n_buckets ({n_buckets}) x cache length ({length}) overflows int32 sort keys; "
+            "use fewer buckets or a shorter max_len for decoding."
+        )
+    positions = jnp.arange(length, dtype=jnp.int32)
+    mine = jax.lax.dynamic_index_in_dim(buckets, pos, axis=3, keepdims=True)  # [b, h, r, 1]
+    # Cyclic (bucket, position) order ending at the new token: its own bucket
+    # ranks highest, then the next lower buckets; future slots rank below all.
+    rank = jnp.mod(buckets - mine - 1, n_buckets) * length + positions
+    rank = jnp.where(positions <= pos, rank, -1)
+    in_window = rank >= _window_threshold(rank, window, n_buckets * length)  # [b, h, r, l]
+    # One [l] row of logits serves every round: rounds differ only in their window.
+    logits = jnp.einsum("bhd,bhld->bhl", q, k, preferred_element_type=jnp.float32)
+    logits = logits[:, :, None] - jnp.where(positions == pos, attention.SELF_PENALTY, 0.0)
+    logits = logits + jnp.where(in_window, 0.0, -attention.MASK_PENALTY)
+    if dedup:
+        # N_j: in how many rounds' windows key j appears (paper App. A).
+        counts = jnp.sum(in_window, axis=2, keepdims=True).astype(jnp.float32)
+        logits = logits - jnp.log(jnp.maximum(counts, 1.0))
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnorm = jnp.exp(logits - peak)
+    total = jnp.sum(unnorm, axis=-1, keepdims=True)
+    lse = (peak + jnp.log(total))[..., 0]  # [b, h, r]
+    out = jnp.einsum(
+        "bhrl,bhle->bhre", (unnorm / total).astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    weights = jax.nn.softmax(lse, axis=2)[..., None]  # paper eq. 14
+    return jnp.sum(out * weights, axis=2).astype(v.dtype)
+
+
+def _window_threshold(rank: Array, window: int, bound: int) -> Array:
+    """The window-th largest value of each row of rank [..., l] -> [..., 1] (0 if fewer valid).
+
+    Valid ranks are distinct integers in [0, bound); invalid ones are -1. A
+    bisection on the threshold (about log2(bound) counting passes over the
+    row) replaces a top-k, which XLA's CPU backend runs as a slow sort.
+    """
+    lo = jnp.zeros(rank.shape[:-1], jnp.int32)  # count(rank >= lo) >= window, or lo = 0
+    hi = jnp.full(rank.shape[:-1], bound, jnp.int32)  # count(rank >= hi) = 0 < window
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(rank >= mid[..., None], axis=-1) >= window
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, max(bound, 2).bit_length(), halve, (lo, hi))
+    return lo[..., None]
+
+
+# ----------------------------------------------------------------------------- the kinds
 
 
 class AttentionKind(abc.ABC):
@@ -132,9 +234,7 @@ class AttentionKind(abc.ABC):
         self_mask = positions == pos if self.shared_qk else None
         if not self.shared_qk:
             q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = attention.attend_one(
-            q, entry["k"][g], entry["v"][g], positions <= pos, self_mask=self_mask
-        )
+        out, _ = attend_one(q, entry["k"][g], entry["v"][g], positions <= pos, self_mask=self_mask)
         return out, entry
 
     # -- accounting and evaluation -----------------------------------------------------------
@@ -243,7 +343,7 @@ class LocalAttention(AttentionKind):
         chunk = cfg.local_chunk_len
         ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.local_window[0])
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
-        out, _ = attention.attend_one(q, entry["k"][g], entry["v"][g], ok)
+        out, _ = attend_one(q, entry["k"][g], entry["v"][g], ok)
         return out, entry
 
     def window(self, cfg, length):
@@ -347,7 +447,7 @@ class LSHAttention(AttentionKind):
         entry["v"] = write_at(entry["v"], v, g, pos)
         new = lsh.hash_with_rotations(q[:, :, None], entry["rotations"][g], factors)
         entry["buckets"] = write_at(entry["buckets"], new[..., 0], g, pos, axis=4)
-        out = attention.lsh_decode_attention(
+        out = lsh_decode_attention(
             q,
             entry["k"][g],
             entry["v"][g],

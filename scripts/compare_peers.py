@@ -5,7 +5,7 @@
         [--steps_long 3] [--impls ours hf] [--device cpu|gpu] [--json peers.json]
         [--plot docs/figures/peers.png]
 
-Both sides train the same model (issue 11): vocabulary 258, d_model 256, 4
+Both sides train the same model: vocabulary 258, d_model 256, 4
 heads x 64, d_ff 1024, layers (local, lsh, local, lsh), chunk 64 for both
 kinds, one chunk back and none forward, 2 hash rounds, buckets = the paper's
 2L/c (reformer_jax.lsh.default_n_buckets, factorised above 128, given to HF as

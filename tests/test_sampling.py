@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import attention, decoding, optim, sampling, trainer
+from reformer_jax import attention, decoding, kinds, optim, sampling, trainer
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 from tests.conftest import tiny_config
@@ -127,7 +127,7 @@ def test_lsh_decode_step_equals_float64_reference(dedup, pos):
     buckets = jax.random.randint(keys[2], (bsz, heads, rounds, length), 0, n_buckets)
     k = attention.normalize_keys(qk)
     q = qk[:, :, pos] * 2.0  # a query larger than unit norm, as unnormalised queries are
-    out = attention.lsh_decode_attention(
+    out = kinds.lsh_decode_attention(
         q, k, v, buckets, jnp.int32(pos), n_buckets=n_buckets, window=window, dedup=dedup
     )
     k64 = normalized_keys(np.asarray(qk))
