@@ -22,8 +22,6 @@ import jax.numpy as jnp
 
 from reformer_jax import lsh
 
-Array = jax.Array
-
 # Additive logit penalties (docs/algorithm.md §1.7). Finite on purpose: a query whose only
 # admissible key is itself still attends to itself instead of producing NaN.
 MASK_PENALTY = 1e9
