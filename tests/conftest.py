@@ -41,6 +41,18 @@ TINY_GIN = os.path.join(_ROOT, "tests", "data", "tiny.gin")
 # and big enough to be honest: several chunks per sequence, several buckets,
 # more than one head and (where the test needs it) more than one layer group.
 TINY = {
+    # One LSH layer, the shape of tests/data/tiny.gin: train-step and settings tests.
+    "step": dict(
+        vocab_size=8,
+        max_len=32,
+        d_model=16,
+        d_ff=32,
+        n_heads=2,
+        d_head=8,
+        n_layers=1,
+        chunk_len=8,
+        local_chunk_len=8,
+    ),
     # One LSH layer cycle: attention, hashing and loss tests.
     "lm": dict(
         vocab_size=40,

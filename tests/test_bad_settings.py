@@ -16,22 +16,12 @@ import numpy as np
 import pytest
 
 from reformer_jax import cli, evaluate, memory, optim, sample, sharding, trainer
-from reformer_jax.model import ReformerConfig
 from tests import inprocess
+from tests.conftest import TINY_GIN, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
-TINY_CFG = ReformerConfig(
-    vocab_size=8,
-    max_len=32,
-    d_model=16,
-    d_ff=32,
-    n_heads=2,
-    d_head=8,
-    n_layers=1,
-    chunk_len=8,
-    local_chunk_len=8,
-)
+TINY = TINY_GIN
+TINY_CFG = tiny_config("step")
 # base.gin holds shared defaults for the others to include; it is not a run of its own.
 CONFIGS = sorted(
     p for p in glob.glob(os.path.join(ROOT, "configs", "*.gin")) if not p.endswith("base.gin")

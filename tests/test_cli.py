@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+from tests.conftest import TINY_GIN
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
+TINY = TINY_GIN
 
 
 def _run(*cmd, timeout=300):

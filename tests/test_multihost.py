@@ -16,10 +16,12 @@ import sys
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_GIN
+
 pytestmark = pytest.mark.slow  # starts several processes that train together
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
+TINY = TINY_GIN
 
 
 def _free_port() -> int:

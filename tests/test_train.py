@@ -21,10 +21,10 @@ from reformer_jax import checkpoints, evaluation, metrics, optim, sharding, trai
 from reformer_jax.data import synthetic
 from reformer_jax.model import ReformerConfig, ReformerLM
 from tests import inprocess
-from tests.conftest import copy_run
+from tests.conftest import TINY_GIN, copy_run, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "tests", "data", "tiny.gin")
+TINY = TINY_GIN
 
 
 def _cli(*args, env=None, timeout=900):
@@ -162,18 +162,7 @@ def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path):
 
 def _tiny_setup(schedule, learning_rate, warmup_steps, **cfg_changes):
     """A one-layer model, its optimizer and a fresh TrainState."""
-    cfg = ReformerConfig(
-        vocab_size=8,
-        max_len=32,
-        d_model=16,
-        d_ff=32,
-        n_heads=2,
-        d_head=8,
-        n_layers=1,
-        chunk_len=8,
-        local_chunk_len=8,
-        **cfg_changes,
-    )
+    cfg = tiny_config("step", **cfg_changes)
     model = ReformerLM(cfg)
     lr = optim.make_schedule(schedule, learning_rate=learning_rate, warmup_steps=warmup_steps)
     opt = optim.make_optimizer("adam", schedule=lr)
