@@ -148,17 +148,28 @@ def lsh_attention(
     buckets = jax.lax.stop_gradient(buckets.astype(jnp.int32))
     valid = _key_validity(mask, bsz, length)
 
-    # Pad the length to a multiple of the chunk; pad keys are invalid and the
-    # pad positions share bucket 0 (they are masked wherever they land).
+    # Pad the length to a multiple of the chunk. Padding (these positions and
+    # the mask's) is never a key and sorts after every real token of every
+    # round, so the real tokens fill the first r * (real count) sorted slots
+    # and the windows wrap around the chunks that hold them: the result at a
+    # real position is the one its sequence gets without any padding
+    # (docs/algorithm.md, "Padding").
     padded = lsh.round_up(length, chunk_len)
     qk_p = lsh.pad_length(qk, padded, axis=2)
     v_p = lsh.pad_length(v, padded, axis=2)
     buckets_p = lsh.pad_length(buckets, padded, axis=3)
     valid_p = lsh.pad_length(valid, padded, axis=1, value=False)
 
-    perm, inv = lsh.sort_by_bucket(buckets_p, n_total)  # [b, h, n]
+    padding = mask is not None or padded != length
+    perm, inv = lsh.sort_by_bucket(buckets_p, n_total, valid_p if padding else None)  # [b, h, n]
     n_chunks = n_hashes * padded // chunk_len
-    before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
+    if mask is None:  # the chunks of real tokens: a static count
+        wrap = -(-n_hashes * length // chunk_len)
+        before, after = lsh.window_sizes(wrap, n_chunks_before, n_chunks_after)
+    else:  # per example, int32 [b]; `_attend` narrows each example's window
+        real = jnp.sum(valid.astype(jnp.int32), axis=1)
+        wrap = jnp.maximum(-(-n_hashes * real // chunk_len), 1)
+        before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
 
     def sort(x):  # [b, h, l, ...] -> the r rounds sorted and chunked, [b, h, u, c, ...]
         return lsh.chunk(lsh.sort_rounds(x, perm, inv, n_hashes), chunk_len)
@@ -169,8 +180,9 @@ def lsh_attention(
     )
     bias = None
     if dedup:
-        k_pos = lsh.look_around(s_pos, before, after)
-        bias = -jnp.log(_duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after))
+        k_pos = lsh.look_around(s_pos, before, after, wrap)
+        counts = _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap)
+        bias = -jnp.log(counts)
 
     s_out, s_lse = _attend(
         sort(qk_p),
@@ -181,7 +193,7 @@ def lsh_attention(
         lsh.chunk(s_valid, chunk_len),
         before=before,
         after=after,
-        wrap=True,
+        wrap=wrap,
         causal=causal,
         self_penalty=True,
         bias=bias,
@@ -234,7 +246,9 @@ def local_attention(
     valid = _key_validity(mask, bsz, length)
     padded = lsh.round_up(length, chunk_len)
     n_chunks = padded // chunk_len
-    before, after = lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)
+    # Without wrapping a window cannot repeat a chunk: only cap it at the sequence.
+    lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)  # checks the counts
+    before, after = min(n_chunks_before, n_chunks - 1), min(n_chunks_after, n_chunks - 1)
 
     def chunks(x):  # [b, h, l, ...] -> [b, h, u, c, ...]
         return lsh.chunk(lsh.pad_length(x, padded, axis=2), chunk_len)
@@ -250,7 +264,7 @@ def local_attention(
         chunks(lsh.pad_length(valid, padded, axis=1, value=False)[:, None]),
         before=before,
         after=after,
-        wrap=False,  # the first chunk has no previous chunk
+        wrap=None,  # the first chunk has no previous chunk
         causal=causal,
         self_penalty=False,
         dropout_rate=dropout_rate,
@@ -304,7 +318,7 @@ def full_attention(
         valid[:, None, None],
         before=0,
         after=0,
-        wrap=True,
+        wrap=None,
         causal=causal,
         self_penalty=shared_qk,
         dropout_rate=dropout_rate,
@@ -343,9 +357,12 @@ def _attend(
     normalised queries, docs/algorithm.md §1.6); v: [b, h, u, c, e];
     q_pos, k_pos, k_valid: [.., u, c] (broadcastable over b, h); bias:
     optional float32 [b, h, u, c, w]. The window of chunk t is chunks
-    t - before, ..., t + after, in that order (w = (before + 1 + after) * c);
-    with `wrap` the chunk indices wrap around (LSH's sorted order), without it
-    keys outside [0, u) are masked (local attention). Returns out
+    t - before, ..., t + after, in that order (w = (before + 1 + after) * c).
+    `wrap` None: keys outside [0, u) are masked (local attention). `wrap` an
+    int W: the chunk indices wrap around the first W chunks (LSH's sorted
+    order, whose real tokens fill the first W chunks). `wrap` an int32 [b]:
+    W per example, and each example's window is narrowed with
+    `lsh.window_sizes(W)` so it never holds a chunk twice. Returns out
     [b, h, u, c, e] and the float32 log-sum-exp [b, h, u, c].
 
     The chunks run in blocks, under `jax.checkpoint` when there are several,
@@ -361,23 +378,40 @@ def _attend(
     blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])
     kw = dict(causal=causal, self_penalty=self_penalty, dropout_rate=dropout_rate)
     shared = k is None
+    per_example = wrap is not None and jnp.ndim(wrap) == 1
+    if per_example:
+        # Window offsets -before..after each example keeps: [b, w].
+        narrow_before = jnp.minimum(before, wrap - 1)
+        narrow_after = jnp.minimum(after, wrap - 1 - narrow_before)
+        offsets = jnp.arange(-before, after + 1, dtype=jnp.int32)
+        keep = (offsets >= -narrow_before[:, None]) & (offsets <= narrow_after[:, None])
+        window_mask = jnp.repeat(keep, c, axis=1)
 
     def block(i, q_i, bias_i, key_i, size):
         # Chunk indices i * size - before, ..., (i + 1) * size + after - 1: the
         # windows of this block's chunks are consecutive runs of n_win of them.
         raw = i * size + jnp.arange(-before, size + after, dtype=jnp.int32)
-        idx = raw % u
 
         def runs(ext, axis):  # n_win consecutive chunks along `axis`, concatenated
             parts = [jax.lax.slice_in_dim(ext, j, j + size, axis=axis) for j in range(n_win)]
             return jnp.concatenate(parts, axis=axis + 1) if n_win > 1 else ext
 
+        if per_example:  # [b, m] chunk indices; every array here is [b, h, u, ...]
+            idx = raw[None] % wrap[:, None]
+            take = lambda x: jnp.take_along_axis(
+                x, idx.reshape(b, 1, -1, *(1,) * (x.ndim - 3)), axis=2
+            )
+        else:
+            idx = raw % (u if wrap is None else wrap)
+            take = lambda x: jnp.take(x, idx, axis=2)
         # [B, H, u, c, ...] -> [B, H, size, w, ...]
-        windows = lambda x: runs(jnp.take(x, idx, axis=2), 2)
+        windows = lambda x: runs(take(x), 2)
         k_valid_i = windows(k_valid)
-        if not wrap:
+        if wrap is None:
             in_range = jnp.broadcast_to(((raw >= 0) & (raw < u))[:, None], (raw.shape[0], c))
             k_valid_i = k_valid_i & runs(in_range, 0)
+        elif per_example:
+            k_valid_i = k_valid_i & window_mask[:, None, None, :]
         win_k = normalize_keys(windows(q)) if shared else windows(k)
         return _attend_block(
             q_i,
@@ -459,12 +493,14 @@ def _attend_block(
     return out.astype(v.dtype), lse
 
 
-def _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after):
+def _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap):
     """N_ij of the paper's App. A for every (query slot, window slot) pair.
 
     N_ij = number of (round r of query copy, round r' of key copy) such that the
     chunk holding key j's copy r' lies in the window of the chunk holding query
-    i's copy r. Returns float32 [b, h, u, c, w], each entry >= 1.
+    i's copy r, the windows wrapping around the first `wrap` chunks (an int,
+    or int32 [b] narrowed per example as in `_attend`). Returns float32
+    [b, h, u, c, w], each entry >= 1 (padding keys, masked anyway, count 1).
     """
     b, h, n = inv.shape
     padded = n // n_hashes
@@ -475,12 +511,16 @@ def _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after):
     q_chunks = q_chunks.reshape(b, h, n_chunks, chunk_len, n_hashes)  # [b, h, u, c, r]
     k_chunks = jnp.take_along_axis(chunk_of, k_pos.reshape(b, h, -1)[..., None], axis=2)
     k_chunks = k_chunks.reshape(b, h, n_chunks, -1, n_hashes)  # [b, h, u, w, r]
+    if jnp.ndim(wrap) == 1:  # per example: [b, 1, 1, 1, 1]
+        wrap = wrap.reshape(b, 1, 1, 1, 1)
+        before = jnp.minimum(before, wrap - 1)
+        after = jnp.minimum(after, wrap - 1 - before)
     counts = jnp.zeros(q_chunks.shape[:-1] + k_chunks.shape[-2:-1], jnp.int32)
     for r in range(n_hashes):
         for r2 in range(n_hashes):
-            offset = (k_chunks[..., None, :, r2] - q_chunks[..., :, None, r]) % n_chunks
-            counts += ((offset <= after) | (offset >= n_chunks - before)).astype(jnp.int32)
-    return jax.lax.stop_gradient(counts.astype(jnp.float32))
+            offset = (k_chunks[..., None, :, r2] - q_chunks[..., :, None, r]) % wrap
+            counts += ((offset <= after) | (offset >= wrap - before)).astype(jnp.int32)
+    return jax.lax.stop_gradient(jnp.maximum(counts, 1).astype(jnp.float32))
 
 
 def _key_validity(mask, bsz, length):

@@ -61,7 +61,7 @@ class ReformerConfig:
     # LSH attention (docs/algorithm.md §1): its chunks and their window.
     chunk_len: int = 64
     n_chunks_before: int = 1
-    n_chunks_after: int = 0
+    n_chunks_after: int | None = None  # None: 0 if causal, else 1 (paper §2, trax's encoders)
     n_hashes: int = 2
     n_buckets: int | tuple[int, ...] | None = None
     dedup: bool = False
@@ -153,7 +153,7 @@ class ReformerConfig:
             f"local_{n}" for n in ("n_chunks_before", "n_chunks_after")
         ):
             value = getattr(self, name)
-            if value is None and name.startswith("local_"):
+            if value is None and name != "n_chunks_before":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
@@ -168,13 +168,23 @@ class ReformerConfig:
             return self.n_buckets
         return lsh.default_n_buckets(lsh.round_up(length, self.chunk_len), self.chunk_len)
 
-    @property
-    def local_window(self) -> tuple[int, int]:
-        """(chunks before, chunks after) of the local layers' window."""
+    def lsh_window(self, causal: bool | None = None) -> tuple[int, int]:
+        """(chunks before, chunks after) of the LSH layers' window for `causal` (default cfg's).
+
+        n_chunks_after=None looks one chunk ahead in bidirectional attention
+        and none in causal attention, where every key ahead is masked anyway.
+        """
+        causal = self.causal if causal is None else causal
+        after = self.n_chunks_after
+        return self.n_chunks_before, (0 if causal else 1) if after is None else after
+
+    def local_window(self, causal: bool | None = None) -> tuple[int, int]:
+        """(chunks before, chunks after) of the local layers' window (None fields: LSH's)."""
+        lsh_before, lsh_after = self.lsh_window(causal)
         before, after = self.local_n_chunks_before, self.local_n_chunks_after
         return (
-            self.n_chunks_before if before is None else before,
-            self.n_chunks_after if after is None else after,
+            lsh_before if before is None else before,
+            lsh_after if after is None else after,
         )
 
     def lsh_layers(self) -> list[int]:

@@ -296,7 +296,7 @@ class LocalAttention(AttentionKind):
     name, family = "local", "local"
 
     def attend(self, cfg, q, k, v, *, causal, mask=None, dropout_rate=0.0, dropout_key=None, **_):
-        before, after = cfg.local_window
+        before, after = cfg.local_window(causal)
         out = attention.local_attention(
             q,
             k,
@@ -313,10 +313,10 @@ class LocalAttention(AttentionKind):
 
     def cache_len(self, cfg) -> int:
         # A ring of the last (before + 1) chunks: all a causal query can see.
-        return (cfg.local_window[0] + 1) * cfg.local_chunk_len
+        return (cfg.local_window(causal=True)[0] + 1) * cfg.local_chunk_len
 
     def prefill(self, cfg, q, k, v, entry, g, *, n_hashes):
-        before = cfg.local_window[0]
+        before = cfg.local_window(causal=True)[0]
         out = attention.local_attention(
             q, k, v, chunk_len=cfg.local_chunk_len, causal=True, n_chunks_before=before
         )
@@ -341,13 +341,13 @@ class LocalAttention(AttentionKind):
         slots = jnp.arange(ring, dtype=jnp.int32)
         key_pos = pos - jnp.mod(pos - slots, ring)
         chunk = cfg.local_chunk_len
-        ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.local_window[0])
+        ok = (key_pos >= 0) & (key_pos // chunk >= pos // chunk - cfg.local_window(causal=True)[0])
         q = q * jnp.asarray(cfg.d_head**-0.5, q.dtype)
         out, _ = attend_one(q, entry["k"][g], entry["v"][g], ok)
         return out, entry
 
     def window(self, cfg, length):
-        return cfg.local_chunk_len * (1 + sum(cfg.local_window))
+        return cfg.local_chunk_len * (1 + sum(cfg.local_window()))
 
 
 class LSHAttention(AttentionKind):
@@ -378,8 +378,8 @@ class LSHAttention(AttentionKind):
             n_buckets=cfg.lsh_buckets(q.shape[2]),
             chunk_len=cfg.chunk_len,
             causal=causal,
-            n_chunks_before=cfg.n_chunks_before,
-            n_chunks_after=cfg.n_chunks_after,
+            n_chunks_before=cfg.lsh_window(causal)[0],
+            n_chunks_after=cfg.lsh_window(causal)[1],
             dedup=cfg.dedup,
             buckets=buckets,
             mask=mask,
@@ -465,7 +465,7 @@ class LSHAttention(AttentionKind):
         return min((cfg.n_chunks_before + 1) * cfg.chunk_len, cfg.max_len)
 
     def window(self, cfg, length):
-        return cfg.n_hashes * cfg.chunk_len * (1 + cfg.n_chunks_before + cfg.n_chunks_after)
+        return cfg.n_hashes * cfg.chunk_len * (1 + sum(cfg.lsh_window()))
 
     def variant(self, name):
         return "full_shared" if name == "full" else self.name

@@ -110,7 +110,9 @@ def hash_with_rotations(x: jax.Array, rotations: jax.Array, factors: tuple[int, 
     return jax.lax.stop_gradient(buckets)
 
 
-def sort_by_bucket(buckets: jax.Array, n_buckets_total: int) -> tuple[jax.Array, jax.Array]:
+def sort_by_bucket(
+    buckets: jax.Array, n_buckets_total: int, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
     """Round-major sort of hashed positions.
 
     buckets: [b, h, r, l] -> (perm, inv), both int32 [b, h, n] with n = r * l.
@@ -119,10 +121,18 @@ def sort_by_bucket(buckets: jax.Array, n_buckets_total: int) -> tuple[jax.Array,
     bucket, then position: the stable sort of round * n_b + bucket over the
     round-major flattening (which is already in position order) gives exactly
     that, without a composite integer key that could overflow at long lengths.
+
+    valid: optional bool [b, l] (True = real token). Padding goes into one
+    extra bucket after every round's buckets, so the real tokens fill the
+    first r * (real count) slots exactly as they would without the padding
+    (docs/algorithm.md, "Padding").
     """
     b, h, r, l = buckets.shape
     rounds = jnp.arange(r, dtype=jnp.int32)[:, None]
-    keys = (rounds * n_buckets_total + buckets).reshape(b, h, r * l)
+    keys = rounds * n_buckets_total + buckets  # [b, h, r, l]
+    if valid is not None:
+        keys = jnp.where(valid[:, None, None, :], keys, r * n_buckets_total)
+    keys = keys.reshape(b, h, r * l)
     perm = jnp.argsort(keys, axis=-1, stable=True).astype(jnp.int32)
     inv = jnp.argsort(perm, axis=-1).astype(jnp.int32)
     return perm, inv
@@ -189,17 +199,26 @@ def chunk(x: jax.Array, chunk_len: int) -> jax.Array:
     return x.reshape(b, h, n // chunk_len, chunk_len, *x.shape[3:])
 
 
-def look_around(x: jax.Array, before: int, after: int) -> jax.Array:
+def look_around(
+    x: jax.Array, before: int, after: int, wrap: int | jax.Array | None = None
+) -> jax.Array:
     """Concatenates each chunk with its neighbours, wrapping around.
 
     x: [b, h, n_c, c, ...] -> [b, h, n_c, (before + 1 + after) * c, ...]; the
-    window of chunk i is chunks i - before, ..., i + after (mod n_c), in that
-    order. Callers clamp before/after with `window_sizes` so no chunk repeats.
+    window of chunk i is chunks i - before, ..., i + after (mod W), in that
+    order, W = `wrap`: the chunk count n_c (None), an int, or int32 [b] per
+    example (then x must be [b, ...] in full). Callers clamp before/after with
+    `window_sizes` so no chunk repeats.
     """
-    parts = [jnp.roll(x, i, axis=2) for i in range(before, 0, -1)]
-    parts.append(x)
-    parts += [jnp.roll(x, -i, axis=2) for i in range(1, after + 1)]
-    return jnp.concatenate(parts, axis=3) if len(parts) > 1 else x
+    n_c, c = x.shape[2], x.shape[3]
+    raw = jnp.arange(n_c, dtype=jnp.int32)[:, None] + jnp.arange(-before, after + 1)  # [n_c, n_win]
+    if wrap is None or jnp.ndim(wrap) == 0:
+        out = jnp.take(x, (raw % (n_c if wrap is None else wrap)).reshape(-1), axis=2)
+    else:
+        idx = (raw[None] % wrap[:, None, None]).reshape(x.shape[0], 1, -1)
+        out = jnp.take_along_axis(x, idx.reshape(idx.shape + (1,) * (x.ndim - 3)), axis=2)
+    # [b, h, n_c * n_win, c, ...] -> [b, h, n_c, n_win * c, ...]
+    return out.reshape(*x.shape[:2], n_c, raw.shape[1] * c, *x.shape[4:])
 
 
 def window_sizes(n_chunks: int, before: int, after: int) -> tuple[int, int]:

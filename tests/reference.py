@@ -37,45 +37,42 @@ def lsh_attention(
     dedup=False,
     mask=None,
 ):
-    """LSH attention given buckets [b, h, r, l]; returns float64 [b, h, l, e]."""
+    """LSH attention given buckets [b, h, r, l]; returns float64 [b, h, l, e].
+
+    Padded positions (mask False) take no part: their rows of the result are 0.
+    """
     qk = np.asarray(qk, np.float64)
     v = np.asarray(v, np.float64)
     buckets = np.asarray(buckets)
     bsz, heads, length, _ = qk.shape
     n_hashes = buckets.shape[2]
     c = chunk_len
-    padded = -(-length // c) * c
-    valid = np.ones((bsz, padded), bool)
-    valid[:, length:] = False
-    if mask is not None:
-        valid[:, :length] = np.asarray(mask, bool)
+    valid = np.ones((bsz, length), bool) if mask is None else np.asarray(mask, bool)
     keys = normalized_keys(qk)
     out = np.zeros(v.shape, np.float64)
-    n_slots = n_hashes * padded
-    n_chunks = n_slots // c
-    before = min(n_chunks_before, n_chunks - 1)
-    after = min(n_chunks_after, n_chunks - 1 - before)
 
     for b in range(bsz):
+        # Padding takes no slot at all: only the real tokens are sorted and
+        # chunked, so the windows wrap around the chunks of real tokens.
+        real = [t for t in range(length) if valid[b, t]]
+        n_slots = n_hashes * len(real)
+        n_chunks = -(-n_slots // c)
+        before = min(n_chunks_before, n_chunks - 1)
+        after = min(n_chunks_after, n_chunks - 1 - before)
         for h in range(heads):
-            # Sorted slots: (round, bucket, position), pad positions in bucket 0.
-            items = []
-            for r in range(n_hashes):
-                for t in range(padded):
-                    bucket = buckets[b, h, r, t] if t < length else 0
-                    items.append((r, int(bucket), t))
-            items.sort()
+            # Sorted slots: (round, bucket, position).
+            items = sorted((r, int(buckets[b, h, r, t]), t) for r in range(n_hashes) for t in real)
             slot_pos = [t for _, _, t in items]
             slot_of = {(r, t): s for s, (r, _, t) in enumerate(items)}
 
             def window(slot):
                 k = slot // c
                 chunks = [(k + o) % n_chunks for o in range(-before, after + 1)]
-                return [s for ch in chunks for s in range(ch * c, (ch + 1) * c)]
+                return [s for ch in chunks for s in range(ch * c, min((ch + 1) * c, n_slots))]
 
-            for t in range(length):
+            for t in real:
                 if dedup:
-                    counts = np.zeros(padded)
+                    counts = np.zeros(length)
                     for r in range(n_hashes):
                         for s in window(slot_of[(r, t)]):
                             counts[slot_pos[s]] += 1
@@ -83,19 +80,14 @@ def lsh_attention(
                 for r in range(n_hashes):
                     slots = window(slot_of[(r, t)])
                     pos = np.array([slot_pos[s] for s in slots])
-                    logits = np.array(
-                        [qk[b, h, t] @ keys[b, h, p] if p < length else 0.0 for p in pos]
-                    )
-                    logits -= MASK * ~valid[b, pos]
+                    logits = np.array([qk[b, h, t] @ keys[b, h, p] for p in pos])
                     if causal:
                         logits -= MASK * (pos > t)
                     logits -= SELF * (pos == t)
                     if dedup:
                         logits -= np.log(counts[pos])
                     probs, lse = _softmax_lse(logits)
-                    vals = np.array(
-                        [v[b, h, p] if p < length else np.zeros(v.shape[-1]) for p in pos]
-                    )
+                    vals = v[b, h, pos]
                     outs.append(probs @ vals)
                     lses.append(lse)
                 w, _ = _softmax_lse(np.array(lses))

@@ -138,3 +138,24 @@ def test_look_around_wraps_and_window_clamps():
     assert lsh.window_sizes(1, 1, 0) == (0, 0)
     assert lsh.window_sizes(3, 2, 2) == (2, 0)
     assert lsh.window_sizes(8, 1, 1) == (1, 1)
+
+
+def test_look_around_wraps_around_the_first_wrap_chunks():
+    x = jnp.arange(2 * 5 * 2).reshape(2, 1, 5, 2)  # 2 examples, 5 chunks of 2
+    # Example 0 wraps around its first 3 chunks, example 1 around all 5.
+    w = np.asarray(lsh.look_around(x, 1, 1, jnp.array([3, 5])))[:, 0]
+    np.testing.assert_array_equal(w[0, 0], [4, 5, 0, 1, 2, 3])
+    np.testing.assert_array_equal(w[0, 2], [2, 3, 4, 5, 0, 1])
+    np.testing.assert_array_equal(w[1, 0], [18, 19, 10, 11, 12, 13])
+    static = np.asarray(lsh.look_around(x, 1, 0, 3))[1, 0]
+    np.testing.assert_array_equal(static[0], [14, 15, 10, 11])
+
+
+def test_sort_puts_padding_after_every_round():
+    buckets = jnp.array([[[[1, 0, 1, 0], [0, 1, 0, 1]]]])  # [b=1, h=1, r=2, l=4]
+    valid = jnp.array([[True, True, True, False]])
+    perm, inv = lsh.sort_by_bucket(buckets, 2, valid)
+    # Round 0: bucket 0 {1}, bucket 1 {0, 2}; round 1: bucket 0 {0, 2}, bucket 1 {1};
+    # then the pad's copies (position 3 of rounds 0 and 1).
+    np.testing.assert_array_equal(perm[0, 0], [1, 0, 2, 4, 6, 5, 3, 7])
+    np.testing.assert_array_equal(jnp.take_along_axis(inv, perm, axis=-1)[0, 0], np.arange(8))
