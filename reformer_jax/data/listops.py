@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -158,23 +159,16 @@ class _TreeSampler:
     """LRA's random tree, drawing its uniforms from a numpy Generator in blocks.
 
     One uniform decides operator or digit, one the digit, one the argument
-    count and one the operator; drawing them in blocks of 2^16 keeps a draw
-    at Python speed (one numpy call per scalar would dominate).
+    count and one the operator. They come from blocks of 2^16 through a
+    C-level iterator: one numpy call, or one Python call, per scalar would
+    dominate the time of a draw.
     """
 
     def __init__(self, rng: np.random.Generator, max_depth: int, max_args: int, max_len: int):
-        self.rng, self.max_depth, self.max_args, self.max_len = rng, max_depth, max_args, max_len
-        self.uniforms: list[float] = []
-        self.next = 0
+        self.max_depth, self.max_args, self.max_len = max_depth, max_args, max_len
+        blocks = iter(lambda: rng.random(1 << 16).tolist(), None)  # endless
+        self.uniform = itertools.chain.from_iterable(blocks).__next__
         self.length = 0
-
-    def uniform(self) -> float:
-        if self.next == len(self.uniforms):
-            self.uniforms = self.rng.random(1 << 16).tolist()
-            self.next = 0
-        u = self.uniforms[self.next]
-        self.next += 1
-        return u
 
     def draw(self) -> Tree:
         """One tree of fewer than max_len tokens (its length in self.length), or _TooLong."""
@@ -456,8 +450,11 @@ def _describe(split: str, settings: ListOpsSettings) -> dict:
     }
 
 
-def split_paths(split: str, settings: ListOpsSettings, data_dir: str | None = None):
+def split_paths(
+    split: str, settings: ListOpsSettings | None = None, data_dir: str | None = None
+) -> tuple[str, str]:
     """(npz path, json path) of a split's cache files."""
+    settings = settings or ListOpsSettings()
     root = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     directory = os.path.join(root, "listops", settings.cache_name())
     split = canonical_split(split)
