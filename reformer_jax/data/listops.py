@@ -23,8 +23,10 @@ lra_benchmarks/data/listops.py, read at commit 29833a1):
   500, max_length 2000; 96,000 train, 2,000 validation and 2,000 test
   examples (the script's flag defaults).
 
-What differs from LRA: each split is drawn from its own numpy stream seeded
-by (data_seed, split), so a split does not change when another split's size
+What differs from LRA: the random numbers come from numpy, so the examples
+are drawn as LRA draws them but are not those of LRA's released files (whose
+text `encode` reads). Each split is drawn from its own stream seeded by
+(data_seed, split), so a split does not change when another split's size
 does; validation excludes test examples and train excludes both (LRA draws
 one set of distinct trees and cuts it). Generating a draw stops as soon as it
 reaches max_len tokens, which rejects exactly the trees LRA rejects.
@@ -41,6 +43,9 @@ Files. Each split is generated once into
 labels) beside `<split>.json` (settings, counts, label histogram and the
 arrays' sha256); data_dir defaults to $REFORMER_JAX_DATA, else
 ~/.cache/reformer_jax. A file that does not match its JSON is a DatasetError.
+Generation runs at about 1,000 examples a second or two on one CPU core
+(measured at LRA's settings): the first train request takes 2-4 minutes,
+and LRA's train split takes 54 MB.
 
 Batches: {"tokens": int32 [b, l] (0-padded), "mask": bool [b, l] (True on
 real tokens), "label": int32 [b], "weight": float32 [b] (0 on filler rows)}.
@@ -68,7 +73,7 @@ from reformer_jax.data.enwik8 import default_data_dir
 from reformer_jax.data.imagenet64 import SinglePassIterator
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")  # LRA's order
-OPERATOR_PROB = 0.25  # P(a node above max_depth is an operator): LRA's VALUE_P
+OPERATOR_PROB = 0.25  # P(a node at depth < max_depth is an operator): LRA's VALUE_P
 NUM_CLASSES = 10
 PAD_ID = 0
 VOCAB = ("<pad>", *(str(d) for d in range(10)), *(f"[{op}" for op in OPERATORS), "]")
@@ -261,7 +266,7 @@ def evaluate(text: str) -> int:
             if not args:
                 raise ValueError(f"listops: [{op} without arguments in {text[:80]!r}.")
             digit = _TEXT_OPERATORS[op](args)
-        elif token.isdigit() and len(token) == 1:
+        elif len(token) == 1 and "0" <= token <= "9":
             digit = int(token)
         else:
             raise ValueError(f"listops: unknown token {token!r} in {text[:80]!r}.")
