@@ -65,6 +65,10 @@ CASES = [
     (37, 6, 4, [2, 4], False, True, False, 1, 1),
     (30, 4, 2, 8, True, False, True, 2, 1),
     (12, 16, 3, 2, False, True, False, 1, 0),  # chunk longer than the sequence
+    # Bidirectional with padding: one chunk back and one ahead, as encoders run.
+    (40, 8, 2, 4, False, False, True, 1, 1),
+    (43, 8, 3, 8, False, True, True, 1, 1),
+    (20, 4, 1, 4, False, False, True, 2, 2),  # windows narrowed where few chunks are real
 ]
 
 
