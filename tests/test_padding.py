@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.model import ReformerStack
 
 LENGTHS = (13, 21)  # neither a multiple of the chunk (4): the chunk round-up pads too
@@ -79,3 +79,43 @@ def test_padded_batch_equals_each_sequence_alone(causal, reversible):
         jax.tree_util.tree_leaves(g_sum), jax.tree_util.tree_leaves(g_batch), strict=True
     ):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_step_memory_is_flat_in_depth():
+    """A bidirectional, padded step's compiled temporaries do not grow with the layers.
+
+    Reversible layers keep no activations: 4 and 24 layers (2 and 12 scanned
+    groups of the local/LSH cycle) need the same temporaries, padding mask
+    and all (XLA's compiled memory analysis, deterministic).
+    """
+    length = 2048
+
+    def temp_bytes(n_layers):
+        cfg = ReformerConfig(
+            vocab_size=16,
+            max_len=length,
+            d_model=64,
+            d_ff=128,
+            n_heads=2,
+            d_head=32,
+            n_layers=n_layers,
+            attention_kinds=("local", "lsh"),
+            causal=False,
+            chunk_len=64,
+            local_chunk_len=64,
+            pos_encoding="sinusoidal",
+        )
+        stack = ReformerStack(cfg, RunSettings(ff_chunk_size=512, attention_head_chunk=1))
+        tokens = jax.ShapeDtypeStruct((1, length), jnp.int32)
+        mask = jax.ShapeDtypeStruct((1, length), bool)
+        params = jax.eval_shape(lambda: stack.init(jax.random.key(0), jnp.zeros((1, 64), int)))
+
+        def loss(p, t, m):
+            hidden = stack.apply(p, t, mask=m, key=jax.random.key(1))
+            return jnp.sum(jnp.where(m[..., None], hidden, 0.0))
+
+        compiled = jax.jit(jax.grad(loss)).lower(params, tokens, mask).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    four, twenty_four = temp_bytes(4), temp_bytes(24)
+    assert twenty_four <= 1.1 * four, (four, twenty_four)
