@@ -65,7 +65,7 @@ def lsh_attention(
             slot_pos = [t for _, _, t in items]
             slot_of = {(r, t): s for s, (r, _, t) in enumerate(items)}
 
-            def window(slot):
+            def window(slot, n_chunks=n_chunks, before=before, after=after, n_slots=n_slots):
                 k = slot // c
                 chunks = [(k + o) % n_chunks for o in range(-before, after + 1)]
                 return [s for ch in chunks for s in range(ch * c, min((ch + 1) * c, n_slots))]
