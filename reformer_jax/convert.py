@@ -5,16 +5,20 @@
 Public functions:
 
     load_hf_reformer(path) -> (ReformerConfig, params)
-        path: a local HF checkpoint directory of a ReformerModelWithLMHead:
-        config.json plus model.safetensors (read with the safetensors numpy
-        API), a sharded model.safetensors.index.json, or pytorch_model.bin
-        (needs torch). `ReformerLM(cfg).apply({"params": params}, tokens)`
-        then gives HF's log-probabilities: float32 [b, l, v], position t
-        predicting token t + 1 (cfg.shift_inputs is False, as in HF).
+        path: a local HF checkpoint directory: config.json plus
+        model.safetensors (read with the safetensors numpy API), a sharded
+        model.safetensors.index.json, or pytorch_model.bin (needs torch).
+        config.json's `architectures` says which model it holds
+        (`ARCHITECTURES`). For a ReformerModelWithLMHead,
+        `ReformerLM(cfg).apply({"params": params}, tokens)` then gives HF's
+        log-probabilities: float32 [b, l, v], position t predicting token
+        t + 1 (cfg.shift_inputs is False, as in HF). A ReformerForMaskedLM
+        has the same tensors; its cfg is bidirectional (cfg.causal False).
+    architecture_from_hf(hf_config: dict) -> the HF class name
     config_from_hf(hf_config: dict) -> ReformerConfig
     params_from_hf(tensors: {name: np.ndarray}, cfg) -> params
-    buckets_from_hf(buckets: {layer: [b, h, r, l]}, cfg) -> the same with
-        HF's per-round offsets (r * n_buckets) removed: the form
+    buckets_from_hf(buckets: {layer: [b, h, r, L]}, cfg, length) -> the same
+        with HF's per-round offsets removed and cut to `length`: the form
         `ReformerLM.apply(..., buckets=...)` takes.
 
 Anything we cannot convert exactly (another architecture, an attention kind
@@ -27,10 +31,18 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
 - num_buckets=None: HF picks a power of two from the first sequence it sees;
   we use the paper's 2L/c per call.
-- lengths: HF pads an input whose length is not a multiple of the chunk
-  lengths' lcm up to that multiple, pads hashed into an extra last bucket;
-  we do not, so log-probabilities agree at multiples of the lcm and at
-  lengths up to the smaller chunk, not in between.
+- padding: HF pads an input whose length is not a multiple of the chunk
+  lengths' lcm up to that multiple and hashes the pads (and an attention
+  mask's) into an extra bucket at the end of every round; we sort padding
+  after all rounds. The outputs at real positions agree when nothing is
+  padded (multiples of the lcm, lengths up to the smaller chunk) and, with
+  one hash round, when each row has fewer pads than the LSH chunk length;
+  with two or more rounds and padding they differ.
+- bidirectional models: HF's LSH and local windows wrap around every chunk,
+  so with fewer chunks than a window spans HF counts a chunk twice, and its
+  local attention's first chunk sees the last one; our LSH windows hold each
+  chunk once and our local windows do not wrap (`config_from_hf` warns when
+  an encoder's local layers look beyond their chunk).
 - dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
   and local rates differ we take the local rate (see `config_from_hf`).
   Evaluation and sampling are unaffected.
@@ -99,6 +111,13 @@ ACTIVATIONS = {
     "swish": "silu",
 }
 LM_ARCHITECTURE = "ReformerModelWithLMHead"
+MLM_ARCHITECTURE = "ReformerForMaskedLM"
+# The HF classes that convert, and what each becomes. The encoders' HF heads
+# need is_decoder=false (bidirectional attention); the language model needs true.
+ARCHITECTURES = {
+    LM_ARCHITECTURE: "a causal language model (ReformerLM)",
+    MLM_ARCHITECTURE: "a masked language model (bidirectional)",
+}
 
 
 class ConversionError(Exception):
@@ -117,12 +136,30 @@ def _cycle(kinds: Sequence[str]) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+def supported_architectures() -> str:
+    """One line naming each HF class that converts and what it becomes."""
+    return "; ".join(f"{name} ({what})" for name, what in ARCHITECTURES.items())
+
+
+def architecture_from_hf(hf: dict[str, Any], source: str = CONFIG) -> str:
+    """The HF class config.json's `architectures` names (a checkpoint without it: the LM)."""
+    archs = hf.get("architectures") or [LM_ARCHITECTURE]
+    found = [a for a in archs if a in ARCHITECTURES]
+    if len(found) != 1:
+        raise ConversionError(
+            f"{source}: architectures={archs!r} is not supported: give one of "
+            f"{supported_architectures()}."
+        )
+    return found[0]
+
+
 def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
     """An HF ReformerConfig (config.json as a dict) -> our ReformerConfig.
 
     Raises ConversionError naming the field for anything that would convert
-    wrong: another model type or architecture, a non-causal model, attention
-    kinds other than "lsh"/"local", an activation we lack, chunk lengths of None.
+    wrong: another model type or architecture, a language model that is not
+    causal or an encoder head that is, attention kinds other than
+    "lsh"/"local", an activation we lack, chunk lengths of None.
     """
     get = lambda name: hf.get(name, HF_DEFAULTS.get(name))
 
@@ -131,14 +168,16 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
 
     if hf.get("model_type", "reformer") != "reformer":
         raise refuse("model_type", "is not a Reformer; only HF Reformer checkpoints convert.")
-    archs = hf.get("architectures") or [LM_ARCHITECTURE]
-    if LM_ARCHITECTURE not in archs:
-        raise refuse(
-            "architectures",
-            f"is not supported: only {LM_ARCHITECTURE} (a causal language model) converts.",
+    arch = architecture_from_hf(hf, source)
+    causal = arch == LM_ARCHITECTURE
+    if bool(get("is_decoder")) != causal:
+        why = (
+            f"is not supported: {arch} converts as a causal language model (is_decoder=true)."
+            if causal
+            else f"is not supported: {arch} converts as an encoder (is_decoder=false, "
+            "bidirectional attention)."
         )
-    if not get("is_decoder"):
-        raise refuse("is_decoder", "is not supported: ReformerLM is causal (is_decoder=true).")
+        raise refuse("is_decoder", why)
     hf_kinds = get("attn_layers")
     if not hf_kinds or any(k not in ("lsh", "local") for k in hf_kinds):
         raise refuse("attn_layers", "is not supported: each layer must be 'lsh' or 'local'.")
@@ -149,7 +188,7 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         if not isinstance(get(field), int) or get(field) <= 0:
             raise refuse(field, "is not supported: give a positive chunk length.")
     for field in ("lsh_num_chunks_after", "local_num_chunks_after"):
-        if get(field) != 0:
+        if causal and get(field) != 0:
             raise refuse(field, "is not supported: a causal model looks at no later chunk (0).")
     num_buckets = get("num_buckets")
     if isinstance(num_buckets, list):
@@ -186,6 +225,14 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         )
     lsh_window = (get("lsh_num_chunks_before"), get("lsh_num_chunks_after"))
     local_window = (get("local_num_chunks_before"), get("local_num_chunks_after"))
+    if not causal and "local" in hf_kinds and sum(local_window):
+        log.warning(
+            "%s: HF's bidirectional local attention wraps around (its first chunk sees the "
+            "last one and the last sees the first); ours does not, so the converted model "
+            "gives HF's outputs only at lengths up to local_attn_chunk_length=%s",
+            source,
+            get("local_attn_chunk_length"),
+        )
     try:
         return ReformerConfig(
             vocab_size=get("vocab_size"),
@@ -212,7 +259,7 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
             layer_norm_eps=float(get("layer_norm_eps")),
             hash_seed=get("hash_seed"),
             shift_inputs=False,
-            causal=True,
+            causal=causal,
         )
     except ValueError as e:
         raise ConversionError(f"{source}: {e}") from None
@@ -222,7 +269,8 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
 
 
 def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a ReformerModelWithLMHead checkpoint holds, with its shape."""
+    """Every tensor a ReformerModelWithLMHead or ReformerForMaskedLM checkpoint holds, with
+    its shape (the two have the same tensors)."""
     m, f, v, hd = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
     shapes = {"reformer.embeddings.word_embeddings.weight": (v, m)}
     if len(cfg.axial_shape) == 1:
@@ -255,9 +303,16 @@ def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
 
 
 def params_from_hf(
-    tensors: dict[str, np.ndarray], cfg: ReformerConfig, source: str = SAFETENSORS
+    tensors: dict[str, np.ndarray],
+    cfg: ReformerConfig,
+    source: str = SAFETENSORS,
+    architecture: str = LM_ARCHITECTURE,
 ) -> dict:
     """HF tensor names -> our parameter tree (float32), checking every name and shape.
+
+    The tree is the stack's (`embed`, `axial_pos`, `blocks`) and the head's
+    (`head`: HF's final LayerNorm `reformer.encoder.layer_norm`, which our
+    heads own, and the head's own layers).
 
     The LM head's bias: HF transformers 5.x holds both `lm_head.decoder.bias`
     (used) and `lm_head.bias` (unused); 4.x tied the two, and a deduplicated
@@ -272,7 +327,7 @@ def params_from_hf(
     for name, shape in shapes.items():
         if name not in tensors:
             raise ConversionError(
-                f"{source} has no tensor {name}; is it a {LM_ARCHITECTURE} checkpoint "
+                f"{source} has no tensor {name}; is it a {architecture} checkpoint "
                 f"matching its {CONFIG}?"
             )
         if tuple(tensors[name].shape) != shape:
@@ -283,7 +338,7 @@ def params_from_hf(
     extra = sorted(set(tensors) - set(shapes))
     if extra:
         raise ConversionError(
-            f"{source} has tensors a {LM_ARCHITECTURE} does not ({extra[0]}, ...); "
+            f"{source} has tensors a {architecture} does not ({extra[0]}, ...); "
             "is it another architecture?"
         )
     t = lambda name: np.asarray(tensors[name], np.float32)
@@ -402,8 +457,8 @@ def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
-    """A local HF ReformerModelWithLMHead checkpoint directory -> (config, params)."""
+def read_hf_config(path: str) -> dict[str, Any]:
+    """config.json of an HF checkpoint directory, as a dict."""
     if not os.path.isdir(path):
         raise ConversionError(f"{path} is not a directory: give an HF checkpoint directory.")
     config_path = os.path.join(path, CONFIG)
@@ -414,21 +469,40 @@ def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
             hf_config = json.load(f)
     except (OSError, ValueError) as e:
         raise ConversionError(f"{config_path} is not readable JSON: {e}") from None
+    return hf_config
+
+
+def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
+    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> (config, params)."""
+    hf_config = read_hf_config(path)
     cfg = config_from_hf(hf_config)
     tensors, source = read_hf_tensors(path)
-    return cfg, params_from_hf(tensors, cfg, source)
+    return cfg, params_from_hf(tensors, cfg, source, architecture_from_hf(hf_config))
 
 
-def buckets_from_hf(buckets: dict[int, Any], cfg: ReformerConfig) -> dict[int, np.ndarray]:
-    """HF's per-layer buckets [b, h, r, l] (round r offset by r * n_buckets) -> ours."""
-    n_total = lsh.total_buckets(cfg.n_buckets) if cfg.n_buckets is not None else None
+def buckets_from_hf(
+    buckets: dict[int, Any], cfg: ReformerConfig, length: int | None = None
+) -> dict[int, np.ndarray]:
+    """HF's per-layer buckets [b, h, r, L] -> ours [b, h, r, length], each in [0, n_buckets).
+
+    HF offsets round r by r * n_buckets, or by r * (n_buckets + 1) when its
+    batch holds padding (an attention mask's zeros, or its own round-up of
+    the length): the padding then sits in an extra bucket, n_buckets, of
+    every round, which tells the two cases apart. The padding's buckets
+    become 0 (our LSH never reads them: padding sorts after every round).
+    length: the input's length, when HF rounded it up (the hooks of an LSH
+    layer see L >= length; its cache holds `length` already).
+    """
+    if cfg.n_buckets is None:
+        raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
+    n_total = lsh.total_buckets(cfg.n_buckets)
     out = {}
     for layer, b in buckets.items():
         b = np.asarray(b)
-        if n_total is None:
-            raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
-        offsets = np.arange(b.shape[2]).reshape(1, 1, -1, 1) * n_total
-        out[layer] = (b - offsets).astype(np.int32)
+        padded = bool((b[:, :, 0] == n_total).any())
+        offsets = np.arange(b.shape[2]).reshape(1, 1, -1, 1) * (n_total + padded)
+        b = b - offsets
+        out[layer] = np.where(b < n_total, b, 0)[..., :length].astype(np.int32)
     return out
 
 
@@ -448,7 +522,9 @@ def main(argv: Sequence[str]) -> None:
 
     parser = argparse.ArgumentParser(
         prog="python -m reformer_jax.convert",
-        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir.",
+        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir. "
+        f"The workdir can hold a {LM_ARCHITECTURE}; from Python, load_hf_reformer also "
+        f"reads {', '.join(a for a in ARCHITECTURES if a != LM_ARCHITECTURE)}.",
     )
     parser.add_argument("--hf_dir", required=True, help="local HF checkpoint directory")
     parser.add_argument("--workdir", required=True, help="new workdir to write")
@@ -457,8 +533,14 @@ def main(argv: Sequence[str]) -> None:
     cli.log_to_stderr()
     try:
         cfg, params = load_hf_reformer(args.hf_dir)
+        arch = architecture_from_hf(read_hf_config(args.hf_dir))
     except ConversionError as e:
         raise cli.UsageError(str(e)) from None
+    if arch != LM_ARCHITECTURE:
+        raise cli.UsageError(
+            f"{args.hf_dir} holds a {arch}; a workdir can hold a {LM_ARCHITECTURE} only (load "
+            "the other architectures from Python with reformer_jax.convert.load_hf_reformer)."
+        )
     directory = checkpoints.find_directory(args.workdir)
     if os.path.isdir(directory) and os.listdir(directory):
         raise cli.UsageError(
