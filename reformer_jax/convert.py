@@ -4,26 +4,34 @@
 
 Public functions:
 
-    load_hf_reformer(path) -> (ReformerConfig, params)
+    load_hf(path) -> HFCheckpoint(architecture, cfg, params, n_labels)
         path: a local HF checkpoint directory: config.json plus
         model.safetensors (read with the safetensors numpy API), a sharded
         model.safetensors.index.json, or pytorch_model.bin (needs torch).
-        config.json's `architectures` says which model it holds
-        (`ARCHITECTURES`). For a ReformerModelWithLMHead,
-        `ReformerLM(cfg).apply({"params": params}, tokens)` then gives HF's
-        log-probabilities: float32 [b, l, v], position t predicting token
-        t + 1 (cfg.shift_inputs is False, as in HF). A ReformerForMaskedLM
-        has the same tensors; its cfg is bidirectional (cfg.causal False).
+        config.json's `architectures` names the HF class, one of
+        `ARCHITECTURES`; `checkpoint.model()` is ours (`hf_model`):
+            ReformerModelWithLMHead            ReformerLM: log-probs [b, l, v],
+                                               position t predicting token t + 1
+                                               (cfg.shift_inputs is False, as in HF)
+            ReformerForMaskedLM                ReformerMLM: log-probs [b, l, v]
+            ReformerForSequenceClassification  ReformerClassifier(n_labels, "first"):
+                                               logits [b, n_labels]
+            ReformerForQuestionAnswering       ReformerSpanModel: (start, end) [b, l]
+        The encoders' configs are bidirectional (cfg.causal False) and take
+        HF's attention_mask as `mask`. Parameters: the stack's, and the
+        head's under `head` (HF's final LayerNorm is the head's `norm`).
+    load_hf_reformer(path) -> (ReformerConfig, params): load_hf's.
     architecture_from_hf(hf_config: dict) -> the HF class name
     config_from_hf(hf_config: dict) -> ReformerConfig
-    params_from_hf(tensors: {name: np.ndarray}, cfg) -> params
+    params_from_hf(tensors: {name: np.ndarray}, cfg, source, architecture, n_labels) -> params
     buckets_from_hf(buckets: {layer: [b, h, r, L]}, cfg, length) -> the same
         with HF's per-round offsets removed and cut to `length`: the form
         `ReformerLM.apply(..., buckets=...)` takes.
 
 Anything we cannot convert exactly (another architecture, an attention kind
-we lack, a missing tensor, a wrong shape) is a `ConversionError` whose one
-line names the file and field, rather than a silently different model.
+we lack, a regression or multi-label classifier, a missing tensor, a wrong
+shape) is a `ConversionError` whose one line names the file and field,
+rather than a silently different model.
 
 What differs from HF by design (docs in README "Pretrained HF checkpoints"):
 - hash_seed: HF reseeds torch's generator; we draw fixed rotations from
@@ -51,6 +59,7 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -58,12 +67,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax import kinds, lsh
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax.encoders import ReformerClassifier, ReformerMLM, ReformerSpanModel
 from reformer_jax.model import ReformerLM, block_names
 
 log = logging.getLogger("reformer_jax")
@@ -112,11 +123,23 @@ ACTIVATIONS = {
 }
 LM_ARCHITECTURE = "ReformerModelWithLMHead"
 MLM_ARCHITECTURE = "ReformerForMaskedLM"
+CLASSIFIER_ARCHITECTURE = "ReformerForSequenceClassification"
+SPAN_ARCHITECTURE = "ReformerForQuestionAnswering"
 # The HF classes that convert, and what each becomes. The encoders' HF heads
 # need is_decoder=false (bidirectional attention); the language model needs true.
 ARCHITECTURES = {
-    LM_ARCHITECTURE: "a causal language model (ReformerLM)",
-    MLM_ARCHITECTURE: "a masked language model (bidirectional)",
+    LM_ARCHITECTURE: "ReformerLM, causal",
+    MLM_ARCHITECTURE: "ReformerMLM",
+    CLASSIFIER_ARCHITECTURE: "ReformerClassifier pooling the first position",
+    SPAN_ARCHITECTURE: "ReformerSpanModel",
+}
+# Each architecture's head layers: (our name under `head`, or "" for the head
+# itself; the HF Linear's name). Every head also holds HF's final LayerNorm.
+HEAD_LINEARS = {
+    LM_ARCHITECTURE: (("", "lm_head.decoder"),),
+    MLM_ARCHITECTURE: (("", "lm_head.decoder"),),
+    CLASSIFIER_ARCHITECTURE: (("dense", "classifier.dense"), ("out_proj", "classifier.out_proj")),
+    SPAN_ARCHITECTURE: (("qa_outputs", "qa_outputs"),),
 }
 
 
@@ -153,6 +176,12 @@ def architecture_from_hf(hf: dict[str, Any], source: str = CONFIG) -> str:
     return found[0]
 
 
+def labels_from_hf(hf: dict[str, Any]) -> int:
+    """The labels of a classifier (HF: len(id2label), else num_labels, default 2)."""
+    id2label = hf.get("id2label")
+    return len(id2label) if id2label else int(hf.get("num_labels", 2))
+
+
 def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
     """An HF ReformerConfig (config.json as a dict) -> our ReformerConfig.
 
@@ -178,6 +207,7 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
             "bidirectional attention)."
         )
         raise refuse("is_decoder", why)
+    _check_head_config(hf, arch, source)
     hf_kinds = get("attn_layers")
     if not hf_kinds or any(k not in ("lsh", "local") for k in hf_kinds):
         raise refuse("attn_layers", "is not supported: each layer must be 'lsh' or 'local'.")
@@ -265,12 +295,42 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         raise ConversionError(f"{source}: {e}") from None
 
 
+def _check_head_config(hf: dict[str, Any], arch: str, source: str) -> None:
+    """Refuses head settings our models lack; warns about the classifier's dropout."""
+    labels = labels_from_hf(hf)
+    if arch == SPAN_ARCHITECTURE and labels != 2:
+        raise ConversionError(
+            f"{source}: num_labels={labels} is not supported: a {arch} has two outputs (span "
+            "start and end)."
+        )
+    if arch != CLASSIFIER_ARCHITECTURE:
+        return
+    problem = hf.get("problem_type")
+    if labels < 2 or problem not in (None, "single_label_classification"):
+        raise ConversionError(
+            f"{source}: num_labels={labels}, problem_type={problem!r} is not supported: "
+            f"{arch} converts as a single-label classifier of 2 or more labels."
+        )
+    dropout = hf.get("classifier_dropout")
+    hidden = hf.get("hidden_dropout_prob", HF_DEFAULTS["hidden_dropout_prob"])
+    if dropout is not None and dropout != hidden:
+        log.warning(
+            "%s: classifier_dropout=%s differs from hidden_dropout_prob=%s; ClassifierHead "
+            "drops out at the model's rate, hidden_dropout_prob (evaluation does not use "
+            "dropout)",
+            source,
+            dropout,
+            hidden,
+        )
+
+
 # ----------------------------------------------------------------------------- tensors
 
 
-def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a ReformerModelWithLMHead or ReformerForMaskedLM checkpoint holds, with
-    its shape (the two have the same tensors)."""
+def _hf_shapes(
+    cfg: ReformerConfig, architecture: str = LM_ARCHITECTURE, n_labels: int = 2
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of `architecture` holds, with its shape."""
     m, f, v, hd = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
     shapes = {"reformer.embeddings.word_embeddings.weight": (v, m)}
     if len(cfg.axial_shape) == 1:
@@ -297,8 +357,15 @@ def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}feed_forward.output.dense.bias"] = (m,)
     shapes["reformer.encoder.layer_norm.weight"] = (2 * m,)
     shapes["reformer.encoder.layer_norm.bias"] = (2 * m,)
-    shapes["lm_head.decoder.weight"] = (v, 2 * m)
-    shapes["lm_head.decoder.bias"] = (v,)
+    linears = {  # HF Linear -> its weight's [out, in]
+        "lm_head.decoder": (v, 2 * m),
+        "classifier.dense": (m, 2 * m),
+        "classifier.out_proj": (n_labels, m),
+        "qa_outputs": (2, 2 * m),
+    }
+    for _, name in HEAD_LINEARS[architecture]:
+        shapes[f"{name}.weight"] = linears[name]
+        shapes[f"{name}.bias"] = linears[name][:1]
     return shapes
 
 
@@ -307,12 +374,14 @@ def params_from_hf(
     cfg: ReformerConfig,
     source: str = SAFETENSORS,
     architecture: str = LM_ARCHITECTURE,
+    n_labels: int = 2,
 ) -> dict:
     """HF tensor names -> our parameter tree (float32), checking every name and shape.
 
     The tree is the stack's (`embed`, `axial_pos`, `blocks`) and the head's
     (`head`: HF's final LayerNorm `reformer.encoder.layer_norm`, which our
-    heads own, and the head's own layers).
+    heads own, and the head's Linear layers as `HEAD_LINEARS` names them).
+    n_labels: a classifier's labels (`labels_from_hf`).
 
     The LM head's bias: HF transformers 5.x holds both `lm_head.decoder.bias`
     (used) and `lm_head.bias` (unused); 4.x tied the two, and a deduplicated
@@ -320,10 +389,11 @@ def params_from_hf(
     and fall back to `lm_head.bias` only when it is absent.
     """
     tensors = dict(tensors)
-    if "lm_head.decoder.bias" not in tensors and "lm_head.bias" in tensors:
-        tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"]
-    tensors.pop("lm_head.bias", None)
-    shapes = _hf_shapes(cfg)
+    if architecture in (LM_ARCHITECTURE, MLM_ARCHITECTURE):
+        if "lm_head.decoder.bias" not in tensors and "lm_head.bias" in tensors:
+            tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"]
+        tensors.pop("lm_head.bias", None)
+    shapes = _hf_shapes(cfg, architecture, n_labels)
     for name, shape in shapes.items():
         if name not in tensors:
             raise ConversionError(
@@ -380,14 +450,17 @@ def params_from_hf(
             per_group.append({"attention": attention, "feed_forward": feed_forward})
         blocks[block] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *per_group)
 
+    head = {"norm": norm("reformer.encoder.layer_norm")}
+    for ours, name in HEAD_LINEARS[architecture]:
+        linear = {"kernel": t(f"{name}.weight").T, "bias": t(f"{name}.bias")}
+        if ours:
+            head[ours] = linear
+        else:
+            head.update(linear)
     params = {
         "embed": {"embedding": t("reformer.embeddings.word_embeddings.weight")},
         "blocks": blocks,
-        "head": {
-            "norm": norm("reformer.encoder.layer_norm"),
-            "kernel": t("lm_head.decoder.weight").T,
-            "bias": t("lm_head.decoder.bias"),
-        },
+        "head": head,
     }
     if len(cfg.axial_shape) == 1:
         table = t("reformer.embeddings.position_embeddings.embedding.weight")
@@ -397,13 +470,29 @@ def params_from_hf(
             f"axis_{i}": t(f"reformer.embeddings.position_embeddings.weights.{i}").reshape(s, e)
             for i, (s, e) in enumerate(zip(cfg.axial_shape, cfg.axial_dims, strict=True))
         }
-    _check_tree(params, cfg)
+    _check_tree(params, hf_model(architecture, cfg, n_labels))
     return params
 
 
-def _check_tree(params: dict, cfg: ReformerConfig) -> None:
-    """The converted tree must be exactly the tree ReformerLM(cfg).init makes."""
-    wanted = _model_shapes(cfg)
+def hf_model(
+    architecture: str, cfg: ReformerConfig, n_labels: int = 2, run: RunSettings | None = None
+) -> nn.Module:
+    """The module that applies the parameters of a converted `architecture` checkpoint."""
+    run = run or RunSettings()
+    if architecture == LM_ARCHITECTURE:
+        return ReformerLM(cfg, run)
+    if architecture == MLM_ARCHITECTURE:
+        return ReformerMLM(cfg, run)
+    if architecture == CLASSIFIER_ARCHITECTURE:
+        return ReformerClassifier(cfg, n_labels, "first", run)
+    if architecture == SPAN_ARCHITECTURE:
+        return ReformerSpanModel(cfg, run)
+    raise ValueError(f"architecture={architecture!r}; use one of {list(ARCHITECTURES)}.")
+
+
+def _check_tree(params: dict, model: nn.Module) -> None:
+    """The converted tree must be exactly the tree `model.init` makes."""
+    wanted = _model_shapes(model)
     got_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
     want_shapes = jax.tree_util.tree_map(lambda x: x.shape, wanted)
     if got_shapes != want_shapes:  # a bug here, not in the checkpoint
@@ -472,12 +561,37 @@ def read_hf_config(path: str) -> dict[str, Any]:
     return hf_config
 
 
-def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
-    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> (config, params)."""
+@dataclasses.dataclass(frozen=True)
+class HFCheckpoint:
+    """A converted HF checkpoint: the HF class it held, our config and its parameters.
+
+    `model()` is the module that applies them (`hf_model`):
+    `checkpoint.model().apply({"params": checkpoint.params}, tokens, mask=...)`
+    computes what HF does (equal numbers need HF's LSH buckets, `buckets_from_hf`).
+    """
+
+    architecture: str
+    cfg: ReformerConfig
+    params: dict
+    n_labels: int = 2  # a classifier's labels
+
+    def model(self, run: RunSettings | None = None) -> nn.Module:
+        return hf_model(self.architecture, self.cfg, self.n_labels, run)
+
+
+def load_hf(path: str) -> HFCheckpoint:
+    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> HFCheckpoint."""
     hf_config = read_hf_config(path)
     cfg = config_from_hf(hf_config)
+    arch, labels = architecture_from_hf(hf_config), labels_from_hf(hf_config)
     tensors, source = read_hf_tensors(path)
-    return cfg, params_from_hf(tensors, cfg, source, architecture_from_hf(hf_config))
+    return HFCheckpoint(arch, cfg, params_from_hf(tensors, cfg, source, arch, labels), labels)
+
+
+def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
+    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> (config, params)."""
+    checkpoint = load_hf(path)
+    return checkpoint.cfg, checkpoint.params
 
 
 def buckets_from_hf(
@@ -509,22 +623,38 @@ def buckets_from_hf(
 # ----------------------------------------------------------------------------- CLI
 
 
+def task_bindings(checkpoint: HFCheckpoint) -> list[str]:
+    """The gin lines that make a workdir's task (reformer_jax/tasks.py) the checkpoint's model."""
+    arch = checkpoint.architecture
+    if arch == LM_ARCHITECTURE:
+        return ["train.task = @LanguageModelTask()"]
+    if arch == MLM_ARCHITECTURE:
+        return ["train.task = @MaskedLMTask()"]
+    if arch == CLASSIFIER_ARCHITECTURE:
+        return [
+            "train.task = @ClassificationTask()",
+            f"ClassificationTask.n_classes = {checkpoint.n_labels}",
+            "ClassificationTask.pooling = 'first'",
+        ]
+    return ["train.task = @SpanTask()"]
+
+
 def main(argv: Sequence[str]) -> None:
     """python -m reformer_jax.convert --hf_dir=DIR --workdir=OUT [--gin_file=...] [--gin_param=...]
 
     Writes <workdir>/checkpoints/0 (parameters and model config, as
     `checkpoints.save_params`) and <workdir>/config.gin: the given gin files
-    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig bound
-    on top, then the --gin_param overrides. `evaluate`, `train`
-    (fine-tuning) and `sampling` read that workdir.
+    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig and
+    the checkpoint's task (`task_bindings`) bound on top, then the
+    --gin_param overrides. `evaluate`, `train` (fine-tuning) and, for a
+    language model, `sampling` read that workdir.
     """
-    from reformer_jax import checkpoints, cli
+    from reformer_jax import checkpoints, cli, tasks
 
     parser = argparse.ArgumentParser(
         prog="python -m reformer_jax.convert",
         description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir. "
-        f"The workdir can hold a {LM_ARCHITECTURE}; from Python, load_hf_reformer also "
-        f"reads {', '.join(a for a in ARCHITECTURES if a != LM_ARCHITECTURE)}.",
+        f"config.json's architectures names the model; these convert: {supported_architectures()}.",
     )
     parser.add_argument("--hf_dir", required=True, help="local HF checkpoint directory")
     parser.add_argument("--workdir", required=True, help="new workdir to write")
@@ -532,39 +662,42 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     cli.log_to_stderr()
     try:
-        cfg, params = load_hf_reformer(args.hf_dir)
-        arch = architecture_from_hf(read_hf_config(args.hf_dir))
+        checkpoint = load_hf(args.hf_dir)
     except ConversionError as e:
         raise cli.UsageError(str(e)) from None
-    if arch != LM_ARCHITECTURE:
-        raise cli.UsageError(
-            f"{args.hf_dir} holds a {arch}; a workdir can hold a {LM_ARCHITECTURE} only (load "
-            "the other architectures from Python with reformer_jax.convert.load_hf_reformer)."
-        )
     directory = checkpoints.find_directory(args.workdir)
     if os.path.isdir(directory) and os.listdir(directory):
         raise cli.UsageError(
             f"{directory} already holds checkpoints; convert into a new --workdir."
         )
-    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
-    cli.parse_gin(args.gin_file, bindings + args.gin_param)
+    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(checkpoint.cfg).items()]
+    cli.parse_gin(args.gin_file, bindings + task_bindings(checkpoint) + args.gin_param)
     final = cli.model_config()
     try:
-        checkpoints.check_params_fit(params, _model_shapes(final), "the converted checkpoint")
+        task = cli.task()
+        task.check(final)
+        wanted = _model_shapes(task.model(final))
+    except tasks.TaskError as e:
+        raise cli.UsageError(str(e)) from None
+    params = checkpoint.params
+    try:
+        checkpoints.check_params_fit(params, wanted, "the converted checkpoint")
     except checkpoints.CheckpointError as e:
         raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
     cli.prepare_workdir(args.workdir)
     checkpoints.save_params(args.workdir, final, params, step=0)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(
-        f"converted {args.hf_dir} ({n:,} parameters, {final.n_layers} layers "
-        f"{final.attention_kinds}) into {args.workdir}"
+        f"converted {args.hf_dir} ({checkpoint.architecture}, {n:,} parameters, "
+        f"{final.n_layers} layers {final.attention_kinds}) into {args.workdir} "
+        f"(train.task = {type(task).__name__})"
     )
 
 
-def _model_shapes(cfg: ReformerConfig):
+def _model_shapes(model: nn.Module):
+    cfg = model.cfg
     tokens = jnp.zeros((1, min(cfg.max_len, 2 * max(cfg.chunk_len, cfg.local_chunk_len))), int)
-    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)["params"])
 
 
 if __name__ == "__main__":

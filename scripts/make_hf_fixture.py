@@ -1,4 +1,4 @@
-"""Builds the HF transformers Reformer fixtures that tests/test_convert.py checks against.
+"""Builds the HF transformers Reformer fixtures of tests/test_convert.py and test_hf_encoder.py.
 
     pip install -e '.[peers]'        # torch, transformers, safetensors
     python scripts/make_hf_fixture.py [--out tests/data/hf] [--cases NAME ...] [--report]
@@ -15,8 +15,9 @@ writes <out>/<case>/:
                                      (round r's buckets offset by r * n_buckets)
     versions.json                    torch / transformers / safetensors versions
 
-ENCODER_CASES are bidirectional models (`is_decoder=False`, the HF heads of
-encoders) run the same way on a batch with an `attention_mask` that pads some
+ENCODER_CASES are bidirectional models (`is_decoder=False`: HF's
+ReformerForMaskedLM, ReformerForSequenceClassification and
+ReformerForQuestionAnswering) run the same way on a batch with an `attention_mask` that pads some
 rows; their expected.npz holds input_ids, attention_mask [b, l] int32 (1 =
 real token), the head's outputs in float64 (see `OUTPUTS`) and the buckets
 of every LSH layer as its forward pass returns them: [b, h, r, L] over HF's
@@ -52,13 +53,16 @@ value -1e5, where a float32 log-sum-exp is off by up to 4e-3, so HF's float32
 probabilities there do not sum to 1 and its float32 logits move by ~4e-3.
 The float64 run is HF's model without that rounding (README, "Pretrained HF
 checkpoints"). --report converts each fixture with reformer_jax and prints the
-largest log-probability difference from HF run in float64 and in float32
-(each with its own buckets injected): the figures in docs/benchmarks.md.
+largest difference from HF run in float64 and in float32 (each with its own
+buckets injected) of the log-probabilities, or of the class or span logits
+at the real positions: the figures in docs/benchmarks.md. It needs
+reformer_jax importable beside torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -70,7 +74,13 @@ import numpy as np
 import safetensors
 import torch
 import transformers
-from transformers import ReformerConfig, ReformerForMaskedLM, ReformerModelWithLMHead
+from transformers import (
+    ReformerConfig,
+    ReformerForMaskedLM,
+    ReformerForQuestionAnswering,
+    ReformerForSequenceClassification,
+    ReformerModelWithLMHead,
+)
 from transformers.models.reformer.modeling_reformer import LSHSelfAttention
 
 BATCH = 2
@@ -175,7 +185,11 @@ class EncoderCase:
 
 
 # The head's outputs each architecture's expected.npz holds.
-OUTPUTS = {ReformerForMaskedLM: ("logits",)}
+OUTPUTS = {
+    ReformerForMaskedLM: ("logits",),  # [b, l, v]
+    ReformerForSequenceClassification: ("logits",),  # [b, num_labels]
+    ReformerForQuestionAnswering: ("start_logits", "end_logits"),  # each [b, l]
+}
 
 ENCODER_CASES = {
     # All LSH, looking one chunk back and one ahead; length 29, so HF pads the
@@ -233,6 +247,45 @@ ENCODER_CASES = {
         32,
         ((0, 0), (0, 0)),
     ),
+    # Three labels from position 0; the local layer's chunk spans the input,
+    # so HF runs it as full attention (its window would otherwise wrap).
+    "classifier": EncoderCase(
+        ReformerForSequenceClassification,
+        dict(
+            num_labels=3,
+            attn_layers=["lsh", "local"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=32,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=32,
+        ),
+        32,
+        ((0, 0), (0, 6)),
+    ),
+    # Start and end logits; five LSH chunks, tanh GELU.
+    "span": EncoderCase(
+        ReformerForQuestionAnswering,
+        dict(
+            attn_layers=["local", "lsh"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=8,
+            local_num_chunks_before=0,
+            local_num_chunks_after=0,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            hidden_act="gelu_new",
+            axial_pos_shape=[5, 8],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=40,
+        ),
+        40,
+        ((0, 2), (0, 7)),
+    ),
 }
 
 
@@ -288,18 +341,23 @@ def check_agreement(name: str, config: ReformerConfig, mask: np.ndarray) -> None
         raise ValueError(f"{name}: HF's bidirectional local windows wrap around; ours do not.")
 
 
-def capture_buckets(model: torch.nn.Module) -> dict[int, np.ndarray]:
-    """Hooks every LSH layer; the dict fills with its buckets [b, h, r, L] on each forward."""
+@contextlib.contextmanager
+def captured_buckets(model: torch.nn.Module):
+    """Hooks every LSH layer while open: the dict fills with its buckets [b, h, r, L]."""
     captured = {}
 
     def hook(module, args, output):
         if output.buckets is not None:
             captured[module.layer_idx] = output.buckets.numpy()
 
-    for module in model.modules():
-        if isinstance(module, LSHSelfAttention):
-            module.register_forward_hook(hook)
-    return captured
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LSHSelfAttention)
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) -> None:
@@ -326,6 +384,45 @@ def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) 
     print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
 
 
+def report_encoder(
+    name: str, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, case_dir: str
+) -> None:
+    """Max |reformer_jax - HF| at the real positions against HF in float64 and float32: of
+    log-probs (masked LM), class logits (every example) or start and end logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from reformer_jax import convert
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    checkpoint = convert.load_hf(case_dir)
+    arch = checkpoint.architecture
+    real = mask.numpy().astype(bool)
+    errors = []
+    for dtype in (torch.float64, torch.float32):
+        with torch.no_grad(), captured_buckets(model.to(dtype)) as hf:
+            out = model(input_ids=ids, attention_mask=mask)
+        buckets = convert.buckets_from_hf(hf, checkpoint.cfg, length=ids.shape[1])
+
+        def run(m, buckets=buckets):  # the stack with HF's buckets, then the head
+            hidden = m.stack(jnp.asarray(ids.numpy()), mask=real, causal=False, buckets=buckets)
+            return m.head(hidden) if arch == convert.MLM_ARCHITECTURE else m.head(hidden, real)
+
+        ours = checkpoint.model().apply({"params": checkpoint.params}, method=run)
+        if arch == convert.MLM_ARCHITECTURE:
+            diff = np.abs(np.asarray(ours, np.float64) - log_softmax(out.logits.numpy()))
+            errors.append(diff.max(-1)[real].max())
+        elif arch == convert.CLASSIFIER_ARCHITECTURE:
+            errors.append(np.abs(np.asarray(ours, np.float64) - out.logits.numpy()).max())
+        else:
+            hf = (out.start_logits.numpy(), out.end_logits.numpy())
+            errors.append(
+                max(np.abs(np.asarray(o) - h)[real].max() for o, h in zip(ours, hf, strict=True))
+            )
+    model.float()
+    print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
+
+
 def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bool) -> None:
     seed = sorted(CASES).index(name)
     torch.manual_seed(seed)
@@ -348,7 +445,7 @@ def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bo
         report(name, model, ids, os.path.join(out_dir, name))
 
 
-def build_encoder(name: str, case: EncoderCase, out_dir: str) -> None:
+def build_encoder(name: str, case: EncoderCase, out_dir: str, with_report: bool) -> None:
     seed = zlib.crc32(name.encode())
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -362,8 +459,7 @@ def build_encoder(name: str, case: EncoderCase, out_dir: str) -> None:
         mask[row, case.length - back :] = 0
     ids = ids * mask + config.pad_token_id * (1 - mask)
     check_agreement(name, config, mask.numpy())
-    buckets = capture_buckets(model)
-    with torch.no_grad():
+    with torch.no_grad(), captured_buckets(model) as buckets:
         out = model.double()(input_ids=ids, attention_mask=mask)
     model.float()
     expected = {
@@ -375,6 +471,8 @@ def build_encoder(name: str, case: EncoderCase, out_dir: str) -> None:
     for layer, b in buckets.items():
         expected[f"buckets_{layer}"] = b.astype(np.int32)
     save(name, model, expected, out_dir)
+    if with_report:
+        report_encoder(name, model, ids, mask, os.path.join(out_dir, name))
 
 
 def save(name: str, model: torch.nn.Module, expected: dict, out_dir: str) -> None:
@@ -403,9 +501,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join("tests", "data", "hf"))
     parser.add_argument("--cases", nargs="+", help="build only these cases (default: all)")
-    parser.add_argument(
-        "--report", action="store_true", help="compare reformer_jax with HF (CASES only)"
-    )
+    parser.add_argument("--report", action="store_true", help="compare reformer_jax with HF")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     unknown = set(args.cases or ()) - set(CASES) - set(ENCODER_CASES)
@@ -417,7 +513,7 @@ def main() -> None:
             build(name, overrides, length, args.out, args.report)
     for name, case in ENCODER_CASES.items():
         if wanted(name):
-            build_encoder(name, case, args.out)
+            build_encoder(name, case, args.out, args.report)
 
 
 if __name__ == "__main__":
