@@ -33,7 +33,7 @@ import jax
 
 from reformer_jax import checkpoints, tasks, trainer
 from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig, RunSettings
-from reformer_jax.data import DatasetError, enwik8, imagenet64, synthetic
+from reformer_jax.data import DatasetError, enwik8, imagenet64, spans, stdlib, synthetic
 
 _REGISTERED = False
 log = logging.getLogger("reformer_jax")
@@ -55,8 +55,10 @@ def register_configurables() -> None:
     """Registers the configurables gin files may bind (idempotent).
 
     ReformerConfig (`ReformerConfig.<field> = ...`), the trainer
-    (`train.<argument> = ...`), the tasks (`train.task = @LanguageModelTask()`)
-    and the dataset factories (`train.dataset_fn = @duplication_dataset`).
+    (`train.<argument> = ...`), the tasks (`train.task = @LanguageModelTask()`,
+    @MaskedLMTask(), @ClassificationTask(), @SpanTask()) and the dataset
+    factories (`train.dataset_fn = @duplication_dataset`, @enwik8_dataset,
+    @imagenet64_dataset, @stdlib_dataset, @span_dataset).
     """
     global _REGISTERED
     if _REGISTERED:
@@ -65,9 +67,14 @@ def register_configurables() -> None:
     gin.external_configurable(RunSettings, name="RunSettings")
     gin.external_configurable(trainer.train, name="train")
     gin.external_configurable(tasks.LanguageModelTask, name="LanguageModelTask")
+    gin.external_configurable(tasks.MaskedLMTask, name="MaskedLMTask")
+    gin.external_configurable(tasks.ClassificationTask, name="ClassificationTask")
+    gin.external_configurable(tasks.SpanTask, name="SpanTask")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
     gin.external_configurable(enwik8.enwik8_dataset, name="enwik8_dataset")
     gin.external_configurable(imagenet64.imagenet64_dataset, name="imagenet64_dataset")
+    gin.external_configurable(stdlib.stdlib_dataset, name="stdlib_dataset")
+    gin.external_configurable(spans.span_dataset, name="span_dataset")
     _REGISTERED = True
 
 

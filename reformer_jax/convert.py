@@ -4,22 +4,34 @@
 
 Public functions:
 
-    load_hf_reformer(path) -> (ReformerConfig, params)
-        path: a local HF checkpoint directory of a ReformerModelWithLMHead:
-        config.json plus model.safetensors (read with the safetensors numpy
-        API), a sharded model.safetensors.index.json, or pytorch_model.bin
-        (needs torch). `ReformerLM(cfg).apply({"params": params}, tokens)`
-        then gives HF's log-probabilities: float32 [b, l, v], position t
-        predicting token t + 1 (cfg.shift_inputs is False, as in HF).
+    load_hf(path) -> HFCheckpoint(architecture, cfg, params, n_labels)
+        path: a local HF checkpoint directory: config.json plus
+        model.safetensors (read with the safetensors numpy API), a sharded
+        model.safetensors.index.json, or pytorch_model.bin (needs torch).
+        config.json's `architectures` names the HF class, one of
+        `ARCHITECTURES`; `checkpoint.model()` is ours (`hf_model`):
+            ReformerModelWithLMHead            ReformerLM: log-probs [b, l, v],
+                                               position t predicting token t + 1
+                                               (cfg.shift_inputs is False, as in HF)
+            ReformerForMaskedLM                ReformerMLM: log-probs [b, l, v]
+            ReformerForSequenceClassification  ReformerClassifier(n_labels, "first"):
+                                               logits [b, n_labels]
+            ReformerForQuestionAnswering       ReformerSpanModel: (start, end) [b, l]
+        The encoders' configs are bidirectional (cfg.causal False) and take
+        HF's attention_mask as `mask`. Parameters: the stack's, and the
+        head's under `head` (HF's final LayerNorm is the head's `norm`).
+    load_hf_reformer(path) -> (ReformerConfig, params): load_hf's.
+    architecture_from_hf(hf_config: dict) -> the HF class name
     config_from_hf(hf_config: dict) -> ReformerConfig
-    params_from_hf(tensors: {name: np.ndarray}, cfg) -> params
-    buckets_from_hf(buckets: {layer: [b, h, r, l]}, cfg) -> the same with
-        HF's per-round offsets (r * n_buckets) removed: the form
+    params_from_hf(tensors: {name: np.ndarray}, cfg, source, architecture, n_labels) -> params
+    buckets_from_hf(buckets: {layer: [b, h, r, L]}, cfg, length) -> the same
+        with HF's per-round offsets removed and cut to `length`: the form
         `ReformerLM.apply(..., buckets=...)` takes.
 
 Anything we cannot convert exactly (another architecture, an attention kind
-we lack, a missing tensor, a wrong shape) is a `ConversionError` whose one
-line names the file and field, rather than a silently different model.
+we lack, a regression or multi-label classifier, a missing tensor, a wrong
+shape) is a `ConversionError` whose one line names the file and field,
+rather than a silently different model.
 
 What differs from HF by design (docs in README "Pretrained HF checkpoints"):
 - hash_seed: HF reseeds torch's generator; we draw fixed rotations from
@@ -27,10 +39,18 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
 - num_buckets=None: HF picks a power of two from the first sequence it sees;
   we use the paper's 2L/c per call.
-- lengths: HF pads an input whose length is not a multiple of the chunk
-  lengths' lcm up to that multiple, pads hashed into an extra last bucket;
-  we do not, so log-probabilities agree at multiples of the lcm and at
-  lengths up to the smaller chunk, not in between.
+- padding: HF pads an input whose length is not a multiple of the chunk
+  lengths' lcm up to that multiple and hashes the pads (and an attention
+  mask's) into an extra bucket at the end of every round; we sort padding
+  after all rounds. The outputs at real positions agree when nothing is
+  padded (multiples of the lcm, lengths up to the smaller chunk) and, with
+  one hash round, when each row has fewer pads than the LSH chunk length;
+  with two or more rounds and padding they differ.
+- bidirectional models: HF's LSH and local windows wrap around every chunk,
+  so with fewer chunks than a window spans HF counts a chunk twice, and its
+  local attention's first chunk sees the last one; our LSH windows hold each
+  chunk once and our local windows do not wrap (`config_from_hf` warns when
+  an encoder's local layers look beyond their chunk).
 - dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
   and local rates differ we take the local rate (see `config_from_hf`).
   Evaluation and sampling are unaffected.
@@ -39,6 +59,7 @@ What differs from HF by design (docs in README "Pretrained HF checkpoints"):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -46,12 +67,14 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax import kinds, lsh
-from reformer_jax.config import ReformerConfig
+from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax.encoders import ReformerClassifier, ReformerMLM, ReformerSpanModel
 from reformer_jax.model import ReformerLM, block_names
 
 log = logging.getLogger("reformer_jax")
@@ -99,6 +122,25 @@ ACTIVATIONS = {
     "swish": "silu",
 }
 LM_ARCHITECTURE = "ReformerModelWithLMHead"
+MLM_ARCHITECTURE = "ReformerForMaskedLM"
+CLASSIFIER_ARCHITECTURE = "ReformerForSequenceClassification"
+SPAN_ARCHITECTURE = "ReformerForQuestionAnswering"
+# The HF classes that convert, and what each becomes. The encoders' HF heads
+# need is_decoder=false (bidirectional attention); the language model needs true.
+ARCHITECTURES = {
+    LM_ARCHITECTURE: "ReformerLM, causal",
+    MLM_ARCHITECTURE: "ReformerMLM",
+    CLASSIFIER_ARCHITECTURE: "ReformerClassifier pooling the first position",
+    SPAN_ARCHITECTURE: "ReformerSpanModel",
+}
+# Each architecture's head layers: (our name under `head`, or "" for the head
+# itself; the HF Linear's name). Every head also holds HF's final LayerNorm.
+HEAD_LINEARS = {
+    LM_ARCHITECTURE: (("", "lm_head.decoder"),),
+    MLM_ARCHITECTURE: (("", "lm_head.decoder"),),
+    CLASSIFIER_ARCHITECTURE: (("dense", "classifier.dense"), ("out_proj", "classifier.out_proj")),
+    SPAN_ARCHITECTURE: (("qa_outputs", "qa_outputs"),),
+}
 
 
 class ConversionError(Exception):
@@ -117,12 +159,36 @@ def _cycle(kinds: Sequence[str]) -> tuple[str, ...]:
     return tuple(kinds)
 
 
+def supported_architectures() -> str:
+    """One line naming each HF class that converts and what it becomes."""
+    return "; ".join(f"{name} ({what})" for name, what in ARCHITECTURES.items())
+
+
+def architecture_from_hf(hf: dict[str, Any], source: str = CONFIG) -> str:
+    """The HF class config.json's `architectures` names (a checkpoint without it: the LM)."""
+    archs = hf.get("architectures") or [LM_ARCHITECTURE]
+    found = [a for a in archs if a in ARCHITECTURES]
+    if len(found) != 1:
+        raise ConversionError(
+            f"{source}: architectures={archs!r} is not supported: give one of "
+            f"{supported_architectures()}."
+        )
+    return found[0]
+
+
+def labels_from_hf(hf: dict[str, Any]) -> int:
+    """The labels of a classifier (HF: len(id2label), else num_labels, default 2)."""
+    id2label = hf.get("id2label")
+    return len(id2label) if id2label else int(hf.get("num_labels", 2))
+
+
 def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
     """An HF ReformerConfig (config.json as a dict) -> our ReformerConfig.
 
     Raises ConversionError naming the field for anything that would convert
-    wrong: another model type or architecture, a non-causal model, attention
-    kinds other than "lsh"/"local", an activation we lack, chunk lengths of None.
+    wrong: another model type or architecture, a language model that is not
+    causal or an encoder head that is, attention kinds other than
+    "lsh"/"local", an activation we lack, chunk lengths of None.
     """
     get = lambda name: hf.get(name, HF_DEFAULTS.get(name))
 
@@ -131,14 +197,17 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
 
     if hf.get("model_type", "reformer") != "reformer":
         raise refuse("model_type", "is not a Reformer; only HF Reformer checkpoints convert.")
-    archs = hf.get("architectures") or [LM_ARCHITECTURE]
-    if LM_ARCHITECTURE not in archs:
-        raise refuse(
-            "architectures",
-            f"is not supported: only {LM_ARCHITECTURE} (a causal language model) converts.",
+    arch = architecture_from_hf(hf, source)
+    causal = arch == LM_ARCHITECTURE
+    if bool(get("is_decoder")) != causal:
+        why = (
+            f"is not supported: {arch} converts as a causal language model (is_decoder=true)."
+            if causal
+            else f"is not supported: {arch} converts as an encoder (is_decoder=false, "
+            "bidirectional attention)."
         )
-    if not get("is_decoder"):
-        raise refuse("is_decoder", "is not supported: ReformerLM is causal (is_decoder=true).")
+        raise refuse("is_decoder", why)
+    _check_head_config(hf, arch, source)
     hf_kinds = get("attn_layers")
     if not hf_kinds or any(k not in ("lsh", "local") for k in hf_kinds):
         raise refuse("attn_layers", "is not supported: each layer must be 'lsh' or 'local'.")
@@ -149,7 +218,7 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         if not isinstance(get(field), int) or get(field) <= 0:
             raise refuse(field, "is not supported: give a positive chunk length.")
     for field in ("lsh_num_chunks_after", "local_num_chunks_after"):
-        if get(field) != 0:
+        if causal and get(field) != 0:
             raise refuse(field, "is not supported: a causal model looks at no later chunk (0).")
     num_buckets = get("num_buckets")
     if isinstance(num_buckets, list):
@@ -186,6 +255,14 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         )
     lsh_window = (get("lsh_num_chunks_before"), get("lsh_num_chunks_after"))
     local_window = (get("local_num_chunks_before"), get("local_num_chunks_after"))
+    if not causal and "local" in hf_kinds and sum(local_window):
+        log.warning(
+            "%s: HF's bidirectional local attention wraps around (its first chunk sees the "
+            "last one and the last sees the first); ours does not, so the converted model "
+            "gives HF's outputs only at lengths up to local_attn_chunk_length=%s",
+            source,
+            get("local_attn_chunk_length"),
+        )
     try:
         return ReformerConfig(
             vocab_size=get("vocab_size"),
@@ -212,17 +289,48 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
             layer_norm_eps=float(get("layer_norm_eps")),
             hash_seed=get("hash_seed"),
             shift_inputs=False,
-            causal=True,
+            causal=causal,
         )
     except ValueError as e:
         raise ConversionError(f"{source}: {e}") from None
 
 
+def _check_head_config(hf: dict[str, Any], arch: str, source: str) -> None:
+    """Refuses head settings our models lack; warns about the classifier's dropout."""
+    labels = labels_from_hf(hf)
+    if arch == SPAN_ARCHITECTURE and labels != 2:
+        raise ConversionError(
+            f"{source}: num_labels={labels} is not supported: a {arch} has two outputs (span "
+            "start and end)."
+        )
+    if arch != CLASSIFIER_ARCHITECTURE:
+        return
+    problem = hf.get("problem_type")
+    if labels < 2 or problem not in (None, "single_label_classification"):
+        raise ConversionError(
+            f"{source}: num_labels={labels}, problem_type={problem!r} is not supported: "
+            f"{arch} converts as a single-label classifier of 2 or more labels."
+        )
+    dropout = hf.get("classifier_dropout")
+    hidden = hf.get("hidden_dropout_prob", HF_DEFAULTS["hidden_dropout_prob"])
+    if dropout is not None and dropout != hidden:
+        log.warning(
+            "%s: classifier_dropout=%s differs from hidden_dropout_prob=%s; ClassifierHead "
+            "drops out at the model's rate, hidden_dropout_prob (evaluation does not use "
+            "dropout)",
+            source,
+            dropout,
+            hidden,
+        )
+
+
 # ----------------------------------------------------------------------------- tensors
 
 
-def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a ReformerModelWithLMHead checkpoint holds, with its shape."""
+def _hf_shapes(
+    cfg: ReformerConfig, architecture: str = LM_ARCHITECTURE, n_labels: int = 2
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint of `architecture` holds, with its shape."""
     m, f, v, hd = cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.n_heads * cfg.d_head
     shapes = {"reformer.embeddings.word_embeddings.weight": (v, m)}
     if len(cfg.axial_shape) == 1:
@@ -249,15 +357,31 @@ def _hf_shapes(cfg: ReformerConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"{p}feed_forward.output.dense.bias"] = (m,)
     shapes["reformer.encoder.layer_norm.weight"] = (2 * m,)
     shapes["reformer.encoder.layer_norm.bias"] = (2 * m,)
-    shapes["lm_head.decoder.weight"] = (v, 2 * m)
-    shapes["lm_head.decoder.bias"] = (v,)
+    linears = {  # HF Linear -> its weight's [out, in]
+        "lm_head.decoder": (v, 2 * m),
+        "classifier.dense": (m, 2 * m),
+        "classifier.out_proj": (n_labels, m),
+        "qa_outputs": (2, 2 * m),
+    }
+    for _, name in HEAD_LINEARS[architecture]:
+        shapes[f"{name}.weight"] = linears[name]
+        shapes[f"{name}.bias"] = linears[name][:1]
     return shapes
 
 
 def params_from_hf(
-    tensors: dict[str, np.ndarray], cfg: ReformerConfig, source: str = SAFETENSORS
+    tensors: dict[str, np.ndarray],
+    cfg: ReformerConfig,
+    source: str = SAFETENSORS,
+    architecture: str = LM_ARCHITECTURE,
+    n_labels: int = 2,
 ) -> dict:
     """HF tensor names -> our parameter tree (float32), checking every name and shape.
+
+    The tree is the stack's (`embed`, `axial_pos`, `blocks`) and the head's
+    (`head`: HF's final LayerNorm `reformer.encoder.layer_norm`, which our
+    heads own, and the head's Linear layers as `HEAD_LINEARS` names them).
+    n_labels: a classifier's labels (`labels_from_hf`).
 
     The LM head's bias: HF transformers 5.x holds both `lm_head.decoder.bias`
     (used) and `lm_head.bias` (unused); 4.x tied the two, and a deduplicated
@@ -265,14 +389,15 @@ def params_from_hf(
     and fall back to `lm_head.bias` only when it is absent.
     """
     tensors = dict(tensors)
-    if "lm_head.decoder.bias" not in tensors and "lm_head.bias" in tensors:
-        tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"]
-    tensors.pop("lm_head.bias", None)
-    shapes = _hf_shapes(cfg)
+    if architecture in (LM_ARCHITECTURE, MLM_ARCHITECTURE):
+        if "lm_head.decoder.bias" not in tensors and "lm_head.bias" in tensors:
+            tensors["lm_head.decoder.bias"] = tensors["lm_head.bias"]
+        tensors.pop("lm_head.bias", None)
+    shapes = _hf_shapes(cfg, architecture, n_labels)
     for name, shape in shapes.items():
         if name not in tensors:
             raise ConversionError(
-                f"{source} has no tensor {name}; is it a {LM_ARCHITECTURE} checkpoint "
+                f"{source} has no tensor {name}; is it a {architecture} checkpoint "
                 f"matching its {CONFIG}?"
             )
         if tuple(tensors[name].shape) != shape:
@@ -283,7 +408,7 @@ def params_from_hf(
     extra = sorted(set(tensors) - set(shapes))
     if extra:
         raise ConversionError(
-            f"{source} has tensors a {LM_ARCHITECTURE} does not ({extra[0]}, ...); "
+            f"{source} has tensors a {architecture} does not ({extra[0]}, ...); "
             "is it another architecture?"
         )
     t = lambda name: np.asarray(tensors[name], np.float32)
@@ -325,14 +450,17 @@ def params_from_hf(
             per_group.append({"attention": attention, "feed_forward": feed_forward})
         blocks[block] = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *per_group)
 
+    head = {"norm": norm("reformer.encoder.layer_norm")}
+    for ours, name in HEAD_LINEARS[architecture]:
+        linear = {"kernel": t(f"{name}.weight").T, "bias": t(f"{name}.bias")}
+        if ours:
+            head[ours] = linear
+        else:
+            head.update(linear)
     params = {
         "embed": {"embedding": t("reformer.embeddings.word_embeddings.weight")},
         "blocks": blocks,
-        "head": {
-            "norm": norm("reformer.encoder.layer_norm"),
-            "kernel": t("lm_head.decoder.weight").T,
-            "bias": t("lm_head.decoder.bias"),
-        },
+        "head": head,
     }
     if len(cfg.axial_shape) == 1:
         table = t("reformer.embeddings.position_embeddings.embedding.weight")
@@ -342,13 +470,29 @@ def params_from_hf(
             f"axis_{i}": t(f"reformer.embeddings.position_embeddings.weights.{i}").reshape(s, e)
             for i, (s, e) in enumerate(zip(cfg.axial_shape, cfg.axial_dims, strict=True))
         }
-    _check_tree(params, cfg)
+    _check_tree(params, hf_model(architecture, cfg, n_labels))
     return params
 
 
-def _check_tree(params: dict, cfg: ReformerConfig) -> None:
-    """The converted tree must be exactly the tree ReformerLM(cfg).init makes."""
-    wanted = _model_shapes(cfg)
+def hf_model(
+    architecture: str, cfg: ReformerConfig, n_labels: int = 2, run: RunSettings | None = None
+) -> nn.Module:
+    """The module that applies the parameters of a converted `architecture` checkpoint."""
+    run = run or RunSettings()
+    if architecture == LM_ARCHITECTURE:
+        return ReformerLM(cfg, run)
+    if architecture == MLM_ARCHITECTURE:
+        return ReformerMLM(cfg, run)
+    if architecture == CLASSIFIER_ARCHITECTURE:
+        return ReformerClassifier(cfg, n_labels, "first", run)
+    if architecture == SPAN_ARCHITECTURE:
+        return ReformerSpanModel(cfg, run)
+    raise ValueError(f"architecture={architecture!r}; use one of {list(ARCHITECTURES)}.")
+
+
+def _check_tree(params: dict, model: nn.Module) -> None:
+    """The converted tree must be exactly the tree `model.init` makes."""
+    wanted = _model_shapes(model)
     got_shapes = jax.tree_util.tree_map(lambda x: x.shape, params)
     want_shapes = jax.tree_util.tree_map(lambda x: x.shape, wanted)
     if got_shapes != want_shapes:  # a bug here, not in the checkpoint
@@ -402,8 +546,8 @@ def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
-    """A local HF ReformerModelWithLMHead checkpoint directory -> (config, params)."""
+def read_hf_config(path: str) -> dict[str, Any]:
+    """config.json of an HF checkpoint directory, as a dict."""
     if not os.path.isdir(path):
         raise ConversionError(f"{path} is not a directory: give an HF checkpoint directory.")
     config_path = os.path.join(path, CONFIG)
@@ -414,25 +558,85 @@ def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
             hf_config = json.load(f)
     except (OSError, ValueError) as e:
         raise ConversionError(f"{config_path} is not readable JSON: {e}") from None
+    return hf_config
+
+
+@dataclasses.dataclass(frozen=True)
+class HFCheckpoint:
+    """A converted HF checkpoint: the HF class it held, our config and its parameters.
+
+    `model()` is the module that applies them (`hf_model`):
+    `checkpoint.model().apply({"params": checkpoint.params}, tokens, mask=...)`
+    computes what HF does (equal numbers need HF's LSH buckets, `buckets_from_hf`).
+    """
+
+    architecture: str
+    cfg: ReformerConfig
+    params: dict
+    n_labels: int = 2  # a classifier's labels
+
+    def model(self, run: RunSettings | None = None) -> nn.Module:
+        return hf_model(self.architecture, self.cfg, self.n_labels, run)
+
+
+def load_hf(path: str) -> HFCheckpoint:
+    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> HFCheckpoint."""
+    hf_config = read_hf_config(path)
     cfg = config_from_hf(hf_config)
+    arch, labels = architecture_from_hf(hf_config), labels_from_hf(hf_config)
     tensors, source = read_hf_tensors(path)
-    return cfg, params_from_hf(tensors, cfg, source)
+    return HFCheckpoint(arch, cfg, params_from_hf(tensors, cfg, source, arch, labels), labels)
 
 
-def buckets_from_hf(buckets: dict[int, Any], cfg: ReformerConfig) -> dict[int, np.ndarray]:
-    """HF's per-layer buckets [b, h, r, l] (round r offset by r * n_buckets) -> ours."""
-    n_total = lsh.total_buckets(cfg.n_buckets) if cfg.n_buckets is not None else None
+def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
+    """A local HF checkpoint directory (one of `ARCHITECTURES`) -> (config, params)."""
+    checkpoint = load_hf(path)
+    return checkpoint.cfg, checkpoint.params
+
+
+def buckets_from_hf(
+    buckets: dict[int, Any], cfg: ReformerConfig, length: int | None = None
+) -> dict[int, np.ndarray]:
+    """HF's per-layer buckets [b, h, r, L] -> ours [b, h, r, length], each in [0, n_buckets).
+
+    HF offsets round r by r * n_buckets, or by r * (n_buckets + 1) when its
+    batch holds padding (an attention mask's zeros, or its own round-up of
+    the length): the padding then sits in an extra bucket, n_buckets, of
+    every round, which tells the two cases apart. The padding's buckets
+    become 0 (our LSH never reads them: padding sorts after every round).
+    length: the input's length, when HF rounded it up (the hooks of an LSH
+    layer see L >= length; its cache holds `length` already).
+    """
+    if cfg.n_buckets is None:
+        raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
+    n_total = lsh.total_buckets(cfg.n_buckets)
     out = {}
     for layer, b in buckets.items():
         b = np.asarray(b)
-        if n_total is None:
-            raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
-        offsets = np.arange(b.shape[2]).reshape(1, 1, -1, 1) * n_total
-        out[layer] = (b - offsets).astype(np.int32)
+        padded = bool((b[:, :, 0] == n_total).any())
+        offsets = np.arange(b.shape[2]).reshape(1, 1, -1, 1) * (n_total + padded)
+        b = b - offsets
+        out[layer] = np.where(b < n_total, b, 0)[..., :length].astype(np.int32)
     return out
 
 
 # ----------------------------------------------------------------------------- CLI
+
+
+def task_bindings(checkpoint: HFCheckpoint) -> list[str]:
+    """The gin lines that make a workdir's task (reformer_jax/tasks.py) the checkpoint's model."""
+    arch = checkpoint.architecture
+    if arch == LM_ARCHITECTURE:
+        return ["train.task = @LanguageModelTask()"]
+    if arch == MLM_ARCHITECTURE:
+        return ["train.task = @MaskedLMTask()"]
+    if arch == CLASSIFIER_ARCHITECTURE:
+        return [
+            "train.task = @ClassificationTask()",
+            f"ClassificationTask.n_classes = {checkpoint.n_labels}",
+            "ClassificationTask.pooling = 'first'",
+        ]
+    return ["train.task = @SpanTask()"]
 
 
 def main(argv: Sequence[str]) -> None:
@@ -440,15 +644,17 @@ def main(argv: Sequence[str]) -> None:
 
     Writes <workdir>/checkpoints/0 (parameters and model config, as
     `checkpoints.save_params`) and <workdir>/config.gin: the given gin files
-    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig bound
-    on top, then the --gin_param overrides. `evaluate`, `train`
-    (fine-tuning) and `sampling` read that workdir.
+    (e.g. enwik8.gin for its dataset) with the converted ReformerConfig and
+    the checkpoint's task (`task_bindings`) bound on top, then the
+    --gin_param overrides. `evaluate`, `train` (fine-tuning) and, for a
+    language model, `sampling` read that workdir.
     """
-    from reformer_jax import checkpoints, cli
+    from reformer_jax import checkpoints, cli, tasks
 
     parser = argparse.ArgumentParser(
         prog="python -m reformer_jax.convert",
-        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir.",
+        description="Convert an HF transformers Reformer checkpoint into a reformer_jax workdir. "
+        f"config.json's architectures names the model; these convert: {supported_architectures()}.",
     )
     parser.add_argument("--hf_dir", required=True, help="local HF checkpoint directory")
     parser.add_argument("--workdir", required=True, help="new workdir to write")
@@ -456,7 +662,7 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     cli.log_to_stderr()
     try:
-        cfg, params = load_hf_reformer(args.hf_dir)
+        checkpoint = load_hf(args.hf_dir)
     except ConversionError as e:
         raise cli.UsageError(str(e)) from None
     directory = checkpoints.find_directory(args.workdir)
@@ -464,25 +670,34 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(
             f"{directory} already holds checkpoints; convert into a new --workdir."
         )
-    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
-    cli.parse_gin(args.gin_file, bindings + args.gin_param)
+    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(checkpoint.cfg).items()]
+    cli.parse_gin(args.gin_file, bindings + task_bindings(checkpoint) + args.gin_param)
     final = cli.model_config()
     try:
-        checkpoints.check_params_fit(params, _model_shapes(final), "the converted checkpoint")
+        task = cli.task()
+        task.check(final)
+        wanted = _model_shapes(task.model(final))
+    except tasks.TaskError as e:
+        raise cli.UsageError(str(e)) from None
+    params = checkpoint.params
+    try:
+        checkpoints.check_params_fit(params, wanted, "the converted checkpoint")
     except checkpoints.CheckpointError as e:
         raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
     cli.prepare_workdir(args.workdir)
     checkpoints.save_params(args.workdir, final, params, step=0)
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
     print(
-        f"converted {args.hf_dir} ({n:,} parameters, {final.n_layers} layers "
-        f"{final.attention_kinds}) into {args.workdir}"
+        f"converted {args.hf_dir} ({checkpoint.architecture}, {n:,} parameters, "
+        f"{final.n_layers} layers {final.attention_kinds}) into {args.workdir} "
+        f"(train.task = {type(task).__name__})"
     )
 
 
-def _model_shapes(cfg: ReformerConfig):
+def _model_shapes(model: nn.Module):
+    cfg = model.cfg
     tokens = jnp.zeros((1, min(cfg.max_len, 2 * max(cfg.chunk_len, cfg.local_chunk_len))), int)
-    return jax.eval_shape(lambda: ReformerLM(cfg).init(jax.random.key(0), tokens)["params"])
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)["params"])
 
 
 if __name__ == "__main__":

@@ -116,9 +116,15 @@ class Evaluator:
 
 
 def format_eval_table(results: dict[str, dict[str, float]]) -> str:
-    """Evaluation results by variant as a markdown table (accuracy, bits per token)."""
+    """Evaluation results by variant as a markdown table: accuracy, then bits per token
+    (token tasks) or the loss (the others, whose metrics hold no bits per token)."""
     head = "| metric | " + " | ".join(results) + " |"
     rule = "|---|" + "---:|" * len(results)
     acc = "| accuracy | " + " | ".join(f"{100 * r['accuracy']:.1f}%" for r in results.values())
-    bpt = "| bits/token | " + " | ".join(f"{r['bits_per_token']:.4f}" for r in results.values())
-    return "\n".join([head, rule, acc + " |", bpt + " |"])
+    if all("bits_per_token" in r for r in results.values()):
+        last = "| bits/token | " + " | ".join(
+            f"{r['bits_per_token']:.4f}" for r in results.values()
+        )
+    else:
+        last = "| loss | " + " | ".join(f"{r['loss']:.4f}" for r in results.values())
+    return "\n".join([head, rule, acc + " |", last + " |"])

@@ -3,13 +3,27 @@
 Shapes use the package's einsum legend (reformer_jax/__init__.py): b batch,
 l length, m d_model (the stack's two streams concatenate to 2m), v vocabulary.
 
-    LMHead(cfg)      next-token prediction: owns the input shift, LayerNorm(2m) ->
-                     dropout -> Dense(v) -> log-softmax, and the chunked loss
+    TokenHead(cfg)      LayerNorm(2m) -> dropout -> Dense(v) -> log-softmax at every
+                        position, and the chunked weighted loss of given targets
+    LMHead(cfg)         a TokenHead that owns the input shift: next-token prediction
+    MLMHead(cfg)        a TokenHead scoring the tokens at the masked positions
+    ClassifierHead(cfg, n_classes, pooling)
+                        LayerNorm -> pool ("first" position or "mean" over the mask)
+                        -> dropout -> Dense(m), tanh -> dropout -> Dense(n_classes)
+    SpanHead(cfg)       LayerNorm -> dropout -> Dense(2): start and end logits [b, l],
+                        padding masked so it is never chosen
 
 Each head owns the LayerNorm over the concatenated streams (docs/algorithm.md
 §5), so a head that works one chunk of positions at a time (the LM loss)
 normalises one chunk at a time and the [b, l, 2m] normalised states are
 never alive whole (4 GiB at a million tokens).
+
+Parameter names follow HF transformers' Reformer heads, so checkpoints convert
+by renaming: the token heads' `kernel`/`bias` are `lm_head.decoder` of
+ReformerModelWithLMHead and ReformerForMaskedLM (ReformerOnlyLMHead); the
+classifier's `dense`/`out_proj` are ReformerClassificationHead's; the span
+head's `qa_outputs` is ReformerForQuestionAnswering's. HF keeps the final
+LayerNorm in its encoder; here it is each head's `norm`.
 """
 
 from __future__ import annotations
@@ -20,10 +34,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import layers, lsh
+from reformer_jax import attention, layers, lsh
 from reformer_jax.chunked import sum_chunks
 
 Array = jax.Array
+
+POOLINGS = ("first", "mean")
 
 
 def shift_right(tokens: Array) -> Array:
@@ -31,13 +47,15 @@ def shift_right(tokens: Array) -> Array:
     return jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
 
 
-class LMHead(nn.Module):
-    """The language-model head: the input shift, next-token log-probs and their loss.
+def _split(key: Array | None, n: int) -> Sequence[Array | None]:
+    return [None] * n if key is None else jax.random.split(key, n)
 
-    With cfg.shift_inputs (the default) the network reads the tokens shifted
-    right (a 0 in front), so position t predicts token t from tokens < t.
-    Without it (HF transformers' ReformerModelWithLMHead, reformer_jax.convert)
-    the network reads the tokens as given and position t predicts token t + 1.
+
+class TokenHead(nn.Module):
+    """Log-probs over the vocabulary at every position, and their chunked loss.
+
+    The shared part of the language-model and masked-LM heads: LayerNorm over
+    the concatenated streams, dropout, a Dense(2m -> v) and a log-softmax.
     """
 
     cfg: object  # reformer_jax.config.ReformerConfig
@@ -49,10 +67,6 @@ class LMHead(nn.Module):
             "kernel", nn.initializers.lecun_normal(), (width, vocab), jnp.float32
         )
         self.bias = self.param("bias", nn.initializers.zeros, (vocab,), jnp.float32)
-
-    def inputs(self, tokens: Array) -> Array:
-        """The tokens [b, l] the network reads for next-token prediction of `tokens`."""
-        return shift_right(tokens) if self.cfg.shift_inputs else tokens
 
     def __call__(self, h: Array, key: Array | None = None, *, deterministic: bool = True):
         """h [..., 2m] -> float32 log-probs [..., v]."""
@@ -73,31 +87,25 @@ class LMHead(nn.Module):
         )
         return jax.nn.log_softmax(logits, axis=-1)
 
-    def loss(
+    def token_loss(
         self,
         streams: Sequence[Array],
-        tokens: Array,
-        weights: Array | None,
+        targets: Array,
+        weights: Array,
         key: Array,
         *,
         loss_chunk_size: int | None = None,
         deterministic: bool = True,
     ) -> dict[str, Array]:
-        """Sums {"nll" (nats), "correct", "weight"} of the next-token loss of `tokens` [b, l].
+        """Sums {"nll" (nats), "correct", "weight"} of predicting targets [b, l] where weighted.
 
-        streams: the stack's two outputs, each [b, l, m], for the inputs
-        `inputs(tokens)`; weights [b, l] (default all ones) weigh each target
-        token. The head reads the streams' concatenation one chunk of
+        streams: the stack's two outputs, each [b, l, m]; position t is scored
+        against targets[:, t] with weight weights[:, t] (float [b, l]; 0 = not
+        scored). The head reads the streams' concatenation one chunk of
         loss_chunk_size positions at a time (`chunked.sum_chunks`), so
         neither the [b, l, v] logits nor the [b, l, 2m] input is ever alive
-        whole. Without shift_inputs the loss scores tokens 1..l-1.
+        whole.
         """
-        if weights is None:
-            weights = jnp.ones(tokens.shape, jnp.float32)
-        targets = tokens
-        if not self.cfg.shift_inputs:  # position t predicts token t + 1
-            streams = tuple(s[:, :-1] for s in streams)
-            targets, weights = tokens[:, 1:], weights[:, 1:]
         params = self._params()
 
         def chunk_stats(p, args, k):
@@ -119,3 +127,165 @@ class LMHead(nn.Module):
             args = tuple(lsh.pad_length(a, padded, axis=1) for a in args)
             sums = sum_chunks(chunk_stats, c, params, args, key)
         return {"nll": sums[0], "correct": sums[1], "weight": sums[2]}
+
+
+class LMHead(TokenHead):
+    """The language-model head: the input shift, next-token log-probs and their loss.
+
+    With cfg.shift_inputs (the default) the network reads the tokens shifted
+    right (a 0 in front), so position t predicts token t from tokens < t.
+    Without it (HF transformers' ReformerModelWithLMHead, reformer_jax.convert)
+    the network reads the tokens as given and position t predicts token t + 1.
+    """
+
+    def inputs(self, tokens: Array) -> Array:
+        """The tokens [b, l] the network reads for next-token prediction of `tokens`."""
+        return shift_right(tokens) if self.cfg.shift_inputs else tokens
+
+    def loss(
+        self,
+        streams: Sequence[Array],
+        tokens: Array,
+        weights: Array | None,
+        key: Array,
+        *,
+        loss_chunk_size: int | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Array]:
+        """Sums {"nll" (nats), "correct", "weight"} of the next-token loss of `tokens` [b, l].
+
+        streams: the stack's two outputs, each [b, l, m], for the inputs
+        `inputs(tokens)`; weights [b, l] (default all ones) weigh each target
+        token. Chunked as `TokenHead.token_loss`. Without shift_inputs the
+        loss scores tokens 1..l-1.
+        """
+        if weights is None:
+            weights = jnp.ones(tokens.shape, jnp.float32)
+        targets = tokens
+        if not self.cfg.shift_inputs:  # position t predicts token t + 1
+            streams = tuple(s[:, :-1] for s in streams)
+            targets, weights = tokens[:, 1:], weights[:, 1:]
+        return self.token_loss(
+            streams,
+            targets,
+            weights,
+            key,
+            loss_chunk_size=loss_chunk_size,
+            deterministic=deterministic,
+        )
+
+
+class MLMHead(TokenHead):
+    """The masked-LM head (BERT; HF ReformerForMaskedLM): log-probs of the original token.
+
+    No shift: position t, which the network read masked (or replaced, or
+    kept), predicts the token that was there. `loss` scores only the
+    selected positions: their weights are nonzero, every other weight is 0.
+    """
+
+    def loss(
+        self,
+        streams: Sequence[Array],
+        targets: Array,
+        weights: Array,
+        key: Array,
+        *,
+        loss_chunk_size: int | None = None,
+        deterministic: bool = True,
+    ) -> dict[str, Array]:
+        """Sums {"nll", "correct", "weight"} over the positions weights [b, l] select.
+
+        targets [b, l]: the original tokens; "weight" sums the selected
+        positions' weights (with 0/1 weights, the number of masked tokens).
+        """
+        return self.token_loss(
+            streams,
+            targets,
+            weights,
+            key,
+            loss_chunk_size=loss_chunk_size,
+            deterministic=deterministic,
+        )
+
+
+class ClassifierHead(nn.Module):
+    """One label per sequence (HF ReformerForSequenceClassification's head).
+
+    hidden [b, l, 2m] -> LayerNorm -> pool -> dropout -> Dense(2m -> m) ->
+    tanh -> dropout -> Dense(m -> n_classes): float32 logits [b, n_classes].
+    pooling "first" reads position 0 (HF's choice: a [CLS]-like first
+    token); "mean" averages the positions the mask marks real.
+    """
+
+    cfg: object  # reformer_jax.config.ReformerConfig
+    n_classes: int
+    pooling: str = "first"
+
+    def setup(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"ClassifierHead: pooling={self.pooling!r}; use one of {POOLINGS}.")
+        self.norm = layers.LayerNormParams(2 * self.cfg.d_model)
+        self.dense = nn.Dense(self.cfg.d_model, name="dense")
+        self.out_proj = nn.Dense(self.n_classes, name="out_proj")
+
+    def pool(self, hidden: Array, mask: Array | None) -> Array:
+        """The normalised hidden states [b, l, 2m] pooled to [b, 2m] (float32)."""
+        norm, eps = self.norm(), self.cfg.layer_norm_eps
+        if self.pooling == "first":
+            return layers.layer_norm(hidden[:, 0], norm["scale"], norm["bias"], eps).astype(
+                jnp.float32
+            )
+        h = layers.layer_norm(hidden, norm["scale"], norm["bias"], eps).astype(jnp.float32)
+        if mask is None:
+            return jnp.mean(h, axis=1)
+        m = mask.astype(jnp.float32)[..., None]  # [b, l, 1]
+        # A row with no real token (a filler row) pools to zeros, not NaN.
+        return jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+
+    def __call__(
+        self,
+        hidden: Array,
+        mask: Array | None = None,
+        key: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> Array:
+        """hidden [b, l, 2m], mask bool [b, l] (True = real; None: all) -> logits [b, n_classes]."""
+        k1, k2 = _split(key, 2)
+        x = layers.dropout(self.pool(hidden, mask), self.cfg.dropout, k1, deterministic)
+        x = jnp.tanh(self.dense(x))
+        x = layers.dropout(x, self.cfg.dropout, k2, deterministic)
+        return self.out_proj(x)
+
+
+class SpanHead(nn.Module):
+    """Start and end of a span (HF ReformerForQuestionAnswering's `qa_outputs`).
+
+    hidden [b, l, 2m] -> LayerNorm -> dropout -> Dense(2m -> 2) -> (start, end)
+    float32 logits, each [b, l]. Padding positions get -MASK_PENALTY, so a
+    softmax gives them no mass and argmax never picks one (unless a row has
+    no real position at all).
+    """
+
+    cfg: object  # reformer_jax.config.ReformerConfig
+
+    def setup(self):
+        self.norm = layers.LayerNormParams(2 * self.cfg.d_model)
+        self.qa_outputs = nn.Dense(2, name="qa_outputs")
+
+    def __call__(
+        self,
+        hidden: Array,
+        mask: Array | None = None,
+        key: Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> tuple[Array, Array]:
+        """hidden [b, l, 2m], mask bool [b, l] (True = real) -> (start, end) logits [b, l]."""
+        norm = self.norm()
+        h = layers.layer_norm(hidden, norm["scale"], norm["bias"], self.cfg.layer_norm_eps)
+        h = layers.dropout(h.astype(jnp.float32), self.cfg.dropout, key, deterministic)
+        logits = self.qa_outputs(h)  # [b, l, 2]
+        if mask is not None:
+            logits = jnp.where(mask[..., None], logits, -attention.MASK_PENALTY)
+        return logits[..., 0], logits[..., 1]

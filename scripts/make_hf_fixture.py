@@ -1,10 +1,10 @@
-"""Builds the HF transformers Reformer fixtures that tests/test_convert.py checks against.
+"""Builds the HF transformers Reformer fixtures of tests/test_convert.py and test_hf_encoder.py.
 
     pip install -e '.[peers]'        # torch, transformers, safetensors
-    python scripts/make_hf_fixture.py [--out tests/data/hf] [--report]
+    python scripts/make_hf_fixture.py [--out tests/data/hf] [--cases NAME ...] [--report]
 
-For each case below it makes a tiny random `ReformerModelWithLMHead`, runs it
-in eval mode and in float64 on a random batch with `use_cache=True`, and
+For each case of CASES it makes a tiny random `ReformerModelWithLMHead`, runs
+it in eval mode and in float64 on a random batch with `use_cache=True`, and
 writes <out>/<case>/:
 
     config.json, model.safetensors   the checkpoint (float32), via save_pretrained
@@ -14,6 +14,31 @@ writes <out>/<case>/:
                                      exactly as HF returns them in its cache
                                      (round r's buckets offset by r * n_buckets)
     versions.json                    torch / transformers / safetensors versions
+
+ENCODER_CASES are bidirectional models (`is_decoder=False`: HF's
+ReformerForMaskedLM, ReformerForSequenceClassification and
+ReformerForQuestionAnswering) run the same way on a batch with an `attention_mask` that pads some
+rows; their expected.npz holds input_ids, attention_mask [b, l] int32 (1 =
+real token), the head's outputs in float64 (see `OUTPUTS`) and the buckets
+of every LSH layer as its forward pass returns them: [b, h, r, L] over HF's
+own padded length L (a multiple of the chunk lengths' lcm), pads in HF's
+extra bucket, so round r is offset by r * (n_buckets + 1) when the batch
+holds padding and by r * n_buckets otherwise.
+
+Which encoder inputs HF and reformer_jax agree on, position for position at
+the real tokens (`check_agreement` refuses any other case): HF hashes the
+padding (its mask's and its own round-up's) into an extra bucket of each
+round, so in the sorted order every round ends with its pads and the windows
+wrap around all HF's chunks; reformer_jax sorts the pads after every round
+and wraps the windows around the chunks of real tokens only. The two orders
+are the same when there is one hash round and each row has fewer pads than
+the LSH chunk length (and always when nothing is padded). HF's windows also
+wrap around fewer chunks than a window spans, counting a chunk twice, where
+ours hold each chunk once; and HF's bidirectional local attention wraps
+around (the first chunk sees the last one), where ours does not. So the
+encoder cases use one hash round when they pad, at least 1 + before + after
+LSH chunks, and local layers either as long as the input or with no
+neighbouring chunks.
 
 Parameters are redrawn at trained-model scales (HF's init, N(0, 0.02), makes
 every attention nearly uniform, which would hide a wrong mask or sort), and
@@ -28,22 +53,35 @@ value -1e5, where a float32 log-sum-exp is off by up to 4e-3, so HF's float32
 probabilities there do not sum to 1 and its float32 logits move by ~4e-3.
 The float64 run is HF's model without that rounding (README, "Pretrained HF
 checkpoints"). --report converts each fixture with reformer_jax and prints the
-largest log-probability difference from HF run in float64 and in float32
-(each with its own buckets injected): the figures in docs/benchmarks.md.
+largest difference from HF run in float64 and in float32 (each with its own
+buckets injected) of the log-probabilities, or of the class or span logits
+at the real positions: the figures in docs/benchmarks.md. It needs
+reformer_jax importable beside torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import math
 import os
 import shutil
+import zlib
 
 import numpy as np
 import safetensors
 import torch
 import transformers
-from transformers import ReformerConfig, ReformerModelWithLMHead
+from transformers import (
+    ReformerConfig,
+    ReformerForMaskedLM,
+    ReformerForQuestionAnswering,
+    ReformerForSequenceClassification,
+    ReformerModelWithLMHead,
+)
+from transformers.models.reformer.modeling_reformer import LSHSelfAttention
 
 BATCH = 2
 COMMON = dict(
@@ -136,6 +174,121 @@ CASES = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderCase:
+    """A bidirectional HF model and its input: `padding[row]` = (pads in front, pads at the end)."""
+
+    architecture: type
+    overrides: dict
+    length: int
+    padding: tuple[tuple[int, int], ...]
+
+
+# The head's outputs each architecture's expected.npz holds.
+OUTPUTS = {
+    ReformerForMaskedLM: ("logits",),  # [b, l, v]
+    ReformerForSequenceClassification: ("logits",),  # [b, num_labels]
+    ReformerForQuestionAnswering: ("start_logits", "end_logits"),  # each [b, l]
+}
+
+ENCODER_CASES = {
+    # All LSH, looking one chunk back and one ahead; length 29, so HF pads the
+    # input to 32 itself; row 1 also masks its last 4 tokens (7 pads < 8).
+    "mlm_lsh": EncoderCase(
+        ReformerForMaskedLM,
+        dict(
+            attn_layers=["lsh", "lsh"],
+            lsh_attn_chunk_length=8,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=32,
+        ),
+        29,
+        ((0, 0), (0, 4)),
+    ),
+    # Local and LSH layers, learned positions, factorised buckets; the local
+    # layers attend within their own chunk (no neighbours: HF's would wrap);
+    # row 0 is padded in front, row 1 at the end.
+    "mlm_mixed": EncoderCase(
+        ReformerForMaskedLM,
+        dict(
+            attn_layers=["local", "lsh", "local", "lsh"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=16,
+            local_num_chunks_before=0,
+            local_num_chunks_after=0,
+            num_buckets=[2, 2],
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            hidden_act="gelu",
+            axial_pos_embds=False,
+            max_position_embeddings=32,
+        ),
+        32,
+        ((3, 0), (0, 5)),
+    ),
+    # Two hash rounds without padding (the mask is all ones); HF's default
+    # window for encoders, one chunk back and none ahead.
+    "mlm_two_hashes": EncoderCase(
+        ReformerForMaskedLM,
+        dict(
+            attn_layers=["lsh", "lsh"],
+            lsh_attn_chunk_length=8,
+            num_buckets=8,
+            num_hashes=2,
+            lsh_num_chunks_after=0,
+            axial_pos_shape=[8, 4],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=32,
+        ),
+        32,
+        ((0, 0), (0, 0)),
+    ),
+    # Three labels from position 0; the local layer's chunk spans the input,
+    # so HF runs it as full attention (its window would otherwise wrap).
+    "classifier": EncoderCase(
+        ReformerForSequenceClassification,
+        dict(
+            num_labels=3,
+            attn_layers=["lsh", "local"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=32,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=32,
+        ),
+        32,
+        ((0, 0), (0, 6)),
+    ),
+    # Start and end logits; five LSH chunks, tanh GELU.
+    "span": EncoderCase(
+        ReformerForQuestionAnswering,
+        dict(
+            attn_layers=["local", "lsh"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=8,
+            local_num_chunks_before=0,
+            local_num_chunks_after=0,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_after=1,
+            hidden_act="gelu_new",
+            axial_pos_shape=[5, 8],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=40,
+        ),
+        40,
+        ((0, 2), (0, 7)),
+    ),
+}
+
+
 def randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Redraws every parameter at the scale of a trained model."""
     with torch.no_grad():
@@ -159,6 +312,52 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
 
 def hf_buckets(out) -> dict[int, np.ndarray]:
     return {i: b.numpy() for i, b in enumerate(out.past_buckets_states.buckets_cache) if b.numel()}
+
+
+def hf_padded_length(config: ReformerConfig, length: int) -> int:
+    """The length HF runs at in evaluation: rounded up to the chunk lengths' lcm when longer
+    than the smaller chunk (ReformerModel.forward)."""
+    chunks = {"lsh": config.lsh_attn_chunk_length, "local": config.local_attn_chunk_length}
+    used = [chunks[k] for k in set(config.attn_layers)]
+    lcm = math.lcm(*used)
+    if length % lcm == 0 or length <= min(used):
+        return length
+    return length + lcm - length % lcm
+
+
+def check_agreement(name: str, config: ReformerConfig, mask: np.ndarray) -> None:
+    """Refuses an encoder case where HF's padding or windows make it differ from reformer_jax
+    (module docstring)."""
+    length = hf_padded_length(config, mask.shape[1])
+    pads = length - mask.sum(1)
+    if "lsh" in config.attn_layers and length > config.lsh_attn_chunk_length:
+        c = config.lsh_attn_chunk_length
+        if pads.max() and (config.num_hashes != 1 or pads.max() >= c):
+            raise ValueError(f"{name}: HF pads need one hash round and fewer than {c} per row.")
+        if length // c < 1 + config.lsh_num_chunks_before + config.lsh_num_chunks_after:
+            raise ValueError(f"{name}: HF's LSH window would repeat a chunk.")
+    window = config.local_num_chunks_before + config.local_num_chunks_after
+    if "local" in config.attn_layers and length > config.local_attn_chunk_length and window:
+        raise ValueError(f"{name}: HF's bidirectional local windows wrap around; ours do not.")
+
+
+@contextlib.contextmanager
+def captured_buckets(model: torch.nn.Module):
+    """Hooks every LSH layer while open: the dict fills with its buckets [b, h, r, L]."""
+    captured = {}
+
+    def hook(module, args, output):
+        if output.buckets is not None:
+            captured[module.layer_idx] = output.buckets.numpy()
+
+    handles = [
+        m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LSHSelfAttention)
+    ]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) -> None:
@@ -185,6 +384,45 @@ def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) 
     print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
 
 
+def report_encoder(
+    name: str, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, case_dir: str
+) -> None:
+    """Max |reformer_jax - HF| at the real positions against HF in float64 and float32: of
+    log-probs (masked LM), class logits (every example) or start and end logits."""
+    import jax
+    import jax.numpy as jnp
+
+    from reformer_jax import convert
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    checkpoint = convert.load_hf(case_dir)
+    arch = checkpoint.architecture
+    real = mask.numpy().astype(bool)
+    errors = []
+    for dtype in (torch.float64, torch.float32):
+        with torch.no_grad(), captured_buckets(model.to(dtype)) as hf:
+            out = model(input_ids=ids, attention_mask=mask)
+        buckets = convert.buckets_from_hf(hf, checkpoint.cfg, length=ids.shape[1])
+
+        def run(m, buckets=buckets):  # the stack with HF's buckets, then the head
+            hidden = m.stack(jnp.asarray(ids.numpy()), mask=real, causal=False, buckets=buckets)
+            return m.head(hidden) if arch == convert.MLM_ARCHITECTURE else m.head(hidden, real)
+
+        ours = checkpoint.model().apply({"params": checkpoint.params}, method=run)
+        if arch == convert.MLM_ARCHITECTURE:
+            diff = np.abs(np.asarray(ours, np.float64) - log_softmax(out.logits.numpy()))
+            errors.append(diff.max(-1)[real].max())
+        elif arch == convert.CLASSIFIER_ARCHITECTURE:
+            errors.append(np.abs(np.asarray(ours, np.float64) - out.logits.numpy()).max())
+        else:
+            hf = (out.start_logits.numpy(), out.end_logits.numpy())
+            errors.append(
+                max(np.abs(np.asarray(o) - h)[real].max() for o, h in zip(ours, hf, strict=True))
+            )
+    model.float()
+    print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
+
+
 def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bool) -> None:
     seed = sorted(CASES).index(name)
     torch.manual_seed(seed)
@@ -202,7 +440,42 @@ def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bo
     }
     for layer, buckets in hf_buckets(out).items():
         expected[f"buckets_{layer}"] = buckets.astype(np.int32)
+    save(name, model, expected, out_dir)
+    if with_report:
+        report(name, model, ids, os.path.join(out_dir, name))
 
+
+def build_encoder(name: str, case: EncoderCase, out_dir: str, with_report: bool) -> None:
+    seed = zlib.crc32(name.encode())
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    config = ReformerConfig(**dict(COMMON, is_decoder=False), **case.overrides)
+    model = case.architecture(config).eval()
+    randomize(model, generator)
+    ids = torch.randint(2, config.vocab_size, (BATCH, case.length), generator=generator)
+    mask = torch.ones_like(ids)
+    for row, (front, back) in enumerate(case.padding):
+        mask[row, :front] = 0
+        mask[row, case.length - back :] = 0
+    ids = ids * mask + config.pad_token_id * (1 - mask)
+    check_agreement(name, config, mask.numpy())
+    with torch.no_grad(), captured_buckets(model) as buckets:
+        out = model.double()(input_ids=ids, attention_mask=mask)
+    model.float()
+    expected = {
+        "input_ids": ids.numpy().astype(np.int32),
+        "attention_mask": mask.numpy().astype(np.int32),
+    }
+    for field in OUTPUTS[case.architecture]:
+        expected[field] = getattr(out, field).numpy().astype(np.float64)
+    for layer, b in buckets.items():
+        expected[f"buckets_{layer}"] = b.astype(np.int32)
+    save(name, model, expected, out_dir)
+    if with_report:
+        report_encoder(name, model, ids, mask, os.path.join(out_dir, name))
+
+
+def save(name: str, model: torch.nn.Module, expected: dict, out_dir: str) -> None:
     case_dir = os.path.join(out_dir, name)
     shutil.rmtree(case_dir, ignore_errors=True)
     model.save_pretrained(case_dir, safe_serialization=True)
@@ -220,19 +493,27 @@ def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bo
         json.dump(versions, f, indent=1)
         f.write("\n")
     buckets = sorted(k for k in expected if k.startswith("buckets_"))
+    length = expected["input_ids"].shape[1]
     print(f"{name}: length {length}, buckets for {buckets or 'no layer'}")
-    if with_report:
-        report(name, model, ids, case_dir)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=os.path.join("tests", "data", "hf"))
+    parser.add_argument("--cases", nargs="+", help="build only these cases (default: all)")
     parser.add_argument("--report", action="store_true", help="compare reformer_jax with HF")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    unknown = set(args.cases or ()) - set(CASES) - set(ENCODER_CASES)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {[*CASES, *ENCODER_CASES]}")
+    wanted = lambda name: args.cases is None or name in args.cases
     for name, (overrides, length) in CASES.items():
-        build(name, overrides, length, args.out, args.report)
+        if wanted(name):
+            build(name, overrides, length, args.out, args.report)
+    for name, case in ENCODER_CASES.items():
+        if wanted(name):
+            build_encoder(name, case, args.out, args.report)
 
 
 if __name__ == "__main__":

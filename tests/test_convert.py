@@ -178,7 +178,7 @@ def test_unreadable_safetensors(tmp_path):
     "field, value, match",
     [
         ("is_decoder", False, "is_decoder=False is not supported"),
-        ("architectures", ["ReformerForMaskedLM"], "architectures=.* only ReformerModelWithLMHead"),
+        ("architectures", ["ReformerModel"], "architectures=.* give one of ReformerModelWith"),
         ("attn_layers", ["local", "full"], "attn_layers=.* must be 'lsh' or 'local'"),
         ("hidden_act", "tanh", "hidden_act='tanh' is not supported"),
         ("num_buckets", 5, "num_buckets=5 is not supported"),

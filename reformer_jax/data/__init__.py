@@ -1,10 +1,12 @@
-"""Datasets: the duplication task (synthetic.py), enwik8 and Imagenet64.
+"""Datasets: the duplication task (synthetic.py), enwik8, Imagenet64, Python's
+standard library sources (stdlib.py) and a generated span task (spans.py).
 
 Every dataset factory has the signature
 
     dataset_fn(*, split, batch_size, seq_len, seed, **options) -> iterator
 
-and yields dicts {"tokens": int32 [b, l], "weights": float32 [b, l]} from an
+and yields the dicts its task reads (reformer_jax/tasks.py), for language
+models {"tokens": int32 [b, l], "weights": float32 [b, l]}, from an
 iterator with a saveable position (`get_state` / `set_state`), so a killed run
 resumes on exactly the batch it would have seen next. Batches are global: on a
 multi-host run every host draws the same batch and keeps its own rows
@@ -48,6 +50,19 @@ class IndexedIterator(Iterator[dict[str, np.ndarray]]):
 
     def set_state(self, state: dict[str, int]) -> None:
         self.position = int(state["position"])
+
+
+class SinglePassIterator(IndexedIterator):
+    """`IndexedIterator` over `source.batch(i)` for i < source.num_batches, then StopIteration.
+
+    A finite evaluation split: the last batch is filled with rows of weight 0,
+    so every batch has the same shape and each example counts once.
+    """
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.position >= self.source.num_batches:
+            raise StopIteration
+        return super().__next__()
 
 
 def host_shard(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:

@@ -59,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator, SinglePassIterator
 
 DEFAULT_NAME = "imagenet_resized/64x64"
 IMAGE_SHAPE = (64, 64, 3)
@@ -229,15 +229,6 @@ class OrderedImages:
             tokens[row] = flatten_image(_read_image(self.source, i, self.shape))
         weights[: stop - start] = 1.0
         return {"tokens": tokens, "weights": weights}
-
-
-class SinglePassIterator(IndexedIterator):
-    """`IndexedIterator` over `source.batch(i)` for i < source.num_batches, then StopIteration."""
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        if self.position >= self.source.num_batches:
-            raise StopIteration
-        return super().__next__()
 
 
 def imagenet64_dataset(
