@@ -12,6 +12,11 @@ take one and know nothing of next-token prediction; gin selects it
     Task.loss_sums(model, params, batch, key, *, deterministic)
         -> float32 sums {"nll", "correct", "weight", ...} inside the jitted step
     Task.summarize(sums) -> metrics     on the host, from sums over batches
+    Task.predict(model, params, tokens, mask, key) -> {name: [b, ...]}
+                                        predictions for inputs, inside jit (encoders)
+    Task.describe(row, ids, tokenizer) -> dict
+                                        one input's prediction, JSON-ready
+                                        (python -m reformer_jax.predict)
 
 Every task's sums hold "nll" (the summed loss, nats), "correct" and "weight"
 (what they are summed over: scored tokens, examples): the trainer
@@ -84,6 +89,23 @@ class Task(abc.ABC):
     def summarize(self, sums: dict[str, float]) -> dict[str, float]:
         """Host-side metrics from sums: loss (nats per scored item), accuracy, bits."""
         return summarize(sums)
+
+    def predict(
+        self, model: nn.Module, params: Any, tokens: Array, mask: Array, key: Array
+    ) -> dict[str, Array]:
+        """Predictions for tokens [b, l] with padding mask bool [b, l]: arrays [b, ...]."""
+        raise TaskError(
+            f"{type(self).__name__} makes no predictions here: use python -m "
+            "reformer_jax.sample for a language model."
+        )
+
+    def describe(self, row: dict[str, np.ndarray], ids: np.ndarray, tokenizer=None) -> dict:
+        """One input's prediction (its row of `predict`) as a JSON-ready dict.
+
+        ids: the input's token ids (no padding); tokenizer: the run's
+        (reformer_jax/data/tokenizers.py), or None when the data has no text.
+        """
+        raise NotImplementedError
 
     def check_batch(self, batch: dict) -> None:
         """One clear error for a batch without the arrays the task reads."""
@@ -273,6 +295,28 @@ class MaskedLMTask(Task):
     def check_batch(self, batch: dict) -> None:
         _check_rows(self, batch, ("weights",), ())
 
+    def predict(self, model, params, tokens, mask, key):
+        """Fills every position holding the mask id with its most likely other token."""
+        mask_id = self.resolved_mask_id(model.cfg)
+        log_probs = model.apply({"params": params}, tokens, mask=mask, key=key)  # [b, l, v]
+        log_probs = log_probs.at[..., mask_id].set(-jnp.inf)
+        best = jnp.argmax(log_probs, axis=-1).astype(jnp.int32)
+        prob = jnp.exp(jnp.max(log_probs, axis=-1))
+        masked = (tokens == mask_id) & mask
+        return {"ids": jnp.where(masked, best, tokens), "prob": prob, "masked": masked}
+
+    def describe(self, row, ids, tokenizer=None):
+        n = len(ids)
+        filled = row["ids"][:n]
+        out = {"ids": [int(i) for i in filled]}
+        if tokenizer is not None:
+            out["text"] = tokenizer.decode(filled)
+        out["filled"] = [
+            {"position": int(p), "id": int(filled[p]), "prob": round(float(row["prob"][p]), 6)}
+            for p in np.flatnonzero(row["masked"][:n])
+        ]
+        return out
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationTask(Task):
@@ -336,6 +380,16 @@ class ClassificationTask(Task):
             "loss": loss,
             "accuracy": float(sums["correct"]) / weight,
             "loss_over_chance": loss / math.log(self.n_classes),
+        }
+
+    def predict(self, model, params, tokens, mask, key):
+        logits = model.apply({"params": params}, tokens, mask=mask, key=key)
+        return {"label": jnp.argmax(logits, axis=-1), "probs": jax.nn.softmax(logits, axis=-1)}
+
+    def describe(self, row, ids, tokenizer=None):
+        return {
+            "label": int(row["label"]),
+            "probs": [round(float(p), 6) for p in row["probs"]],
         }
 
     def check_batch(self, batch: dict) -> None:
@@ -403,6 +457,22 @@ class SpanTask(Task):
             "start_accuracy": float(sums.get("start_correct", 0.0)) / weight,
             "end_accuracy": float(sums.get("end_correct", 0.0)) / weight,
         }
+
+    def predict(self, model, params, tokens, mask, key):
+        """The most likely start, then the most likely end at or after it (pads never)."""
+        start_logits, end_logits = model.apply({"params": params}, tokens, mask=mask, key=key)
+        start = jnp.argmax(start_logits, axis=-1)
+        after = jnp.arange(tokens.shape[1])[None, :] >= start[:, None]
+        end = jnp.argmax(jnp.where(after, end_logits, -jnp.inf), axis=-1)
+        return {"start": start, "end": end}
+
+    def describe(self, row, ids, tokenizer=None):
+        start, end = int(row["start"]), int(row["end"])
+        span = ids[start : end + 1]
+        out = {"start": start, "end": end, "ids": [int(i) for i in span]}
+        if tokenizer is not None:
+            out["text"] = tokenizer.decode(span)
+        return out
 
     def check_batch(self, batch: dict) -> None:
         _check_rows(self, batch, ("mask",), ("start", "end", "weight"))

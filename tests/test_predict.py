@@ -1,0 +1,161 @@
+"""python -m reformer_jax.predict: an encoder run's predictions for JSON lines.
+
+Each run here is tiny.gin as an encoder, trained for two steps (the command
+reads checkpoints; whether the model is any good is the tasks' tests'
+business). Predictions are checked against the model applied directly to
+each input alone, unpadded: the command pads every input to max_len, and
+padding must change nothing.
+"""
+
+import json
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reformer_jax import checkpoints, cli, predict, tasks
+from reformer_jax.data import listops, tokenizers
+from tests.conftest import TINY_GIN
+
+ENCODER = [
+    "ReformerConfig.causal = False",
+    "ReformerConfig.n_buckets = 4",  # fixed: the automatic count follows the length
+    "ReformerConfig.dropout = 0.0",
+    "train.steps = 2",
+    "train.checkpoint_every = 2",
+    "train.eval_batches = 1",
+]
+
+
+def _train(workdir, params):
+    cli.parse_gin([TINY_GIN], ENCODER + params)
+    cli.prepare_workdir(workdir)
+    try:
+        cli.call_train(workdir=workdir)
+    finally:
+        gin.clear_config()
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def listops_run(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("data"))
+    return _train(
+        str(tmp_path_factory.mktemp("listops") / "run"),
+        [
+            "VOCAB = 16",
+            "train.task = @ClassificationTask()",
+            "ClassificationTask.n_classes = 10",
+            "train.dataset_fn = @listops_dataset",
+            f"listops_dataset.data_dir = '{data}'",
+            "listops_dataset.min_len = 4",
+            "listops_dataset.max_len = 32",
+            "listops_dataset.max_depth = 3",
+            "listops_dataset.n_train = 64",
+            "listops_dataset.n_eval = 16",
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    return _train(
+        str(tmp_path_factory.mktemp("mlm") / "run"),
+        [
+            "VOCAB = 259",
+            "train.task = @MaskedLMTask()",
+            "train.dataset_fn = @stdlib_dataset",
+            "stdlib_dataset.max_bytes = 20000",
+        ],
+    )
+
+
+def _predict(tmp_path, workdir, lines, *flags):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(line + "\n" for line in lines))
+    out = tmp_path / "out.jsonl"
+    argv = [f"--workdir={workdir}", f"--input={source}", f"--output={out}", "--batch_size=2"]
+    error = None
+    try:
+        predict.main(argv + list(flags))
+    except cli.UsageError as e:
+        error = str(e)
+    finally:
+        gin.clear_config()
+    lines = out.read_text().splitlines() if out.exists() else []
+    return [json.loads(line) for line in lines], error
+
+
+def _direct(workdir, ids):
+    """The model applied to one unpadded input, outside the command."""
+    run = checkpoints.load_run(workdir)
+    cli.parse_gin([os.path.join(workdir, "config.gin")], [])
+    try:
+        task, cfg = cli.task(), cli.model_config()
+    finally:
+        gin.clear_config()
+    tokens = jnp.asarray(ids, jnp.int32)[None]
+    row = task.predict(
+        task.model(cfg), run.params, tokens, jnp.ones(tokens.shape, bool), jax.random.key(0)
+    )
+    return task, {k: np.asarray(v)[0] for k, v in row.items()}
+
+
+def test_classifier_predictions_equal_each_input_alone(tmp_path, listops_run):
+    texts = ["[MAX 2 9 [MIN 4 7 ] 0 ]", "[SM 3 4 ]", "[MED 1 [MAX 8 2 ] 5 6 ]"]
+    lines = [json.dumps({"text": t, "id": i}) for i, t in enumerate(texts)]
+    lines.append(json.dumps({"ids": [int(i) for i in listops.encode("[MIN 5 6 ]")]}))
+    got, error = _predict(tmp_path, listops_run, lines)
+    assert error is None and len(got) == 4
+    assert [g.get("id") for g in got] == [0, 1, 2, None]  # extra keys are copied, order kept
+    for g, text in zip(got, [*texts, "[MIN 5 6 ]"], strict=True):
+        _, row = _direct(listops_run, listops.encode(text))
+        np.testing.assert_allclose(g["probs"], row["probs"], atol=2e-6)
+        assert g["label"] == int(np.argmax(row["probs"]))
+        assert abs(sum(g["probs"]) - 1) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("", "empty line"),
+        ("{not json", "not JSON"),
+        ('{"ids": [1, 99]}', "id 99 is outside the vocabulary 0..15"),
+        ('{"ids": []}', "the input is empty"),
+        ('{"text": "[MAX 1 2 ]", "ids": [1]}', 'exactly one of "text" or "ids"'),
+        ('{"text": "[MAX 1 banana ]"}', "unknown token 'banana'"),
+        (json.dumps({"ids": [1] * 40}), "40 tokens, longer than the model's max_len 32"),
+    ],
+)
+def test_a_bad_line_is_named_and_the_lines_before_it_are_kept(tmp_path, listops_run, bad, match):
+    good = json.dumps({"text": "[SM 3 4 ]"})
+    # Three good lines (one full batch of 2 and one pending), the bad one, one more.
+    got, error = _predict(tmp_path, listops_run, [good, good, good, bad, good])
+    assert error is not None and error.startswith(f"{tmp_path / 'in.jsonl'}:4: "), error
+    assert match in error and "\n" not in error
+    assert len(got) == 3
+
+
+def test_masked_lm_fills_the_masked_positions(tmp_path, mlm_run):
+    text = "def f(x):\n    return [MASK] + 1[MASK]"
+    got, error = _predict(tmp_path, mlm_run, [json.dumps({"text": text})])
+    assert error is None
+    (g,) = got
+    task, row = _direct(mlm_run, predict._encode(text, tokenizers.BYTES, "[MASK]", 258))
+    positions = [f["position"] for f in g["filled"]]
+    assert positions == [len("def f(x):\n    return "), len(text) - 2 * len("[MASK]") + 1]
+    for f in g["filled"]:
+        assert f["id"] == int(row["ids"][f["position"]]) and f["id"] != 258
+        np.testing.assert_allclose(f["prob"], row["prob"][f["position"]], atol=2e-6)
+    # Everything else is the input as given.
+    unmasked = [i for p, i in enumerate(g["ids"]) if p not in positions]
+    assert bytes(unmasked).decode() == text.replace("[MASK]", "")
+    assert isinstance(task, tasks.MaskedLMTask)
+
+
+def test_a_language_model_run_is_sent_to_sample(tmp_path, trained_tiny_run):
+    got, error = _predict(tmp_path, trained_tiny_run, [json.dumps({"ids": [1, 2]})])
+    assert got == [] and "use python -m reformer_jax.sample" in error
