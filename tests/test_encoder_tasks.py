@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from reformer_jax import cli, tasks
+from reformer_jax import cli, evaluation, tasks
 from reformer_jax.data import IndexedIterator, SinglePassIterator, spans
 from tests import inprocess
 from tests.conftest import TINY_GIN, tiny_config
@@ -263,3 +263,10 @@ def test_sums_are_the_cross_entropy_of_the_real_rows_only(task):
     assert np.all(np.isfinite(nll))  # even the filler rows' logits are finite
     np.testing.assert_allclose(sums["nll"], nll[real].sum(), rtol=1e-5)
     assert float(sums["correct"]) == hit[real].sum() and float(sums["weight"]) == 2.0
+
+
+def test_the_eval_table_shows_the_loss_where_a_task_has_no_bits_per_token():
+    table = evaluation.format_eval_table(
+        {"Full": {"loss": 0.25, "accuracy": 0.9}, "LSH-2": {"loss": 0.5, "accuracy": 0.8}}
+    )
+    assert "| accuracy | 90.0% | 80.0% |" in table and "| loss | 0.2500 | 0.5000 |" in table
