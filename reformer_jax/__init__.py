@@ -24,7 +24,8 @@ Modules, bottom to top:
     positions, config, chunked       positional encodings; ReformerConfig and
                                      RunSettings; the chunk loops' custom VJPs
     layers, reversible               the halves of a block; the reversible stack
-    heads, model                     LMHead; ReformerStack and ReformerLM
+    heads, model, encoders           LM, MLM, classifier and span heads; ReformerStack
+                                     and ReformerLM; the encoders (stack + head)
     tasks, decoding, sampling        what is trained; cached decoding; sampling
     data, optim, metrics, sharding,  inputs, optimizers, metric files, the mesh,
     checkpoints, flops, profiling    checkpoints, FLOPs and benchmark probes

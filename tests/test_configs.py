@@ -42,7 +42,8 @@ def _train(tmp_path, gin_file, params):
     return open(os.path.join(workdir, "config.gin")).read()
 
 
-def test_enwik8_config_trains_a_step(tmp_path):
+@pytest.mark.parametrize("gin_file", ["enwik8.gin", "enwik8_mlm.gin"])
+def test_enwik8_config_trains_a_step(tmp_path, gin_file):
     data = tmp_path / "data"
     data.mkdir()
     buf = io.BytesIO()
@@ -51,7 +52,7 @@ def test_enwik8_config_trains_a_step(tmp_path):
     (data / "enwik8.zip").write_bytes(buf.getvalue())
     config = _train(
         tmp_path,
-        "enwik8.gin",
+        gin_file,
         [
             "SEQ_LEN = 256",
             "ReformerConfig.n_layers = 4",
@@ -98,6 +99,9 @@ def test_imagenet64_config_trains_a_step(tmp_path):
         ("imagenet64_cpu.gin", 12288, 256),
         ("copy.gin", 256, 128),
         ("copy_paper.gin", 1024, 128),
+        ("enwik8_mlm.gin", 65536, 259),
+        ("mlm_cpu.gin", 256, 259),
+        ("spans_cpu.gin", 128, 16),
     ],
 )
 def test_every_config_parses_to_a_valid_model(gin_file, max_len, vocab):
@@ -106,5 +110,6 @@ def test_every_config_parses_to_a_valid_model(gin_file, max_len, vocab):
         cfg = cli.model_config()  # validates: axial shapes, cycle, buckets, ...
         assert (cfg.max_len, cfg.vocab_size) == (max_len, vocab)
         assert cli.query("train.steps") > 0 and cli.query("train.dataset_fn") is not None
+        cli.task().check(cfg)  # an encoder task's config says causal=False
     finally:
         gin.clear_config()

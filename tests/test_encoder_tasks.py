@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from reformer_jax import cli, tasks
+from reformer_jax import cli, evaluation, tasks
 from reformer_jax.data import IndexedIterator, SinglePassIterator, spans
 from tests import inprocess
 from tests.conftest import TINY_GIN, tiny_config
@@ -219,25 +219,54 @@ def test_good_batches_pass_and_filler_rows_are_not_checked():
     tasks.SpanTask().check_batch(filler)
 
 
+def _cross_entropy(logits, target):
+    logits = np.asarray(logits, np.float64)
+    top = logits.max(-1, keepdims=True)
+    lse = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
+    return lse - np.take_along_axis(logits, np.asarray(target)[:, None], -1)[:, 0]
+
+
 @pytest.mark.parametrize("task", [tasks.ClassificationTask(2, "mean"), tasks.SpanTask()], ids=type)
-def test_filler_rows_count_nowhere(task):
-    """Sums of a batch with two filler rows equal the sums of its real rows alone."""
-    cfg = tiny_config("lm", causal=False, n_chunks_after=1)
+def test_sums_are_the_cross_entropy_of_the_real_rows_only(task):
+    """The task's sums equal a numpy cross-entropy of the model's own logits over the rows of
+    weight 1; the two filler rows (weight 0, no real token) count nowhere."""
+    cfg = tiny_config("step", causal=False, n_chunks_after=1)
     if isinstance(task, tasks.SpanTask):
         batch = next(
-            spans.span_dataset(split="eval", batch_size=4, seq_len=64, seed=0, eval_examples=2)
+            spans.span_dataset(
+                split="eval", batch_size=4, seq_len=32, seed=0, vocab_size=8, eval_examples=2
+            )
         )
     else:
-        batch = majority_dataset(split="eval", batch_size=4, seq_len=64, seed=0).source.batch(0)
+        batch = majority_dataset(split="eval", batch_size=4, seq_len=32, seed=0).source.batch(0)
         batch["weight"][2:] = 0.0
         batch["mask"][2:] = False
     model = task.model(cfg)
-    params = task.init_params(model, jax.random.key(0), cfg)
     key = jax.random.key(1)
-    whole = task.loss_sums(model, params, batch, key, deterministic=True)
-    real = task.loss_sums(
-        model, params, {k: v[:2] for k, v in batch.items()}, key, deterministic=True
+
+    @jax.jit
+    def sums_and_logits(b):
+        params = task.init_params(model, jax.random.key(0), cfg)
+        logits = model.apply({"params": params}, b["tokens"], mask=b["mask"], key=key)
+        return task.loss_sums(model, params, b, key, deterministic=True), logits
+
+    sums, logits = sums_and_logits(batch)
+    real = batch["weight"] > 0
+    assert real.tolist() == [True, True, False, False]
+    if isinstance(task, tasks.SpanTask):
+        start, end = (np.asarray(x) for x in logits)
+        nll = (_cross_entropy(start, batch["start"]) + _cross_entropy(end, batch["end"])) / 2
+        hit = (start.argmax(-1) == batch["start"]) & (end.argmax(-1) == batch["end"])
+    else:
+        nll = _cross_entropy(logits, batch["label"])
+        hit = np.asarray(logits).argmax(-1) == batch["label"]
+    assert np.all(np.isfinite(nll))  # even the filler rows' logits are finite
+    np.testing.assert_allclose(sums["nll"], nll[real].sum(), rtol=1e-5)
+    assert float(sums["correct"]) == hit[real].sum() and float(sums["weight"]) == 2.0
+
+
+def test_the_eval_table_shows_the_loss_where_a_task_has_no_bits_per_token():
+    table = evaluation.format_eval_table(
+        {"Full": {"loss": 0.25, "accuracy": 0.9}, "LSH-2": {"loss": 0.5, "accuracy": 0.8}}
     )
-    assert float(whole["weight"]) == 2.0
-    for name in whole:
-        np.testing.assert_allclose(whole[name], real[name], rtol=1e-5, err_msg=name)
+    assert "| accuracy | 90.0% | 80.0% |" in table and "| loss | 0.2500 | 0.5000 |" in table
