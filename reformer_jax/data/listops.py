@@ -68,9 +68,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator, SinglePassIterator
 from reformer_jax.data.enwik8 import default_data_dir
-from reformer_jax.data.imagenet64 import SinglePassIterator
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")  # LRA's order
 OPERATOR_PROB = 0.25  # P(a node at depth < max_depth is an operator): LRA's VALUE_P
