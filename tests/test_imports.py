@@ -17,6 +17,7 @@ TOP = {
     "reformer_jax.cli",
     "reformer_jax.evaluate",
     "reformer_jax.memory",
+    "reformer_jax.predict",
     "reformer_jax.sample",
     "reformer_jax.train.__main__",
 }

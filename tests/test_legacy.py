@@ -3,7 +3,7 @@
 tests/data/legacy_v1 is a tiny run (LSH, local, full and shared-QK full layers,
 axial positions) trained and saved by commit 9bf76af, with what that commit
 computed from it (its README says how). Today's code must read it and give
-the same numbers.
+the same numbers (one deliberate change since: the README says which).
 """
 
 import dataclasses
