@@ -116,15 +116,24 @@ class Evaluator:
 
 
 def format_eval_table(results: dict[str, dict[str, float]]) -> str:
-    """Evaluation results by variant as a markdown table: accuracy, then bits per token
-    (token tasks) or the loss (the others, whose metrics hold no bits per token)."""
-    head = "| metric | " + " | ".join(results) + " |"
-    rule = "|---|" + "---:|" * len(results)
-    acc = "| accuracy | " + " | ".join(f"{100 * r['accuracy']:.1f}%" for r in results.values())
-    if all("bits_per_token" in r for r in results.values()):
-        last = "| bits/token | " + " | ".join(
-            f"{r['bits_per_token']:.4f}" for r in results.values()
-        )
-    else:
-        last = "| loss | " + " | ".join(f"{r['loss']:.4f}" for r in results.values())
-    return "\n".join([head, rule, acc + " |", last + " |"])
+    """Evaluation results by variant as a markdown table, one row per metric of the task.
+
+    Accuracy first (as percentages, like every "*accuracy" metric), then the
+    task's other metrics in the order it reports them (loss, bits per token,
+    loss_over_chance, ...).
+    """
+    names: list[str] = []
+    for metrics in results.values():
+        names += [n for n in metrics if n not in names]
+    names.sort(key=lambda n: n != "accuracy")  # stable: the task's order otherwise
+    rows = ["| metric | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
+    for name in names:
+
+        def cell(r, name=name):
+            if name not in r:
+                return ""
+            return f"{100 * r[name]:.1f}%" if name.endswith("accuracy") else f"{r[name]:.4f}"
+
+        label = "bits/token" if name == "bits_per_token" else name
+        rows.append(f"| {label} | " + " | ".join(cell(r) for r in results.values()) + " |")
+    return "\n".join(rows)

@@ -30,6 +30,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -120,6 +121,17 @@ def train_step(
 
 
 # ----------------------------------------------------------------------------- train
+
+
+def _check_token_ids(batch: dict, vocab_size: int) -> None:
+    """Ids outside the vocabulary would embed as NaN without a word: one clear error instead."""
+    tokens = np.asarray(batch.get("tokens", np.zeros(0, np.int32)))
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise TrainingError(
+            f"the dataset's token ids run from {int(tokens.min())} to {int(tokens.max())}, outside "
+            f"the model's vocabulary 0..{vocab_size - 1}: set ReformerConfig.vocab_size (VOCAB) "
+            f"to at least {int(tokens.max()) + 1}."
+        )
 
 
 def train(
@@ -237,6 +249,7 @@ def train(
                     task.check_batch(batch)
                 except TaskError as e:
                     raise TrainingError(str(e)) from None
+                _check_token_ids(batch, cfg.vocab_size)
             state, step_metrics = step_fn(state, shard_batch(batch, mesh))
             done = step + 1
             meter.dispatched(done, step_metrics)

@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from reformer_jax import cli, convert, evaluate, memory, sample
+from reformer_jax import cli, convert, evaluate, memory, predict, sample
 from tests import inprocess
 from tests.conftest import copy_run
 
@@ -21,6 +21,7 @@ MAINS = {
     "reformer_jax.evaluate": evaluate.main,
     "reformer_jax.memory": memory.main,
     "reformer_jax.sample": sample.main,
+    "reformer_jax.predict": predict.main,
     "reformer_jax.convert": convert.main,
 }
 ROW = re.compile(r"^\| `(?P<expect>[^`]+)` \| `(?P<command>[^`]+)` \|$")
