@@ -1,7 +1,7 @@
 """Training metrics: metrics.jsonl, TensorBoard, and a progress bar of finished steps.
 
     MetricWriter(workdir, *, enabled, truncate_to)   .write(step, split, record), .offset()
-    StepMeter(tokens_per_step, *, steps_ahead, bar)  .dispatched(step, metrics), .flush()
+    StepMeter(tokens_per_step, *, steps_ahead, bar, summarize)  .dispatched(step, metrics), .flush()
     progress_bar(start, total, enabled)
 
 JAX dispatches steps asynchronously: the host can run far ahead of the device
@@ -23,6 +23,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -92,7 +93,15 @@ class StepMeter:
     the first step with a non-finite loss or parameter norm.
     """
 
-    def __init__(self, tokens_per_step: int, *, steps_ahead: int, bar: Any):
+    def __init__(
+        self,
+        tokens_per_step: int,
+        *,
+        steps_ahead: int,
+        bar: Any,
+        summarize: Callable[[dict[str, float]], dict[str, float]] = summarize,
+    ):
+        self.summarize = summarize  # the task's (reformer_jax/tasks.py): its own metrics
         self.tokens_per_step = tokens_per_step
         self.steps_ahead = steps_ahead
         self.bar = bar
@@ -126,10 +135,9 @@ class StepMeter:
                 break
         fetched = [m for _, m in self.finished]
         now = time.perf_counter()
-        record = summarize(
-            {k: sum(float(m[k]) for m in fetched) for k in ("nll", "correct", "weight")}
-        )
         last = fetched[-1]
+        sums = [k for k in last if k not in ("grad_norm", "param_norm", "learning_rate")]
+        record = self.summarize({k: sum(float(m[k]) for m in fetched) for k in sums})
         record.update(
             grad_norm=float(last["grad_norm"]),
             param_norm=float(last["param_norm"]),

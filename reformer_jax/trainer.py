@@ -240,7 +240,9 @@ def train(
     writer = metrics.MetricWriter(workdir, enabled=primary, truncate_to=truncate_to)
     start = int(state.step)
     bar = metrics.progress_bar(start, steps, progress and primary)
-    meter = metrics.StepMeter(batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar)
+    meter = metrics.StepMeter(
+        batch_size * cfg.max_len, steps_ahead=steps_ahead, bar=bar, summarize=task.summarize
+    )
     try:
         for step in range(start, steps):
             batch = next(train_data)

@@ -82,6 +82,9 @@ def _train(tmp_path, params):
         if r["split"] == "eval"
     ]
     assert len(train) == STEPS and all(np.isfinite(train))
+    # The train records hold the task's own metrics, as the eval records do.
+    train_keys = {k for r in records if r["split"] == "train" for k in r}
+    assert train_keys >= set(evaluation), (train_keys, evaluation)
     assert np.mean(train[-4:]) < np.mean(train[:4]) - 0.1, train
     return evaluation
 

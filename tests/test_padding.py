@@ -42,8 +42,13 @@ def _cfg(causal, reversible):
     )
 
 
-@pytest.mark.parametrize("reversible", [True, False], ids=["reversible", "plain"])
-@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+# Causal and bidirectional, reversible (custom VJP) and plain (autodiff): the
+# fourth combination, causal and plain, adds no path the others miss (35 s of CI).
+@pytest.mark.parametrize(
+    "causal,reversible",
+    [(True, True), (False, True), (False, False)],
+    ids=["causal-reversible", "bidirectional-reversible", "bidirectional-plain"],
+)
 def test_padded_batch_equals_each_sequence_alone(causal, reversible):
     cfg = _cfg(causal, reversible)
     stack = ReformerStack(cfg)
@@ -52,7 +57,7 @@ def test_padded_batch_equals_each_sequence_alone(causal, reversible):
     seqs = [
         jax.random.randint(jax.random.fold_in(k_tok, i), (n,), 0, 16) for i, n in enumerate(LENGTHS)
     ]
-    params = stack.init(k_init, seqs[0][None])["params"]
+    params = jax.jit(stack.init)(k_init, seqs[0][None])["params"]  # eager init takes ~10 s
     # Random tokens under the padding: what sits there must not matter either.
     filler = jax.random.randint(k_pad, (len(LENGTHS), PADDED), 0, 16)
     tokens = jnp.stack([filler[i].at[: len(s)].set(s) for i, s in enumerate(seqs)])

@@ -124,19 +124,34 @@ def test_classifier_predictions_equal_each_input_alone(tmp_path, listops_run):
         ("", "empty line"),
         ("{not json", "not JSON"),
         ('{"ids": [1, 99]}', "id 99 is outside the vocabulary 0..15"),
+        ('{"ids": [1, true]}', '"ids" must be a list of ints'),
         ('{"ids": []}', "the input is empty"),
         ('{"text": "[MAX 1 2 ]", "ids": [1]}', 'exactly one of "text" or "ids"'),
         ('{"text": "[MAX 1 banana ]"}', "unknown token 'banana'"),
         (json.dumps({"ids": [1] * 40}), "40 tokens, longer than the model's max_len 32"),
     ],
 )
-def test_a_bad_line_is_named_and_the_lines_before_it_are_kept(tmp_path, listops_run, bad, match):
+def test_bad_lines_are_named(bad, match):
+    with pytest.raises(predict.InputError) as e:
+        predict.parse_line(
+            bad,
+            "in.jsonl:7",
+            vocab_size=16,
+            max_len=32,
+            tokenizer=tokenizers.LISTOPS,
+            mask_text="[MASK]",
+            mask_id=None,
+        )
+    assert str(e.value).startswith("in.jsonl:7: ") and match in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_bad_line_stops_the_command_after_the_lines_before_it(tmp_path, listops_run):
     good = json.dumps({"text": "[SM 3 4 ]"})
     # Three good lines (one full batch of 2 and one pending), the bad one, one more.
-    got, error = _predict(tmp_path, listops_run, [good, good, good, bad, good])
-    assert error is not None and error.startswith(f"{tmp_path / 'in.jsonl'}:4: "), error
-    assert match in error and "\n" not in error
-    assert len(got) == 3
+    got, error = _predict(tmp_path, listops_run, [good, good, good, '{"ids": [1, 99]}', good])
+    assert error == f"{tmp_path / 'in.jsonl'}:4: id 99 is outside the vocabulary 0..15"
+    assert len(got) == 3 and all("label" in g for g in got)
 
 
 def test_masked_lm_fills_the_masked_positions(tmp_path, mlm_run):
