@@ -1,10 +1,12 @@
 """python -m reformer_jax.predict: an encoder run's predictions for JSON lines.
 
-Each run here is tiny.gin as an encoder, trained for two steps (the command
-reads checkpoints; whether the model is any good is the tasks' tests'
-business). Predictions are checked against the model applied directly to
-each input alone, unpadded: the command pads every input to max_len, and
-padding must change nothing.
+Each run here is a workdir as `convert` writes one: a parameters-only
+checkpoint (`checkpoints.save_params`) of a tiny encoder and a config.gin
+naming its task and dataset (training it would cost CI time and prove
+nothing here: whether a model is any good is the tasks' tests' business).
+Predictions are checked against the model applied directly to each input
+alone, unpadded: the command pads every input to max_len, and padding must
+change nothing.
 """
 
 import json
@@ -18,58 +20,58 @@ import pytest
 
 from reformer_jax import checkpoints, cli, predict, tasks
 from reformer_jax.data import listops, tokenizers
-from tests.conftest import TINY_GIN
-
-ENCODER = [
-    "ReformerConfig.causal = False",
-    "ReformerConfig.n_buckets = 4",  # fixed: the automatic count follows the length
-    "ReformerConfig.dropout = 0.0",
-    "train.steps = 2",
-    "train.checkpoint_every = 2",
-    "train.eval_batches = 1",
-]
+from tests.conftest import tiny_config
 
 
-def _train(workdir, params):
-    cli.parse_gin([TINY_GIN], ENCODER + params)
-    cli.prepare_workdir(workdir)
-    try:
-        cli.call_train(workdir=workdir)
-    finally:
-        gin.clear_config()
+def _run(workdir, task, cfg, bindings):
+    """A workdir holding random (moved off their initial values) parameters of task's model."""
+    params = jax.jit(lambda k: task.init_params(task.model(cfg), k, cfg))(jax.random.key(1))
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
+    )
+    os.makedirs(workdir)
+    checkpoints.save_params(workdir, cfg, params)
+    with open(os.path.join(workdir, "config.gin"), "w") as f:
+        f.write("\n".join(bindings) + "\n")
     return workdir
+
+
+# The "step" model of tests/conftest.py with a local and an LSH layer, as an encoder,
+# with a fixed n_buckets: the automatic count follows the padded length.
+def _encoder(vocab_size):
+    return tiny_config(
+        "step",
+        vocab_size=vocab_size,
+        causal=False,
+        n_layers=2,
+        attention_kinds=("local", "lsh"),
+        n_buckets=4,
+    )
 
 
 @pytest.fixture(scope="module")
 def listops_run(tmp_path_factory):
-    data = str(tmp_path_factory.mktemp("data"))
-    return _train(
+    return _run(
         str(tmp_path_factory.mktemp("listops") / "run"),
+        tasks.ClassificationTask(10),
+        _encoder(16),
         [
-            "VOCAB = 16",
             "train.task = @ClassificationTask()",
             "ClassificationTask.n_classes = 10",
             "train.dataset_fn = @listops_dataset",
-            f"listops_dataset.data_dir = '{data}'",
-            "listops_dataset.min_len = 4",
-            "listops_dataset.max_len = 32",
-            "listops_dataset.max_depth = 3",
-            "listops_dataset.n_train = 64",
-            "listops_dataset.n_eval = 16",
         ],
     )
 
 
 @pytest.fixture(scope="module")
 def mlm_run(tmp_path_factory):
-    return _train(
+    return _run(
         str(tmp_path_factory.mktemp("mlm") / "run"),
-        [
-            "VOCAB = 259",
-            "train.task = @MaskedLMTask()",
-            "train.dataset_fn = @stdlib_dataset",
-            "stdlib_dataset.max_bytes = 20000",
-        ],
+        tasks.MaskedLMTask(),
+        _encoder(259),
+        ["train.task = @MaskedLMTask()", "train.dataset_fn = @stdlib_dataset"],
     )
 
 
@@ -94,12 +96,12 @@ def _direct(workdir, ids):
     run = checkpoints.load_run(workdir)
     cli.parse_gin([os.path.join(workdir, "config.gin")], [])
     try:
-        task, cfg = cli.task(), cli.model_config()
+        task = cli.task()
     finally:
         gin.clear_config()
     tokens = jnp.asarray(ids, jnp.int32)[None]
     row = task.predict(
-        task.model(cfg), run.params, tokens, jnp.ones(tokens.shape, bool), jax.random.key(0)
+        task.model(run.config), run.params, tokens, jnp.ones(tokens.shape, bool), jax.random.key(0)
     )
     return task, {k: np.asarray(v)[0] for k, v in row.items()}
 
