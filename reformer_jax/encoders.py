@@ -43,6 +43,20 @@ def check_encoder(cfg: ReformerConfig, who: str) -> None:
         )
 
 
+def _encode(model: nn.Module, tokens, mask, key, deterministic, n_hashes, streams=False):
+    """The model's stack run bidirectionally over tokens with their padding mask."""
+    check_encoder(model.cfg, type(model).__name__)
+    return model.stack(
+        tokens,
+        mask=mask,
+        causal=False,
+        key=key,
+        deterministic=deterministic,
+        n_hashes=n_hashes,
+        streams=streams,
+    )
+
+
 def _head_key(key: Array | None) -> Array:
     # The stack uses the fixed key(0) without a key: so does the head.
     return split_key(jax.random.key(0) if key is None else key)[2]
@@ -80,16 +94,7 @@ class ReformerMLM(nn.Module):
         """
         if output not in ("log_probs", "hidden", "loss"):
             raise ValueError(f"output={output!r}; use 'log_probs', 'hidden' or 'loss'.")
-        check_encoder(self.cfg, type(self).__name__)
-        y1, y2 = self.stack(
-            tokens,
-            mask=mask,
-            causal=False,
-            key=key,
-            deterministic=deterministic,
-            n_hashes=n_hashes,
-            streams=True,
-        )
+        y1, y2 = _encode(self, tokens, mask, key, deterministic, n_hashes, streams=True)
         head_key = _head_key(key)
         if output == "loss":
             if targets is None or weights is None:
@@ -137,15 +142,7 @@ class ReformerClassifier(nn.Module):
         n_hashes: int | None = None,
     ) -> Array:
         """tokens [b, l], mask bool [b, l] (True = real; None: all) -> logits [b, n_classes]."""
-        check_encoder(self.cfg, type(self).__name__)
-        hidden = self.stack(
-            tokens,
-            mask=mask,
-            causal=False,
-            key=key,
-            deterministic=deterministic,
-            n_hashes=n_hashes,
-        )
+        hidden = _encode(self, tokens, mask, key, deterministic, n_hashes)
         return self.head(hidden, mask, _head_key(key), deterministic=deterministic)
 
 
@@ -171,13 +168,5 @@ class ReformerSpanModel(nn.Module):
         n_hashes: int | None = None,
     ) -> tuple[Array, Array]:
         """tokens [b, l], mask bool [b, l] -> (start, end) float32 logits [b, l]; pads never win."""
-        check_encoder(self.cfg, type(self).__name__)
-        hidden = self.stack(
-            tokens,
-            mask=mask,
-            causal=False,
-            key=key,
-            deterministic=deterministic,
-            n_hashes=n_hashes,
-        )
+        hidden = _encode(self, tokens, mask, key, deterministic, n_hashes)
         return self.head(hidden, mask, _head_key(key), deterministic=deterministic)
