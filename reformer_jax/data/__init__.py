@@ -19,10 +19,36 @@ one-line message saying what to do.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for an error message: its type and its text."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def write_then_rename(dest: str) -> Iterator[BinaryIO]:
+    """A new binary file beside `dest`, renamed to `dest` only once written whole.
+
+    An interrupted download, extraction or cache write thus never leaves a
+    file that looks complete, and concurrent writers each rename a whole file.
+    """
+    tmp = f"{dest}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    try:
+        with open(tmp, "xb") as f:  # unlike mkstemp, keeps the umask's permissions
+            yield f
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 class DatasetError(Exception):

@@ -18,21 +18,18 @@ mean weighted NLL over the whole split is its bits per character (in nats).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
-import secrets
 import shutil
 import urllib.request
 import zipfile
 import zlib
 from collections.abc import Iterator
-from typing import BinaryIO
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator, one_line, write_then_rename
 
 DATA_URL = "http://mattmahoney.net/dc/enwik8.zip"
 RAW_NAME = "enwik8"  # the zip's one member, and the extracted file's name
@@ -74,11 +71,6 @@ def split_bounds(total_bytes: int = TOTAL_BYTES) -> dict[str, tuple[int, int]]:
     }
 
 
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
-
-
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -87,26 +79,9 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _write_then_rename(dest: str) -> Iterator[BinaryIO]:
-    """A new file beside `dest`, renamed to `dest` only once written whole.
-
-    An interrupted download or extraction thus never leaves a file that looks
-    complete, and concurrent writers each rename a whole file.
-    """
-    tmp = f"{dest}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    try:
-        with open(tmp, "xb") as f:  # unlike mkstemp, keeps the umask's permissions
-            yield f
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _download(url: str, dest: str) -> None:
     """Fetches `url` to `dest`."""
-    with _write_then_rename(dest) as out, urllib.request.urlopen(url, timeout=60) as response:
+    with write_then_rename(dest) as out, urllib.request.urlopen(url, timeout=60) as response:
         shutil.copyfileobj(response, out, _CHUNK)
 
 
@@ -123,7 +98,7 @@ def _check_zip(zip_path: str, expected_size: int | None, url: str) -> None:
     # read: that zip is unusable too, not an unfinished code path.
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
         raise DatasetError(
-            f"enwik8: {zip_path} is not a readable zip ({_one_line(e)}); {redo}."
+            f"enwik8: {zip_path} is not a readable zip ({one_line(e)}); {redo}."
         ) from e
     if bad is not None:
         raise DatasetError(f"enwik8: {zip_path} is corrupt (CRC mismatch in {bad!r}); {redo}.")
@@ -143,7 +118,7 @@ def _extract(zip_path: str, raw_path: str) -> None:
     with (
         zipfile.ZipFile(zip_path) as zf,
         zf.open(RAW_NAME) as src,
-        _write_then_rename(raw_path) as out,
+        write_then_rename(raw_path) as out,
     ):
         shutil.copyfileobj(src, out, _CHUNK)
 
@@ -178,14 +153,14 @@ def ensure_enwik8(
                 _download(url, zip_path)
             except Exception as e:  # noqa: BLE001 - any failure means "fetch it by hand"
                 raise DatasetError(
-                    f"enwik8: could not download {url} ({_one_line(e)}); {fetch}."
+                    f"enwik8: could not download {url} ({one_line(e)}); {fetch}."
                 ) from e
         _check_zip(zip_path, expected_size, url)
         try:
             _extract(zip_path, raw_path)
         except OSError as e:
             raise DatasetError(
-                f"enwik8: could not extract {zip_path} to {raw_path} ({_one_line(e)})."
+                f"enwik8: could not extract {zip_path} to {raw_path} ({one_line(e)})."
             ) from e
 
     redo = f"delete it (and {zip_path} if present) and {fetch}"

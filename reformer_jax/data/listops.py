@@ -62,13 +62,18 @@ import itertools
 import json
 import logging
 import os
-import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator, SinglePassIterator
+from reformer_jax.data import (
+    DatasetError,
+    IndexedIterator,
+    SinglePassIterator,
+    one_line,
+    write_then_rename,
+)
 from reformer_jax.data.enwik8 import default_data_dir
 
 OPERATORS = ("MIN", "MAX", "MED", "SM")  # LRA's order
@@ -420,28 +425,12 @@ def generate_split(
 # --- The cache ----------------------------------------------------------------
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """write(tmp) beside `path`, then renamed to `path`: readers never see half a file."""
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _digest(data: ListOpsSplit) -> str:
     """sha256 of the arrays' bytes (not of the npz, whose zip headers hold write times)."""
     h = hashlib.sha256()
     for array in (data.ids, data.offsets, data.labels):
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _describe(split: str, settings: ListOpsSettings) -> dict:
@@ -474,7 +463,7 @@ def _read_cached(split: str, settings: ListOpsSettings, npz: str, meta: str) -> 
         with open(meta) as f:
             record = json.load(f)
     except (OSError, ValueError) as e:
-        raise DatasetError(f"listops: {meta} is not readable JSON ({_one_line(e)}); {fix}.") from e
+        raise DatasetError(f"listops: {meta} is not readable JSON ({one_line(e)}); {fix}.") from e
     if not isinstance(record, dict):
         raise DatasetError(f"listops: {meta} does not hold a JSON object; {fix}.")
     if {k: record.get(k) for k in _describe(split, settings)} != _describe(split, settings):
@@ -483,7 +472,7 @@ def _read_cached(split: str, settings: ListOpsSettings, npz: str, meta: str) -> 
         with np.load(npz) as f:
             data = ListOpsSplit(ids=f["ids"], offsets=f["offsets"], labels=f["labels"])
     except Exception as e:  # noqa: BLE001 - any failure to read means "regenerate it"
-        raise DatasetError(f"listops: {npz} is not a readable npz ({_one_line(e)}); {fix}.") from e
+        raise DatasetError(f"listops: {npz} is not a readable npz ({one_line(e)}); {fix}.") from e
     if _digest(data) != record.get("sha256"):
         raise DatasetError(f"listops: {npz} does not match the sha256 recorded in {meta}; {fix}.")
     n = settings.size(split)
@@ -529,10 +518,8 @@ def load_split(
     seconds = time.perf_counter() - start
 
     os.makedirs(os.path.dirname(npz), exist_ok=True)
-    _write_atomically(
-        npz,
-        lambda tmp: _savez(tmp, ids=data.ids, offsets=data.offsets, labels=data.labels),
-    )
+    with write_then_rename(npz) as f:  # a file object: np.savez would append ".npz" to a name
+        np.savez_compressed(f, ids=data.ids, offsets=data.offsets, labels=data.labels)
     counts = data.label_counts()
     record = {
         **_describe(split, settings),
@@ -545,19 +532,9 @@ def load_split(
         "generation_seconds": round(seconds, 2),
         "sha256": _digest(data),
     }
-    _write_atomically(meta, lambda tmp: _write_json(tmp, record))
+    with write_then_rename(meta) as f:
+        f.write((json.dumps(record, indent=1) + "\n").encode())
     return data
-
-
-def _savez(path: str, **arrays: np.ndarray) -> None:
-    with open(path, "xb") as f:  # a file object: np.savez would append ".npz" to a name
-        np.savez_compressed(f, **arrays)
-
-
-def _write_json(path: str, record: dict) -> None:
-    with open(path, "x") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
 
 
 def majority_class_rate(
