@@ -33,7 +33,16 @@ import jax
 
 from reformer_jax import checkpoints, tasks, trainer
 from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig, RunSettings
-from reformer_jax.data import DatasetError, enwik8, imagenet64, listops, spans, stdlib, synthetic
+from reformer_jax.data import (
+    DatasetError,
+    enwik8,
+    imagenet64,
+    listops,
+    seq2seq,
+    spans,
+    stdlib,
+    synthetic,
+)
 
 _REGISTERED = False
 log = logging.getLogger("reformer_jax")
@@ -56,9 +65,10 @@ def register_configurables() -> None:
 
     ReformerConfig (`ReformerConfig.<field> = ...`), the trainer
     (`train.<argument> = ...`), the tasks (`train.task = @LanguageModelTask()`,
-    @MaskedLMTask(), @ClassificationTask(), @SpanTask()) and the dataset
-    factories (`train.dataset_fn = @duplication_dataset`, @enwik8_dataset,
-    @imagenet64_dataset, @stdlib_dataset, @span_dataset, @listops_dataset).
+    @MaskedLMTask(), @ClassificationTask(), @SpanTask(), @Seq2SeqTask()) and the
+    dataset factories (`train.dataset_fn = @duplication_dataset`, @enwik8_dataset,
+    @imagenet64_dataset, @stdlib_dataset, @span_dataset, @listops_dataset,
+    @seq2seq_dataset).
     """
     global _REGISTERED
     if _REGISTERED:
@@ -70,12 +80,14 @@ def register_configurables() -> None:
     gin.external_configurable(tasks.MaskedLMTask, name="MaskedLMTask")
     gin.external_configurable(tasks.ClassificationTask, name="ClassificationTask")
     gin.external_configurable(tasks.SpanTask, name="SpanTask")
+    gin.external_configurable(tasks.Seq2SeqTask, name="Seq2SeqTask")
     gin.external_configurable(synthetic.duplication_dataset, name="duplication_dataset")
     gin.external_configurable(enwik8.enwik8_dataset, name="enwik8_dataset")
     gin.external_configurable(imagenet64.imagenet64_dataset, name="imagenet64_dataset")
     gin.external_configurable(stdlib.stdlib_dataset, name="stdlib_dataset")
     gin.external_configurable(spans.span_dataset, name="span_dataset")
     gin.external_configurable(listops.listops_dataset, name="listops_dataset")
+    gin.external_configurable(seq2seq.seq2seq_dataset, name="seq2seq_dataset")
     _REGISTERED = True
 
 

@@ -54,6 +54,11 @@ class ReformerConfig:
     ff_activation: str = "relu"
     causal: bool = True
     cross_attention: bool = False  # a cross-attention half per block (decoders of enc-dec)
+    # The encoder of an encoder-decoder (reformer_jax/encdec.py; the fields above describe
+    # its decoder): None = the decoder's n_layers / attention_kinds.
+    n_encoder_layers: int | None = None
+    encoder_attention_kinds: tuple[str, ...] | None = None
+    share_embeddings: bool = True  # one token embedding for source and target
     reversible: bool = True
     dtype: str = "float32"
     layer_norm_eps: float = 1e-6
@@ -80,7 +85,13 @@ class ReformerConfig:
 
     def __post_init__(self):
         # Sequences given as lists (gin, JSON) become tuples so the config hashes.
-        for name in ("attention_kinds", "n_buckets", "axial_shape", "axial_dims"):
+        for name in (
+            "attention_kinds",
+            "encoder_attention_kinds",
+            "n_buckets",
+            "axial_shape",
+            "axial_dims",
+        ):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -122,6 +133,24 @@ class ReformerConfig:
             )
         if self.n_buckets is not None:
             lsh.bucket_factors(self.n_buckets)
+        if self.n_encoder_layers is not None or self.encoder_attention_kinds is not None:
+            enc_layers = self.n_layers if self.n_encoder_layers is None else self.n_encoder_layers
+            enc_cycle = self.encoder_attention_kinds or cycle
+            if isinstance(enc_layers, bool) or not isinstance(enc_layers, int) or enc_layers <= 0:
+                raise ValueError(
+                    f"ReformerConfig.n_encoder_layers must be a positive int, got {enc_layers!r}."
+                )
+            if any(k not in kinds.KINDS for k in enc_cycle):
+                raise ValueError(
+                    f"ReformerConfig.encoder_attention_kinds={enc_cycle!r}: each kind must be one "
+                    f"of {tuple(kinds.KINDS)}."
+                )
+            if enc_layers % len(enc_cycle):
+                raise ValueError(
+                    f"n_encoder_layers={enc_layers} is not a multiple of the encoder's attention "
+                    f"cycle {enc_cycle} (length {len(enc_cycle)}): use n_encoder_layers = "
+                    f"{len(enc_cycle)} * k."
+                )
         if self.ff_activation not in ACTIVATIONS:
             raise ValueError(
                 f"ff_activation={self.ff_activation!r}; use one of {sorted(ACTIVATIONS)}."
@@ -157,6 +186,18 @@ class ReformerConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}.")
+
+    def encoder_config(self) -> ReformerConfig:
+        """The encoder stack's config in an encoder-decoder: bidirectional, no cross-attention,
+        `n_encoder_layers` layers of `encoder_attention_kinds` (None: the decoder's)."""
+        return self.replace(
+            causal=False,
+            cross_attention=False,
+            n_layers=self.n_layers if self.n_encoder_layers is None else self.n_encoder_layers,
+            attention_kinds=self.encoder_attention_kinds or self.attention_kinds,
+            n_encoder_layers=None,
+            encoder_attention_kinds=None,
+        )
 
     @property
     def n_groups(self) -> int:

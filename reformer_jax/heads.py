@@ -96,6 +96,8 @@ class TokenHead(nn.Module):
         *,
         loss_chunk_size: int | None = None,
         deterministic: bool = True,
+        label_smoothing: float = 0.0,
+        exact_match: bool = False,
     ) -> dict[str, Array]:
         """Sums {"nll" (nats), "correct", "weight"} of predicting targets [b, l] where weighted.
 
@@ -105,8 +107,23 @@ class TokenHead(nn.Module):
         loss_chunk_size positions at a time (`chunked.sum_chunks`), so
         neither the [b, l, v] logits nor the [b, l, 2m] input is ever alive
         whole.
+
+        label_smoothing = eps > 0 adds "objective": the sum of the smoothed
+        cross-entropy (1 - eps) * nll + eps * (mean over the vocabulary of
+        -log p), the loss of a target spread eps uniformly over the vocabulary
+        (Szegedy et al. 2016; the paper's translation setting, eps = 0.1).
+        The trainer minimises "objective" when a task's sums hold it; "nll"
+        stays the plain cross-entropy, which the metrics report.
+
+        exact_match=True adds "exact" (rows whose weighted positions are all
+        predicted right, among rows with any weight) and "rows" (rows with any
+        weight). For teacher-forced next-token targets, a row is exact exactly
+        when greedy decoding reproduces it (up to argmax ties).
         """
         params = self._params()
+        eps = float(label_smoothing)
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}.")
 
         def chunk_stats(p, args, k):
             *parts, t_c, w_c = args
@@ -114,7 +131,15 @@ class TokenHead(nn.Module):
             logp = self._log_probs(p, h_c, k, deterministic)
             nll = -jnp.take_along_axis(logp, t_c[..., None], axis=-1)[..., 0]
             correct = (jnp.argmax(logp, axis=-1) == t_c).astype(jnp.float32)
-            return jnp.stack([jnp.sum(nll * w_c), jnp.sum(correct * w_c), jnp.sum(w_c)])
+            stats = [jnp.sum(nll * w_c), jnp.sum(correct * w_c), jnp.sum(w_c)]
+            if eps:
+                smoothed = (1.0 - eps) * nll - eps * jnp.mean(logp, axis=-1)
+                stats.append(jnp.sum(smoothed * w_c))
+            stats = jnp.stack(stats)
+            if exact_match:  # then per row: weighted errors, weight
+                per_row = [jnp.sum((1.0 - correct) * w_c, axis=1), jnp.sum(w_c, axis=1)]
+                stats = jnp.concatenate([stats, *per_row])
+            return stats
 
         weights = weights.astype(jnp.float32)
         length = targets.shape[1]
@@ -126,7 +151,16 @@ class TokenHead(nn.Module):
             padded = lsh.round_up(length, c)
             args = tuple(lsh.pad_length(a, padded, axis=1) for a in args)
             sums = sum_chunks(chunk_stats, c, params, args, key)
-        return {"nll": sums[0], "correct": sums[1], "weight": sums[2]}
+        out = {"nll": sums[0], "correct": sums[1], "weight": sums[2]}
+        if eps:
+            out["objective"] = sums[3]
+        if exact_match:
+            b = targets.shape[0]
+            errors, row_weight = sums[-2 * b : -b], sums[-b:]
+            scored = row_weight > 0
+            out["exact"] = jnp.sum((scored & (errors == 0)).astype(jnp.float32))
+            out["rows"] = jnp.sum(scored.astype(jnp.float32))
+        return out
 
 
 class LMHead(TokenHead):
@@ -151,6 +185,8 @@ class LMHead(TokenHead):
         *,
         loss_chunk_size: int | None = None,
         deterministic: bool = True,
+        label_smoothing: float = 0.0,
+        exact_match: bool = False,
     ) -> dict[str, Array]:
         """Sums {"nll" (nats), "correct", "weight"} of the next-token loss of `tokens` [b, l].
 
@@ -172,6 +208,8 @@ class LMHead(TokenHead):
             key,
             loss_chunk_size=loss_chunk_size,
             deterministic=deterministic,
+            label_smoothing=label_smoothing,
+            exact_match=exact_match,
         )
 
 

@@ -298,51 +298,81 @@ class CrossAttentionHalf(nn.Module):
     translation model uses dense encoder-decoder attention, as trax's
     EncDecAttention) and runs over chunks of run.ff_chunk_size queries, so
     only one chunk's [b, h, c, t] logits are alive.
+
+    `memory_kv` and `decode` are the two ends on their own for cached
+    decoding (reformer_jax/decoding.py): the memory's keys and values are
+    projected once per source, and each new position attends to them.
     """
 
     cfg: Any
     run: RunSettings = RunSettings()
 
-    @nn.compact
+    def setup(self):
+        cfg = self.cfg
+        shape = (cfg.d_model, cfg.n_heads, cfg.d_head)
+        self.norm = LayerNormParams(cfg.d_model)
+        self.wq = self.param("wq", _projection_init(), shape, jnp.float32)
+        self.wo = self.param(
+            "wo", _output_init(), (cfg.n_heads, cfg.d_head, cfg.d_model), jnp.float32
+        )
+        self.wk = self.param("wk", _projection_init(), shape, jnp.float32)
+        self.wv = self.param("wv", _projection_init(), shape, jnp.float32)
+
+    def memory_kv(self, memory: Array) -> tuple[Array, Array]:
+        """memory [b, t, m] -> its keys and values [b, h, t, d] (in cfg.dtype)."""
+        dtype = jnp.dtype(self.cfg.dtype)
+        memory = memory.astype(dtype)
+        k = jnp.einsum("btm,mhd->bhtd", memory, self.wk.astype(dtype))
+        v = jnp.einsum("btm,mhd->bhtd", memory, self.wv.astype(dtype))
+        return k, v
+
+    def _attend(self, p, xc, k, deterministic):
+        """xc [b, c, m] against p's keys/values [b, h, t, d] and bias [b, 1, 1, t] -> [b, c, m]."""
+        cfg = self.cfg
+        dtype = jnp.dtype(cfg.dtype)
+        attn_rate = 0.0 if deterministic else cfg.attention_dropout
+        hc = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
+        q = jnp.einsum("bcm,mhd->bhcd", hc.astype(dtype), p["wq"].astype(dtype))
+        logits = jnp.einsum("bhcd,bhtd->bhct", q, p["k"], preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(logits * cfg.d_head**-0.5 + p["bias"], axis=-1)
+        k_attn, k_out = (None, None) if k is None else jax.random.split(k)
+        probs = dropout(probs, attn_rate, k_attn, attn_rate == 0.0)
+        out = jnp.einsum("bhct,bhte->bhce", probs.astype(dtype), p["v"])
+        y = jnp.einsum(
+            "bhce,hem->bcm", out, p["wo"].astype(dtype), preferred_element_type=jnp.float32
+        )
+        return dropout(y.astype(dtype), cfg.dropout, k_out, deterministic)
+
+    def _params(self, k: Array, v: Array, bias: Array) -> dict:
+        return {
+            "norm": self.norm(),
+            "wq": self.wq,
+            "wo": self.wo,
+            "k": k,
+            "v": v,
+            "bias": bias.astype(jnp.float32)[:, None, None, :],  # [b, 1, 1, t]
+        }
+
     def __call__(self, x: Array, context: dict, key: Array, *, deterministic: bool = True):
         """x [b, l, m], context {"memory": [b, t, m], "bias": float32 [b, t]} -> [b, l, m].
 
         bias is 0 for real context positions and -MASK_PENALTY for padding.
         """
-        cfg = self.cfg
-        dtype = jnp.dtype(cfg.dtype)
-        shape = (cfg.d_model, cfg.n_heads, cfg.d_head)
-        p = {
-            "norm": LayerNormParams(cfg.d_model, name="norm")(),
-            "wq": self.param("wq", _projection_init(), shape, jnp.float32),
-            "wo": self.param(
-                "wo", _output_init(), (cfg.n_heads, cfg.d_head, cfg.d_model), jnp.float32
-            ),
-        }
-        wk = self.param("wk", _projection_init(), shape, jnp.float32)
-        wv = self.param("wv", _projection_init(), shape, jnp.float32)
-        memory = context["memory"].astype(dtype)
-        p["k"] = jnp.einsum("btm,mhd->bhtd", memory, wk.astype(dtype))
-        p["v"] = jnp.einsum("btm,mhd->bhtd", memory, wv.astype(dtype))
-        p["bias"] = context["bias"].astype(jnp.float32)[:, None, None, :]  # [b, 1, 1, t]
-        keys = layer_keys(key)
-        attn_rate = 0.0 if deterministic else cfg.attention_dropout
-        scale = cfg.d_head**-0.5
+        k, v = self.memory_kv(context["memory"])
+        p = self._params(k, v, context["bias"])
 
-        def chunk(p, xc, k):  # xc: [b, c, m] -> [b, c, m]
-            hc = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], cfg.layer_norm_eps)
-            q = jnp.einsum("bcm,mhd->bhcd", hc.astype(dtype), p["wq"].astype(dtype))
-            logits = jnp.einsum("bhcd,bhtd->bhct", q, p["k"], preferred_element_type=jnp.float32)
-            probs = jax.nn.softmax(logits * scale + p["bias"], axis=-1)
-            k_attn, k_out = jax.random.split(k)
-            probs = dropout(probs, attn_rate, k_attn, attn_rate == 0.0)
-            out = jnp.einsum("bhct,bhte->bhce", probs.astype(dtype), p["v"])
-            y = jnp.einsum(
-                "bhce,hem->bcm", out, p["wo"].astype(dtype), preferred_element_type=jnp.float32
-            )
-            return dropout(y.astype(dtype), cfg.dropout, k_out, deterministic)
+        def chunk(p, xc, k):
+            return self._attend(p, xc, k, deterministic)
 
-        return positionwise(chunk, self.run.ff_chunk_size, p, (x,), keys[OUT_DROPOUT])
+        out_key = layer_keys(key)[OUT_DROPOUT]
+        return positionwise(chunk, self.run.ff_chunk_size, p, (x,), out_key)
+
+    def decode(self, x: Array, k: Array, v: Array, bias: Array) -> Array:
+        """x [b, n, m] against memory keys/values [b, h, t, d] (`memory_kv`) -> [b, n, m].
+
+        No dropout (decoding); bias float32 [b, t] as in `__call__`.
+        """
+        return self._attend(self._params(k, v, bias), x, None, True)
 
 
 class FeedForwardHalf(nn.Module):

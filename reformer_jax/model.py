@@ -40,6 +40,7 @@ __all__ = [
     "block_names",
     "count_params",
     "shift_right",
+    "token_embedding",
 ]
 
 Array = jax.Array
@@ -63,6 +64,13 @@ def split_key(key: Array) -> tuple[Array, Array, Array]:
     return embed_key, blocks_key, head_key
 
 
+def token_embedding(cfg: ReformerConfig, name: str = "embed") -> nn.Embed:
+    """The token embedding [v, m], N(0, 1) as trax's (the positions add to it)."""
+    return nn.Embed(
+        cfg.vocab_size, cfg.d_model, name=name, embedding_init=nn.initializers.normal(1.0)
+    )
+
+
 class ReformerStack(nn.Module):
     """Embedding, positions and the reversible blocks: tokens -> hidden states.
 
@@ -76,6 +84,9 @@ class ReformerStack(nn.Module):
 
     cfg: ReformerConfig
     run: RunSettings = RunSettings()
+    # A token embedding owned elsewhere (an encoder-decoder's shared embedding,
+    # reformer_jax/encdec.py); None: the stack owns its own, named `embed`.
+    shared_embedding: nn.Module | None = None
 
     def halves(self):
         """Per cycle position, the detached (attention, cross-attention | None, feed-forward)
@@ -123,9 +134,8 @@ class ReformerStack(nn.Module):
 
     def setup(self):
         cfg = self.cfg
-        self.embedding = nn.Embed(
-            cfg.vocab_size, cfg.d_model, name="embed", embedding_init=nn.initializers.normal(1.0)
-        )
+        if self.shared_embedding is None:
+            self.embedding = token_embedding(cfg)
         if cfg.pos_encoding == "axial":
             self.axial = AxialPositionalEmbedding(cfg.axial_shape, cfg.axial_dims, name="axial_pos")
         self.blocks = self.param("blocks", self._init_blocks)
@@ -149,7 +159,8 @@ class ReformerStack(nn.Module):
     ) -> Array:
         """tokens [b, n] at int positions [b, n] (default 0..n-1) -> [b, n, m] in cfg.dtype."""
         cfg = self.cfg
-        x = self.embedding(tokens)
+        embedding = self.embedding if self.shared_embedding is None else self.shared_embedding
+        x = embedding(tokens)
         x = layers.dropout(x, cfg.dropout, key, deterministic)
         if positions is None:
             pos = self.positions(jnp.arange(tokens.shape[1], dtype=jnp.int32), anchor=x)[None]

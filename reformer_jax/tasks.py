@@ -32,10 +32,14 @@ The tasks, with the batches they read (b batch, l length):
     ClassificationTask(n_classes, pooling)
                            {"tokens", "mask" bool [b, l], "label" int [b], "weight" float [b]}
     SpanTask()             {"tokens", "mask", "start" int [b], "end" int [b], "weight" float [b]}
+    Seq2SeqTask(label_smoothing)
+                           {"source" int [b, s], "source_mask" bool [b, s],
+                            "target" int [b, t], "target_weights" float [b, t]}
 
-The last three train encoders (reformer_jax/encoders.py): ReformerConfig.causal
-must be False. A "weight" of 0 marks a filler row (the last batch of a
-single-pass evaluation), which counts nowhere.
+MaskedLMTask, ClassificationTask and SpanTask train encoders
+(reformer_jax/encoders.py): ReformerConfig.causal must be False. Seq2SeqTask
+trains an encoder-decoder (reformer_jax/encdec.py). A "weight" of 0 marks a
+filler row (the last batch of a single-pass evaluation), which counts nowhere.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax.encdec import ReformerEncDec, check_encdec_config
 from reformer_jax.encoders import ReformerClassifier, ReformerMLM, ReformerSpanModel
 from reformer_jax.heads import POOLINGS
 from reformer_jax.metrics import summarize
@@ -492,3 +497,81 @@ class SpanTask(Task):
                     f"of its row (mask False or outside 0..{mask.shape[1] - 1}): a span must lie "
                     "inside the sequence."
                 )
+
+
+# ----------------------------------------------------------------------------- encoder-decoder
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqTask(Task):
+    """Sequence to sequence (paper §5, translation) with a ReformerEncDec.
+
+    Batches: {"source" int [b, s], "source_mask" bool [b, s] (True = real),
+    "target" int [b, t], "target_weights" float [b, t] (1 = a real target
+    token, the final EOS included; 0 = padding)}. The loss is the
+    teacher-forced cross-entropy of the target tokens only, label-smoothed
+    by `label_smoothing` for training (the paper's setting: 0.1).
+
+    Metrics: loss (nats per target token, without smoothing), accuracy (of
+    target tokens), bits_per_token, and exact_match: the share of examples
+    whose every target token is predicted right, which is the share greedy
+    decoding reproduces exactly (up to argmax ties).
+    """
+
+    label_smoothing: float = 0.0
+
+    batch_keys = ("source", "source_mask", "target", "target_weights")
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise TaskError(
+                f"Seq2SeqTask: label_smoothing must be in [0, 1), got {self.label_smoothing!r}."
+            )
+
+    def check(self, cfg: ReformerConfig) -> None:
+        try:
+            check_encdec_config(cfg)
+        except ValueError as e:
+            raise TaskError(f"Seq2SeqTask: {e}") from None
+
+    def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
+        return ReformerEncDec(cfg, run or RunSettings())
+
+    def init_params(self, model: nn.Module, key: Array, cfg: ReformerConfig) -> Any:
+        ids = jnp.zeros((1, cfg.max_len), jnp.int32)
+        return model.init(key, ids, ids)["params"]
+
+    def loss_sums(self, model, params, batch, key, *, deterministic):
+        return model.apply(
+            {"params": params},
+            batch["source"],
+            batch["target"],
+            source_mask=batch["source_mask"].astype(bool),
+            target_weights=batch["target_weights"].astype(jnp.float32),
+            key=key,
+            deterministic=deterministic,
+            output="loss",
+            label_smoothing=0.0 if deterministic else self.label_smoothing,
+            exact_match=True,
+        )
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
+        metrics = summarize(sums)
+        if "rows" in sums:
+            metrics["exact_match"] = float(sums["exact"]) / max(float(sums["rows"]), 1e-9)
+        return metrics
+
+    def check_batch(self, batch: dict) -> None:
+        Task.check_batch(self, batch)
+        for side, extra in (("source", "source_mask"), ("target", "target_weights")):
+            shape, got = np.shape(batch[side]), np.shape(batch[extra])
+            if len(shape) != 2 or got != shape:
+                raise TaskError(
+                    f"Seq2SeqTask: batch[{side!r}] must be [batch, length] and batch[{extra!r}] "
+                    f"the same shape, got {shape} and {got}."
+                )
+        if np.shape(batch["source"])[0] != np.shape(batch["target"])[0]:
+            raise TaskError(
+                f"Seq2SeqTask: source and target hold different numbers of rows "
+                f"({np.shape(batch['source'])[0]} and {np.shape(batch['target'])[0]})."
+            )

@@ -85,7 +85,9 @@ def train_step(
     def grads_of(micro, k):
         def loss_fn(params):
             sums = task.loss_sums(model, params, micro, k, deterministic=False)
-            return sums["nll"], sums
+            # "objective": what the task trains on when it is not the reported NLL
+            # (label smoothing); a sum over the same weights.
+            return sums.get("objective", sums["nll"]), sums
 
         return jax.grad(loss_fn, has_aux=True)(state.params)
 
@@ -125,7 +127,11 @@ def train_step(
 
 def _check_token_ids(batch: dict, vocab_size: int) -> None:
     """Ids outside the vocabulary would embed as NaN without a word: one clear error instead."""
-    tokens = np.asarray(batch.get("tokens", np.zeros(0, np.int32)))
+    for name in ("tokens", "source", "target"):
+        _check_ids(np.asarray(batch.get(name, np.zeros(0, np.int32))), vocab_size)
+
+
+def _check_ids(tokens: np.ndarray, vocab_size: int) -> None:
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise TrainingError(
             f"the dataset's token ids run from {int(tokens.min())} to {int(tokens.max())}, outside "
