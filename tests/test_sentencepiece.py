@@ -1,19 +1,28 @@
-"""SentencePiece vocabularies (reformer_jax/data/tokenizers.py, reformer_jax/tokenizer.py).
+"""SentencePiece vocabularies (reformer_jax/data/tokenizers.py, reformer_jax/tokenizer.py)
+and HF checkpoints that come with one (convert, sample --prompt).
 
 The training text is Python's standard library sources (reformer_jax/data/
-stdlib.py): real text on every machine, nothing shipped.
+stdlib.py): real text on every machine, nothing shipped. The HF fixture
+tests/data/hf/spm_lm holds HF ReformerTokenizer's ids and HF's log-probs,
+so no torch or transformers is needed here.
 """
 
+import json
 import os
 import pickle
+import shutil
 import unicodedata
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import sentencepiece
 
+from reformer_jax import checkpoints, convert, sample, sampling
 from reformer_jax import tokenizer as tokenizer_cli
 from reformer_jax.data import stdlib, tokenizers
+from reformer_jax.model import ReformerLM
 from tests import inprocess
 
 
@@ -189,3 +198,106 @@ def test_command_errors(tmp_path):
     result = run("--vocab_size=100", "--stdlib", "--character_coverage=0")
     assert result.returncode == 2 and "--character_coverage must be in (0, 1]" in result.last_line
     assert not os.path.exists(tmp_path / "w" / tokenizers.SPIECE_FILE)
+
+
+# ----------------------------------------------------------------------------- HF checkpoints
+
+# A tiny HF ReformerModelWithLMHead with a SentencePiece vocabulary, laid out like
+# google/reformer-crime-and-punishment (scripts/make_hf_fixture.py, case spm_lm).
+HF_SPM = os.path.join(os.path.dirname(__file__), "data", "hf", "spm_lm")
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("hf") / "run")
+    convert.main([f"--hf_dir={HF_SPM}", f"--workdir={workdir}"])
+    return workdir
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_converted_model_gives_hf_log_probs(converted):
+    """The converted workdir's model gives HF's log-probs (float64 run), HF's buckets injected."""
+    run = checkpoints.load_run(converted)
+    data = np.load(os.path.join(HF_SPM, "expected.npz"))
+    hf_buckets = {int(k.split("_")[1]): data[k] for k in data.files if k.startswith("buckets_")}
+    assert sorted(hf_buckets) == run.config.lsh_layers() == [1, 3]
+    assert run.config.attention_kinds == ("local", "lsh") and run.config.n_buckets == (2, 2)
+    got = ReformerLM(run.config).apply(
+        {"params": run.params},
+        jnp.asarray(data["input_ids"]),
+        buckets=convert.buckets_from_hf(hf_buckets, run.config),
+    )
+    want = _log_softmax(data["logits"].astype(np.float64))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+
+
+def test_converted_vocabulary_encodes_as_hf_tokenizer(converted):
+    """convert copies spiece.model; for_run's ids are those HF's ReformerTokenizer gave."""
+    with open(os.path.join(HF_SPM, tokenizers.SPIECE_FILE), "rb") as f:
+        with open(os.path.join(converted, tokenizers.SPIECE_FILE), "rb") as g:
+            assert f.read() == g.read()
+    data = np.load(os.path.join(HF_SPM, "expected.npz"))
+    with open(os.path.join(HF_SPM, "sentences.json")) as f:
+        sentences = json.load(f)["sentences"]
+    hf_ids = np.split(data["sentence_ids"], np.cumsum(data["sentence_lengths"])[:-1])
+    tok = tokenizers.for_run(converted)
+    assert (tok.vocab_size, tok.pad_id, tok.eos_id) == (128, 0, 1)
+    with_unk = 0
+    for sentence, want in zip(sentences, hf_ids, strict=True):
+        ids = tok.encode(sentence)
+        np.testing.assert_array_equal(ids, want)
+        if tokenizers.UNK_ID in ids:
+            with_unk += 1
+        else:
+            assert tok.decode(ids) == sentence
+    assert with_unk == 1  # one sentence holds characters outside the vocabulary
+
+
+def test_sample_prompt_text_on_converted_workdir(converted, capsys):
+    """sample --prompt encodes with the run's spiece.model and prints text; greedy ids are
+    sampling.generate's on the encoded prompt."""
+    run = checkpoints.load_run(converted)
+    tok = tokenizers.for_run(converted)
+    prompt = "return self"  # 6 ids: room for 5 more in max_len 16
+    capsys.readouterr()
+    args = [f"--workdir={converted}", f"--prompt={prompt}", "--num_tokens=5", "--greedy"]
+    sample.main([*args, "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    ids = tok.encode(prompt)
+    want = sampling.generate(
+        run.params, run.config, ids[None], jax.random.key(0), num_tokens=5, greedy=True
+    )
+    want = [int(t) for t in want[0]]
+    assert printed == {"ids": want, "text": tok.decode(want)}
+    sample.main(args)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == tok.decode([*ids.tolist(), *want]) and out[1].startswith(prompt)
+
+
+def test_bad_or_foreign_vocabularies_are_one_line(converted, trained, tmp_path):
+    hf_dir = tmp_path / "hf"
+    shutil.copytree(HF_SPM, hf_dir)
+    (hf_dir / tokenizers.SPIECE_FILE).write_bytes(b"garbage")
+    result = inprocess.run(convert.main, f"--hf_dir={hf_dir}", f"--workdir={tmp_path}/out")
+    assert result.returncode == 2, result.stderr
+    assert "spiece.model is not a SentencePiece model" in result.last_line
+    assert not os.path.exists(tmp_path / "out")
+    cfg = convert.config_from_hf(json.loads((hf_dir / "config.json").read_text()))
+    shutil.copy(trained[0], hf_dir / tokenizers.SPIECE_FILE)
+    with pytest.raises(convert.ConversionError, match="has 300 pieces, but config.json has"):
+        convert.read_hf_vocabulary(str(hf_dir), cfg)
+
+    workdir = tmp_path / "run"
+    shutil.copytree(converted, workdir)
+    shutil.copy(trained[0], workdir / tokenizers.SPIECE_FILE)  # 300 pieces, model 128
+    argv = (f"--workdir={workdir}", "--prompt=x", "--num_tokens=1")
+    result = inprocess.run(sample.main, *argv)
+    assert result.returncode == 2
+    assert "has 300 pieces, more than the model's vocabulary of 128" in result.last_line
+    (workdir / tokenizers.SPIECE_FILE).write_bytes(b"garbage")
+    result = inprocess.run(sample.main, *argv)
+    assert result.returncode == 2 and "is not a SentencePiece model" in result.last_line
