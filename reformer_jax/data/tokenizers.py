@@ -123,8 +123,7 @@ def _from_proto(proto: bytes, source: str) -> Tokenizer:
     except (RuntimeError, OSError, ValueError, TypeError):
         raise TokenizerError(
             f"{source} is not a SentencePiece model (sentencepiece cannot parse it); give the "
-            f"{SPIECE_FILE} "
-            "of the checkpoint, or train one with python -m reformer_jax.tokenizer."
+            f"checkpoint's {SPIECE_FILE}, or train one with python -m reformer_jax.tokenizer."
         ) from None
     optional = lambda i: None if i < 0 else int(i)
     return Tokenizer(
