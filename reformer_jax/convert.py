@@ -27,6 +27,11 @@ Public functions:
     buckets_from_hf(buckets: {layer: [b, h, r, L]}, cfg, length) -> the same
         with HF's per-round offsets removed and cut to `length`: the form
         `ReformerLM.apply(..., buckets=...)` takes.
+    read_hf_vocabulary(path, cfg) -> Tokenizer | None: the checkpoint's
+        SentencePiece vocabulary (spiece.model, e.g.
+        google/reformer-crime-and-punishment's), None for byte-level
+        checkpoints without one; the CLI copies it into the workdir, where
+        sample --prompt and predict read it (data/tokenizers.py, for_run).
 
 Anything we cannot convert exactly (another architecture, an attention kind
 we lack, a regression or multi-label classifier, a missing tensor, a wrong
@@ -74,6 +79,7 @@ import numpy as np
 
 from reformer_jax import kinds, lsh
 from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax.data import tokenizers, write_then_rename
 from reformer_jax.encoders import ReformerClassifier, ReformerMLM, ReformerSpanModel
 from reformer_jax.model import ReformerLM, block_names
 
@@ -83,6 +89,7 @@ CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_BIN = "pytorch_model.bin"
+SPIECE = tokenizers.SPIECE_FILE  # HF's name for a SentencePiece vocabulary, and ours
 
 # HF ReformerConfig's defaults for fields an older config.json may omit.
 HF_DEFAULTS = {
@@ -588,6 +595,27 @@ def load_hf(path: str) -> HFCheckpoint:
     return HFCheckpoint(arch, cfg, params_from_hf(tensors, cfg, source, arch, labels), labels)
 
 
+def read_hf_vocabulary(path: str, cfg: ReformerConfig) -> tokenizers.Tokenizer | None:
+    """The SentencePiece vocabulary beside an HF checkpoint (path/spiece.model), or None.
+
+    ConversionError when the file is not a SentencePiece model or has more
+    pieces than the model has ids (then it is not this model's vocabulary).
+    """
+    file = os.path.join(path, SPIECE)
+    if not os.path.exists(file):
+        return None
+    try:
+        tokenizer = tokenizers.load_sentencepiece(file)
+    except tokenizers.TokenizerError as e:
+        raise ConversionError(str(e)) from None
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ConversionError(
+            f"{file} has {tokenizer.vocab_size} pieces, but {CONFIG} has vocab_size="
+            f"{cfg.vocab_size}: it is not this checkpoint's vocabulary; download the matching one."
+        )
+    return tokenizer
+
+
 def load_hf_reformer(path: str) -> tuple[ReformerConfig, dict]:
     """A local HF checkpoint directory (one of `ARCHITECTURES`) -> (config, params)."""
     checkpoint = load_hf(path)
@@ -646,8 +674,9 @@ def main(argv: Sequence[str]) -> None:
     `checkpoints.save_params`) and <workdir>/config.gin: the given gin files
     (e.g. enwik8.gin for its dataset) with the converted ReformerConfig and
     the checkpoint's task (`task_bindings`) bound on top, then the
-    --gin_param overrides. `evaluate`, `train` (fine-tuning) and, for a
-    language model, `sampling` read that workdir.
+    --gin_param overrides. A SentencePiece vocabulary beside the checkpoint
+    (spiece.model) is copied to <workdir>/spiece.model. `evaluate`, `train`
+    (fine-tuning) and, for a language model, `sample` read that workdir.
     """
     from reformer_jax import checkpoints, cli, tasks
 
@@ -663,6 +692,7 @@ def main(argv: Sequence[str]) -> None:
     cli.log_to_stderr()
     try:
         checkpoint = load_hf(args.hf_dir)
+        vocabulary = read_hf_vocabulary(args.hf_dir, checkpoint.cfg)
     except ConversionError as e:
         raise cli.UsageError(str(e)) from None
     directory = checkpoints.find_directory(args.workdir)
@@ -686,11 +716,18 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(f"{e} (a --gin_param changed a parameter shape)") from None
     cli.prepare_workdir(args.workdir)
     checkpoints.save_params(args.workdir, final, params, step=0)
+    if vocabulary is not None:
+        with open(os.path.join(args.hf_dir, SPIECE), "rb") as src:
+            with write_then_rename(os.path.join(args.workdir, SPIECE)) as dst:
+                dst.write(src.read())
     n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+    with_vocabulary = (
+        f", {SPIECE} with {vocabulary.vocab_size} pieces" if vocabulary is not None else ""
+    )
     print(
         f"converted {args.hf_dir} ({checkpoint.architecture}, {n:,} parameters, "
-        f"{final.n_layers} layers {final.attention_kinds}) into {args.workdir} "
-        f"(train.task = {type(task).__name__})"
+        f"{final.n_layers} layers {final.attention_kinds}{with_vocabulary}) into "
+        f"{args.workdir} (train.task = {type(task).__name__})"
     )
 
 

@@ -4,7 +4,9 @@
         [--step=N] [--batch_size=8] [--gin_param=...] [--mask_text=[MASK]]
 
 Each input line is one JSON object, {"text": "..."} (encoded with the run's
-tokenizer: bytes for enwik8 and the stdlib corpus, ListOps' vocabulary) or
+tokenizer: its workdir's SentencePiece vocabulary, spiece.model, when it has
+one, else the dataset's: bytes for enwik8 and the stdlib corpus, ListOps'
+vocabulary) or
 {"ids": [...]} (token ids); other keys are copied to the output. Each output
 line is the input's prediction, in the input's order:
 
@@ -139,7 +141,12 @@ def main(argv: Sequence[str]) -> None:
         )
     model = task.model(cfg, cli.run_settings())
     dataset = cli.query("train.dataset_fn")
-    tokenizer = None if dataset is None else tokenizers.for_dataset(dataset.configurable.name)
+    try:
+        tokenizer = tokenizers.for_run(
+            args.workdir, None if dataset is None else dataset.configurable.name
+        )
+    except tokenizers.TokenizerError as e:
+        raise cli.UsageError(str(e).rstrip(".")) from None
     mask_id = task.resolved_mask_id(cfg) if isinstance(task, tasks.MaskedLMTask) else None
     key = jax.random.key(0)
 

@@ -11,29 +11,34 @@ config (e.g. 'ReformerConfig.attention_kinds = ("full_shared",)' to decode an
 LSH model with full attention). Sampling is reformer_jax.sampling.generate:
 cached decoding, one compiled program per sample batch.
 
-- --prompt=TEXT (byte-level models such as enwik8, ids = byte + 2): prints
-  each sample's prompt and continuation as text.
-- --prompt_ids=0,5,9: any model; prints the generated ids (and text for byte
+- --prompt=TEXT: prints each sample's prompt and continuation as text. A run
+  whose workdir holds a SentencePiece vocabulary (spiece.model, from
+  `python -m reformer_jax.tokenizer` or copied by `convert`, e.g.
+  google/reformer-crime-and-punishment's) encodes and decodes with it
+  (reformer_jax.data.tokenizers.for_run); otherwise the model must be
+  byte-level (enwik8: ids = byte + 2).
+- --prompt_ids=0,5,9: any model; prints the generated ids (and text for text
   models).
 - --image_prompt=PNG --prompt_rows=N (Imagenet64 models: 64x64 RGB, 12,288
   ids): keeps the top N pixel rows, completes the image (by default all of it;
   --num_tokens for fewer ids), and writes one PNG grid to --output (default
   samples.png): a row per sample, columns = prompt, completion, original.
 - --json: one JSON object per sample and line, {"ids": [generated ids,
-  prompt excluded]} plus "text" for byte-level models.
+  prompt excluded]} plus "text" (those ids as text) for text models.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
 from reformer_jax import cli, sampling
-from reformer_jax.data import enwik8, imagenet64
+from reformer_jax.data import enwik8, imagenet64, tokenizers
 
 BYTE_VOCAB = 256 + enwik8.BYTE_OFFSET
 
@@ -48,7 +53,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--gin_param", action="append", default=[], help="override a binding of the run's config"
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--prompt", help="text prompt (byte-level models)")
+    source.add_argument(
+        "--prompt", help="text prompt (a run with spiece.model, or a byte-level model)"
+    )
     source.add_argument("--prompt_ids", help="comma-separated token ids, e.g. 0,5,9")
     source.add_argument("--image_prompt", help="a 64x64 RGB PNG (Imagenet64 models)")
     parser.add_argument(
@@ -90,13 +97,18 @@ def _read_image(path: str) -> np.ndarray:
     return pixels
 
 
-def _prompt(args, cfg) -> tuple[np.ndarray, np.ndarray | None]:
+def _prompt(args, cfg, tokenizer) -> tuple[np.ndarray, np.ndarray | None]:
     """(prompt ids [p], the original image [64, 64, 3] or None) from the prompt flags."""
     if args.prompt is not None:
+        if tokenizer is not None:
+            return tokenizer.encode(args.prompt), None
         if cfg.vocab_size < BYTE_VOCAB:
             raise cli.UsageError(
                 f"--prompt needs a byte-level model (vocab >= {BYTE_VOCAB}, ids = byte + "
-                f"{enwik8.BYTE_OFFSET}); this model's vocab is {cfg.vocab_size}: use --prompt_ids"
+                f"{enwik8.BYTE_OFFSET}) or a SentencePiece vocabulary "
+                f"(WORKDIR/{tokenizers.SPIECE_FILE}); this model's vocab is {cfg.vocab_size} "
+                "and its workdir has none: use --prompt_ids, or train one with "
+                "python -m reformer_jax.tokenizer"
             )
         data = np.frombuffer(args.prompt.encode("utf-8"), np.uint8)
         return data.astype(np.int32) + enwik8.BYTE_OFFSET, None
@@ -123,7 +135,22 @@ def _prompt(args, cfg) -> tuple[np.ndarray, np.ndarray | None]:
     return imagenet64.flatten_image(image)[: args.prompt_rows * w * c], image
 
 
-def _text(ids) -> str:
+def _tokenizer(workdir: str, cfg) -> tokenizers.Tokenizer | None:
+    """The run's SentencePiece vocabulary (WORKDIR/spiece.model), or None without one."""
+    try:
+        tokenizer = tokenizers.for_run(workdir)
+    except tokenizers.TokenizerError as e:
+        raise cli.UsageError(str(e).rstrip(".")) from None
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise cli.UsageError(
+            f"{os.path.join(workdir, tokenizers.SPIECE_FILE)} has {tokenizer.vocab_size} pieces, "
+            f"more than the model's vocabulary of {cfg.vocab_size}: it is not this model's "
+            "vocabulary; put the run's own spiece.model there"
+        )
+    return tokenizer
+
+
+def _byte_text(ids) -> str:
     data = bytes(int(i) - enwik8.BYTE_OFFSET for i in ids if i >= enwik8.BYTE_OFFSET)
     return data.decode("utf-8", errors="replace")
 
@@ -173,7 +200,8 @@ def main(argv: Sequence[str]) -> None:
         bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
         cli.parse_gin([], bindings + args.gin_param)
         cfg = cli.model_config()
-    prompt, original = _prompt(args, cfg)
+    tokenizer = _tokenizer(args.workdir, cfg)
+    prompt, original = _prompt(args, cfg, tokenizer)
     num_tokens = args.num_tokens
     if num_tokens is None:
         if original is None:
@@ -196,7 +224,9 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
     ids = np.asarray(jax.device_get(ids))
-    is_text = cfg.vocab_size == BYTE_VOCAB
+    text_of = _byte_text if cfg.vocab_size == BYTE_VOCAB else None
+    if tokenizer is not None:
+        text_of = tokenizer.decode
     if original is not None:
         path = args.output or "samples.png"
         _image_grid(prompt, ids, original, path)
@@ -205,13 +235,13 @@ def main(argv: Sequence[str]) -> None:
     if args.json:
         for row in ids:
             record = {"ids": row.tolist()}
-            if is_text:
-                record["text"] = _text(row)
+            if text_of is not None:
+                record["text"] = text_of(row)
             print(json.dumps(record))
     elif original is None:
         for i, row in enumerate(ids):
             print(f"--- sample {i} (checkpoint step {run.step}) ---")
-            print(_text(list(prompt) + row.tolist()) if is_text else ",".join(map(str, row)))
+            print(text_of([*prompt, *row]) if text_of else ",".join(map(str, row)))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,17 @@ encoder cases use one hash round when they pad, at least 1 + before + after
 LSH chunks, and local layers either as long as the input or with no
 neighbouring chunks.
 
+SPM_CASES are language models with a SentencePiece vocabulary, like
+google/reformer-crime-and-punishment (local and LSH layers, axial positions,
+factorised buckets) in miniature. The script trains the vocabulary itself,
+with reformer_jax's `train_sentencepiece` (BPE, the model type HF's
+ReformerTokenizer reads, on Python's standard library sources; no
+third-party text is shipped), and runs the model on a batch of that text's
+ids. Their directory also holds spiece.model, and expected.npz also holds
+HF ReformerTokenizer's ids for `SPM_SENTENCES` (sentence_ids, flattened, and
+sentence_lengths), the sentences in sentences.json. Needs sentencepiece and
+protobuf beside transformers.
+
 Parameters are redrawn at trained-model scales (HF's init, N(0, 0.02), makes
 every attention nearly uniform, which would hide a wrong mask or sort), and
 lm_head.bias is set to a vector that differs from lm_head.decoder.bias: HF
@@ -68,6 +79,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import zlib
 
 import numpy as np
@@ -80,6 +92,7 @@ from transformers import (
     ReformerForQuestionAnswering,
     ReformerForSequenceClassification,
     ReformerModelWithLMHead,
+    ReformerTokenizer,
 )
 from transformers.models.reformer.modeling_reformer import LSHSelfAttention
 
@@ -172,6 +185,38 @@ CASES = {
         16,
     ),
 }
+
+
+# name -> (config overrides, sequence length, vocabulary size).
+SPM_CASES = {
+    # crime-and-punishment's layout in miniature: (local, lsh) x 2, axial
+    # positions, factorised buckets, one hash round, relu.
+    "spm_lm": (
+        dict(
+            attn_layers=["local", "lsh", "local", "lsh"],
+            lsh_attn_chunk_length=4,
+            local_attn_chunk_length=4,
+            num_buckets=[2, 2],
+            num_hashes=1,
+            hidden_act="relu",
+            axial_pos_shape=[4, 4],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=16,
+        ),
+        16,
+        128,
+    ),
+}
+# Text the tokenizer test encodes with HF's tokenizer and with ours. Not
+# "<unk>" or "</s>" written out: HF reads those as the special tokens,
+# sentencepiece as characters.
+SPM_SENTENCES = (
+    "The model converts HF checkpoints into a workdir.",
+    "def main(argv): return parse(argv[1:])",
+    "Reversible layers keep one copy of the activations, 42 times over.",
+    "naïve café: unknown characters become unk",
+    "if x == 1:",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,14 +468,24 @@ def report_encoder(
     print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
 
 
-def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bool) -> None:
-    seed = sorted(CASES).index(name)
+def build(
+    name: str,
+    overrides: dict,
+    length: int,
+    out_dir: str,
+    with_report: bool,
+    ids: torch.Tensor | None = None,
+    extra: dict | None = None,
+) -> None:
+    """One LM case; ids [BATCH, length] (default: random), extra: more arrays for expected.npz."""
+    seed = sorted(CASES).index(name) if name in CASES else zlib.crc32(name.encode()) % 1000
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(1000 + seed)
-    config = ReformerConfig(**COMMON, **overrides)
+    config = ReformerConfig(**{**COMMON, **overrides})
     model = ReformerModelWithLMHead(config).eval()
     randomize(model, generator)
-    ids = torch.randint(2, config.vocab_size, (BATCH, length), generator=generator)
+    if ids is None:
+        ids = torch.randint(2, config.vocab_size, (BATCH, length), generator=generator)
     with torch.no_grad():
         out = model.double()(ids, use_cache=True)
     model.float()  # the checkpoint is float32, as published ones are
@@ -440,9 +495,54 @@ def build(name: str, overrides: dict, length: int, out_dir: str, with_report: bo
     }
     for layer, buckets in hf_buckets(out).items():
         expected[f"buckets_{layer}"] = buckets.astype(np.int32)
-    save(name, model, expected, out_dir)
+    save(name, model, {**expected, **(extra or {})}, out_dir)
     if with_report:
         report(name, model, ids, os.path.join(out_dir, name))
+
+
+def stdlib_sentences(split: str) -> list[str]:
+    """The non-blank lines of a split of reformer_jax's stdlib corpus, spaces collapsed."""
+    from reformer_jax.data import stdlib
+
+    lines = (" ".join(line.split()) for line in stdlib.stdlib_text(split).splitlines())
+    return [line for line in lines if line]
+
+
+def build_spm(
+    name: str, overrides: dict, length: int, vocab_size: int, out_dir: str, with_report: bool
+) -> None:
+    """A vocabulary trained here, HF's tokenizer's ids for SPM_SENTENCES, then an LM case on
+    HF-tokenized validation text with that vocabulary."""
+    from reformer_jax.data import tokenizers
+
+    with tempfile.TemporaryDirectory() as tmp:
+        spiece = os.path.join(tmp, tokenizers.SPIECE_FILE)
+        # identity normalization: nmt_nfkc's tables would add 240 KB to the file.
+        tokenizers.train_sentencepiece(
+            stdlib_sentences("train"),
+            spiece,
+            vocab_size=vocab_size,
+            model_type="bpe",
+            normalization="identity",
+            max_sentences=20_000,
+        )
+        hf_tokenizer = ReformerTokenizer.from_pretrained(tmp)
+        with open(spiece, "rb") as f:
+            model_file = f.read()
+    sentence_ids = [hf_tokenizer(s)["input_ids"] for s in SPM_SENTENCES]
+    text = " ".join(stdlib_sentences("validation")[:200])
+    ids = torch.tensor(hf_tokenizer(text)["input_ids"][: BATCH * length]).reshape(BATCH, length)
+    extra = {
+        "sentence_ids": np.concatenate(sentence_ids).astype(np.int32),
+        "sentence_lengths": np.asarray([len(i) for i in sentence_ids], np.int32),
+    }
+    build(name, dict(overrides, vocab_size=vocab_size), length, out_dir, with_report, ids, extra)
+    case_dir = os.path.join(out_dir, name)
+    with open(os.path.join(case_dir, tokenizers.SPIECE_FILE), "wb") as f:
+        f.write(model_file)
+    with open(os.path.join(case_dir, "sentences.json"), "w") as f:
+        json.dump({"sentences": SPM_SENTENCES, "hf_tokenizer": type(hf_tokenizer).__name__}, f)
+        f.write("\n")
 
 
 def build_encoder(name: str, case: EncoderCase, out_dir: str, with_report: bool) -> None:
@@ -504,9 +604,10 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="compare reformer_jax with HF")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    unknown = set(args.cases or ()) - set(CASES) - set(ENCODER_CASES)
+    names = [*CASES, *ENCODER_CASES, *SPM_CASES]
+    unknown = set(args.cases or ()) - set(names)
     if unknown:
-        parser.error(f"unknown cases {sorted(unknown)}; choose from {[*CASES, *ENCODER_CASES]}")
+        parser.error(f"unknown cases {sorted(unknown)}; choose from {names}")
     wanted = lambda name: args.cases is None or name in args.cases
     for name, (overrides, length) in CASES.items():
         if wanted(name):
@@ -514,6 +615,9 @@ def main() -> None:
     for name, case in ENCODER_CASES.items():
         if wanted(name):
             build_encoder(name, case, args.out, args.report)
+    for name, (overrides, length, vocab_size) in SPM_CASES.items():
+        if wanted(name):
+            build_spm(name, overrides, length, vocab_size, args.out, args.report)
 
 
 if __name__ == "__main__":

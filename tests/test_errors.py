@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from reformer_jax import cli, convert, evaluate, memory, predict, sample
+from reformer_jax import cli, convert, evaluate, memory, predict, sample, tokenizer
 from tests import inprocess
 from tests.conftest import copy_run
 
@@ -23,6 +23,7 @@ MAINS = {
     "reformer_jax.sample": sample.main,
     "reformer_jax.predict": predict.main,
     "reformer_jax.convert": convert.main,
+    "reformer_jax.tokenizer": tokenizer.main,
 }
 ROW = re.compile(r"^\| `(?P<expect>[^`]+)` \| `(?P<command>[^`]+)` \|$")
 

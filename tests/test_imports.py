@@ -19,6 +19,7 @@ TOP = {
     "reformer_jax.memory",
     "reformer_jax.predict",
     "reformer_jax.sample",
+    "reformer_jax.tokenizer",
     "reformer_jax.train.__main__",
 }
 

@@ -78,6 +78,19 @@ def stdlib_bytes(max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     return data
 
 
+def stdlib_text(split: str = "train", max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """One split of the corpus as text (UTF-8; a character cut at a split's edge is replaced).
+
+    What `python -m reformer_jax.tokenizer --stdlib` trains a vocabulary on:
+    the train split, so the vocabulary has not seen the evaluation text.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"stdlib corpus: split must be one of {sorted(_SPLITS)}, got {split!r}.")
+    data = stdlib_bytes(max_bytes)
+    start, end = split_bounds(len(data))[_SPLITS[split]]
+    return data[start:end].tobytes().decode("utf-8", errors="replace")
+
+
 def stdlib_dataset(
     *,
     split: str,
