@@ -7,6 +7,7 @@ Python list beam search, the full model forward, greedy `generate`.
 
 import functools
 import itertools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -337,3 +338,41 @@ def test_lm_bad_beam_arguments_get_one_clear_line(change, match):
     with pytest.raises(ValueError, match=match) as info:
         sampling.beam_search({}, tiny_config("decoding"), key=jax.random.key(0), **kw)
     assert "\n" not in str(info.value)
+
+
+def test_cli_beam_size_prints_the_best_hypothesis_and_json_all_beams(tmp_path):
+    from reformer_jax import checkpoints, sample
+
+    from .inprocess import run
+
+    cfg = tiny_config("decoding", vocab_size=VOCAB, n_layers=3)
+    _, params = _init(cfg, seed=4)
+    workdir = str(tmp_path / "run")
+    checkpoints.save_params(workdir, cfg, params, step=7)
+    args = [f"--workdir={workdir}", "--prompt_ids=1,4,3", "--num_tokens=4", "--seed=2"]
+    args += ["--beam_size=3", "--eos_id=2", "--length_penalty=1.0"]
+    result = run(sample.main, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = jax.device_get(
+        sampling.beam_search(
+            params,
+            cfg,
+            np.array([[1, 4, 3]]),
+            jax.random.key(2),
+            beam_size=3,
+            num_tokens=4,
+            eos_id=2,
+            length_penalty=1.0,
+        )
+    )
+    n = expected.lengths[0]
+    assert [b["ids"] for b in record["beams"]] == [
+        expected.ids[0, j, : n[j]].tolist() for j in range(3)
+    ]
+    np.testing.assert_allclose([b["score"] for b in record["beams"]], expected.scores[0])
+    assert record["ids"] == record["beams"][0]["ids"]
+    text = run(sample.main, *args)
+    assert text.returncode == 0, text.stderr
+    assert "--- sample 0: best of 3 beams, score " in text.stdout
+    assert text.stdout.strip().splitlines()[-1] == ",".join(map(str, record["ids"]))
