@@ -74,7 +74,8 @@ class BeamResult:
         (fewer than k hypotheses with non-zero probability), with length 0.
     lengths: int32 [b, k], tokens including the EOS token.
     log_probs: float32 [b, k], log P of each hypothesis (the sum, unnormalised).
-    steps: int32 scalar, tokens decoded before the loop stopped (<= t).
+    steps: int32 scalar, positions chosen before the loop stopped (<= t; `step`
+        ran steps - 1 times).
     """
 
     ids: Array
