@@ -10,7 +10,7 @@ cfg.max_len, p prompt length):
         -> (log_probs float32 [b, v] of the first new token, Cache)
     decode_step(params, cfg, cache, token [b]) -> (log_probs [b, v], Cache)
     recompute_log_probs(params, cfg, tokens [b, n], key) -> log_probs [b, v]
-    reorder_cache / tile helpers for beam search live in reformer_jax/beam_search.py
+    reorder_cache(cache, rows [b']) -> Cache of rows b' picked from the old ones (beam search)
 
     encoder-decoders (reformer_jax/encdec.py; s source length):
     encdec_prefill(params, cfg, source [b, s], source_mask [b, s], key)
@@ -202,6 +202,16 @@ def recompute_log_probs(
     per-sample LSH rotations as `sampling.generate` draws from `key`'s hash half).
     """
     return prefill(params, cfg, tokens, key, n_hashes=n_hashes)[0]
+
+
+def reorder_cache(cache: Cache, rows: Array) -> Cache:
+    """Row r of every layer-cache array (batch axis 1: [g, b, ...]) becomes old row rows[r].
+
+    The beam-search reorder (reformer_jax/beam_search.py); `length` is shared
+    by all rows and stays. rows [b'] may repeat rows or change the batch size.
+    """
+    layers = jax.tree_util.tree_map(lambda x: jnp.take(x, rows, axis=1), cache.layers)
+    return cache.replace(layers=layers)
 
 
 # ----------------------------------------------------------------------------- encoder-decoder

@@ -4,6 +4,7 @@
         (--prompt=TEXT | --prompt_ids=0,5,9 | --image_prompt=PNG --prompt_rows=N)
         [--num_tokens=N] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
         [--n_samples=S] [--n_hashes=R] [--seed=S] [--output=FILE] [--json]
+        [--beam_size=K [--length_penalty=A] [--eos_id=N]]
 
 Loads the newest readable checkpoint of the run and its saved model config
 (reformer_jax.checkpoints.load_run); --gin_param overrides bindings of that
@@ -25,6 +26,11 @@ cached decoding, one compiled program per sample batch.
   samples.png): a row per sample, columns = prompt, completion, original.
 - --json: one JSON object per sample and line, {"ids": [generated ids,
   prompt excluded]} plus "text" (those ids as text) for text models.
+- --beam_size=K (with --prompt or --prompt_ids): beam search instead of
+  sampling (reformer_jax.sampling.beam_search, GNMT length penalty
+  --length_penalty, default 0.6; --eos_id ends a hypothesis): prints each
+  sample's best hypothesis, ids up to and including EOS; with --json also
+  "score" and "beams", all K as {"ids", "score", "length"}, best first.
 """
 
 from __future__ import annotations
@@ -75,7 +81,69 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="PNG grid path (image prompts)")
     parser.add_argument("--json", action="store_true", help="one JSON object per sample")
+    parser.add_argument("--beam_size", type=int, default=None, help="beam search with K beams")
+    parser.add_argument(
+        "--length_penalty", type=float, default=None, help="beam search's GNMT alpha (0.6)"
+    )
+    parser.add_argument("--eos_id", type=int, default=None, help="id that ends a beam hypothesis")
     return parser.parse_args(argv)
+
+
+def _check_beam_args(args) -> None:
+    if args.beam_size is None:
+        if args.length_penalty is not None or args.eos_id is not None:
+            raise cli.UsageError("--length_penalty and --eos_id need --beam_size (beam search)")
+        return
+    if args.beam_size < 1:
+        raise cli.UsageError(f"--beam_size must be >= 1, got {args.beam_size}")
+    if args.image_prompt is not None:
+        raise cli.UsageError("--beam_size works with --prompt or --prompt_ids, not --image_prompt")
+    if args.greedy or args.temperature != 1.0 or args.top_k is not None or args.top_p is not None:
+        raise cli.UsageError(
+            "--beam_size ranks continuations by their probability: drop --greedy, "
+            "--temperature, --top_k and --top_p"
+        )
+
+
+def _print_beams(args, run, cfg, prompt, batch, num_tokens) -> None:
+    """Beam search on each sample row of batch; prints the best hypotheses (see module doc)."""
+    try:
+        result = sampling.beam_search(
+            run.params,
+            cfg,
+            batch,
+            jax.random.key(args.seed),
+            beam_size=args.beam_size,
+            num_tokens=num_tokens,
+            eos_id=args.eos_id,
+            length_penalty=0.6 if args.length_penalty is None else args.length_penalty,
+            n_hashes=args.n_hashes,
+        )
+    except ValueError as e:
+        raise cli.UsageError(f"{e}".rstrip(".")) from None
+    result = jax.device_get(result)
+    is_text = cfg.vocab_size == BYTE_VOCAB
+    for i in range(len(batch)):
+        beams = [
+            {"ids": ids[:n].tolist(), "score": float(score), "length": int(n)}
+            for ids, score, n in zip(
+                result.ids[i], result.scores[i], result.lengths[i], strict=True
+            )
+            if n > 0  # empty slots: fewer than K hypotheses with non-zero probability
+        ]
+        best = beams[0]
+        if args.json:
+            record = {"ids": best["ids"], "score": best["score"], "beams": beams}
+            if is_text:
+                record["text"] = _text(best["ids"])
+            print(json.dumps(record))
+        else:
+            print(
+                f"--- sample {i}: best of {args.beam_size} beams, score {best['score']:.4f} "
+                f"(checkpoint step {run.step}) ---"
+            )
+            ids = best["ids"]
+            print(_text(list(prompt) + ids) if is_text else ",".join(map(str, ids)))
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -187,6 +255,7 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(f"--num_tokens must be >= 1 (ids to generate), got {args.num_tokens}")
     if not 0 <= args.seed < 2**62:  # jax.random.key takes a 64-bit int
         raise cli.UsageError(f"--seed must be in [0, 2**62), got {args.seed}")
+    _check_beam_args(args)
     if args.image_prompt is not None:
         _read_image(args.image_prompt)  # a bad image fails before the model loads
     from reformer_jax import checkpoints  # the orbax stack, only once the flags are sane
@@ -208,6 +277,8 @@ def main(argv: Sequence[str]) -> None:
             raise cli.UsageError("give --num_tokens (how many ids to generate)")
         num_tokens = imagenet64.SEQ_LEN - len(prompt)
     batch = np.tile(prompt.reshape(1, -1), (args.n_samples, 1))
+    if args.beam_size is not None:
+        return _print_beams(args, run, cfg, prompt, batch, num_tokens)
     try:
         ids = sampling.generate(
             run.params,

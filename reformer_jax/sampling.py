@@ -4,9 +4,13 @@
              temperature=1.0, top_k=None, top_p=None, n_hashes=None) -> ids int32 [b, num_tokens]
     filter_logits(logits [b, v], *, temperature, top_k, top_p) -> [b, v] (-inf = removed)
     sample_logits(logits [b, v], key, *, greedy, temperature, top_k, top_p) -> ids int32 [b]
+    beam_search(params, cfg, prompt [b, p], key, *, beam_size, num_tokens, eos_id,
+                length_penalty=0.6, n_hashes=None) -> beam_search.BeamResult
+                (ids [b, beam_size, num_tokens], scores, lengths: best first)
 
 Everything that decides a token is a pure function of (logits, key). The
-caches, prefill and the single-token step are reformer_jax/decoding.py.
+caches, prefill and the single-token step are reformer_jax/decoding.py; the
+model-agnostic beam search is reformer_jax/beam_search.py.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from reformer_jax import beam_search as beams
 from reformer_jax import decoding
 from reformer_jax.config import ReformerConfig
 
@@ -193,3 +198,85 @@ def _generate(params, cfg, prompt, key, temperature, top_p, *, num_tokens, greed
 
     _, rest = jax.lax.scan(step, (cache, first), jnp.arange(1, num_tokens))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+# ----------------------------------------------------------------------------- beam search
+
+
+def beam_search(
+    params: PyTree,
+    cfg: ReformerConfig,
+    prompt: Array,
+    key: Array,
+    *,
+    beam_size: int,
+    num_tokens: int,
+    eos_id: int | None,
+    length_penalty: float = 0.6,
+    n_hashes: int | None = None,
+) -> beams.BeamResult:
+    """The beam_size best continuations of each prompt row [b, p], up to num_tokens ids each.
+
+    -> BeamResult: ids int32 [b, beam_size, num_tokens] (0 after each length),
+    scores float32 [b, beam_size] (GNMT: log P / ((5 + length) / 6) **
+    length_penalty), lengths int32 [b, beam_size] (with the EOS token), best
+    first; see reformer_jax/beam_search.py for the scoring and the exact early
+    stop. eos_id=None: no id ends a hypothesis early.
+
+    The prompt is prefilled once per example and its cache tiled beam_size
+    times, so every beam of example i keeps example i's LSH rotations, the
+    ones `generate` draws from the same key: beam_size=1 without an eos_id is
+    greedy `generate`.
+    """
+    decoding.check_decodable(cfg)
+    for name, value in (("beam_size", beam_size), ("num_tokens", num_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}.")
+    if eos_id is not None and (
+        isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < cfg.vocab_size
+    ):
+        raise ValueError(
+            f"eos_id must be an id in 0..{cfg.vocab_size - 1} (the model's vocabulary) or None, "
+            f"got {eos_id!r}."
+        )
+    a = length_penalty
+    if isinstance(a, bool) or not isinstance(a, (int, float)) or not math.isfinite(a):
+        raise ValueError(f"length_penalty must be a finite number, got {a!r}.")
+    if n_hashes is not None and (
+        isinstance(n_hashes, bool) or not isinstance(n_hashes, int) or n_hashes < 1
+    ):
+        raise ValueError(f"n_hashes must be a positive int, got {n_hashes!r}.")
+    prompt = jnp.asarray(prompt)
+    check_prompt(cfg, prompt, num_tokens)
+    return _beam_search(
+        params,
+        cfg,
+        prompt.astype(jnp.int32),
+        key,
+        jnp.float32(a),  # traced: a sweep over length_penalty compiles once
+        beam_size=beam_size,
+        num_tokens=num_tokens,
+        eos_id=eos_id,
+        n_hashes=n_hashes,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "beam_size", "num_tokens", "eos_id", "n_hashes")
+)
+def _beam_search(
+    params, cfg, prompt, key, length_penalty, *, beam_size, num_tokens, eos_id, n_hashes
+):
+    hash_key, _ = jax.random.split(key)  # generate's hash half: the same rotations
+    log_probs, cache = decoding.prefill(params, cfg, prompt, hash_key, n_hashes=n_hashes)
+    cache = cache.replace(layers=beams.tile(cache.layers, beam_size, axis=1))
+    return beams.search(
+        log_probs,
+        cache,
+        lambda cache, tokens: decoding.step(params, cfg, cache, tokens),
+        decoding.reorder_cache,
+        beam_size=beam_size,
+        max_len=num_tokens,
+        eos_id=eos_id,
+        length_penalty=length_penalty,
+    )
