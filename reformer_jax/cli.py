@@ -33,7 +33,16 @@ import jax
 
 from reformer_jax import checkpoints, tasks, trainer
 from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig, RunSettings
-from reformer_jax.data import DatasetError, enwik8, imagenet64, listops, spans, stdlib, synthetic
+from reformer_jax.data import (
+    DatasetError,
+    enwik8,
+    imagenet64,
+    listops,
+    spans,
+    stdlib,
+    synthetic,
+    wmt14,
+)
 
 _REGISTERED = False
 log = logging.getLogger("reformer_jax")
@@ -58,7 +67,8 @@ def register_configurables() -> None:
     (`train.<argument> = ...`), the tasks (`train.task = @LanguageModelTask()`,
     @MaskedLMTask(), @ClassificationTask(), @SpanTask()) and the dataset
     factories (`train.dataset_fn = @duplication_dataset`, @enwik8_dataset,
-    @imagenet64_dataset, @stdlib_dataset, @span_dataset, @listops_dataset).
+    @imagenet64_dataset, @stdlib_dataset, @span_dataset, @listops_dataset,
+    @wmt14_dataset).
     """
     global _REGISTERED
     if _REGISTERED:
@@ -76,6 +86,7 @@ def register_configurables() -> None:
     gin.external_configurable(stdlib.stdlib_dataset, name="stdlib_dataset")
     gin.external_configurable(spans.span_dataset, name="span_dataset")
     gin.external_configurable(listops.listops_dataset, name="listops_dataset")
+    gin.external_configurable(wmt14.wmt14_dataset, name="wmt14_dataset")
     _REGISTERED = True
 
 
