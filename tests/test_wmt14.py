@@ -148,7 +148,7 @@ def test_some_examples_are_long(sp):
 def test_train_stream_order_texts_and_drops(fake_tfds, vocab_file, sp):
     it = dataset("train", vocab_file, seed=7)
     got = []
-    for _ in range(10):  # 40 rows: more than one epoch of the 23 - 5 = 18 pairs that fit
+    for _ in range(10):  # 40 rows: over two epochs of the 19 pairs (of 23) that fit
         batch = next(it)
         check_format(batch)
         got += rows(batch, sp)
@@ -343,3 +343,57 @@ def test_wmt14_ende_gin_parses():
         cli.task().check(cfg)
     finally:
         gin.clear_config()
+
+
+class ReformerJaxTinyTranslate(tfds.core.GeneratorBasedBuilder):
+    """Real array_record files of translation pairs (tfds's Translation feature), no TensorFlow."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    url_infos = None  # nothing to download: skip the checksum-file lookup
+    _checksums_path = None
+
+    def _info(self):
+        return self.dataset_info_from_configs(
+            features=tfds.features.Translation(languages=("de", "en"))
+        )
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(split) for split in SIZES}
+
+    def _generate_examples(self, split):
+        for i in range(SIZES[split]):
+            yield i, fake_example(split, i)
+
+
+def test_real_array_record_files(tmp_path, vocab_file, sp):
+    data_dir = str(tmp_path)
+    ReformerJaxTinyTranslate(data_dir=data_dir, file_format="array_record").download_and_prepare()
+    kw = dict(data_dir=data_dir, name="reformer_jax_tiny_translate")
+    # tfds stores examples in its own (hashed) order: the dataset reads that order.
+    stored = tfds.data_source(kw["name"], split="test", data_dir=data_dir)
+    stored = [{k: wmt14._text(v) for k, v in stored[i].items()} for i in range(len(stored))]
+    assert sorted(ex["en"] for ex in stored) == sorted(
+        fake_example("test", i)["en"] for i in range(SIZES["test"])
+    )
+    sources, references = wmt14.wmt14_references("test", **kw)
+    assert (sources, references) == ([ex["en"] for ex in stored], [ex["de"] for ex in stored])
+    got = [row for batch in dataset("test", vocab_file, **kw) for row in rows(batch, sp)]
+    assert got[len(stored) :] == [None] * (len(got) - len(stored))
+    for row, ex in zip(got, stored, strict=False):
+        if fits(sp, ex):
+            assert row == (ex["en"], ex["de"])
+        else:
+            assert row is not None and len(row[0]) < len(ex["en"])  # truncated
+    batch = next(dataset("train", vocab_file, **kw))
+    check_format(batch)
+
+
+def test_long_pairs_are_counted_in_the_log(fake_tfds, vocab_file, caplog):
+    caplog.set_level("INFO", logger="reformer_jax")
+    list(dataset("eval", vocab_file))
+    assert "wmt14 validation: 9 pairs, 2 with a side longer than seq_len 32" in caplog.text
+    caplog.clear()
+    it = dataset("train", vocab_file, batch_size=6)
+    for _ in range(4):  # 24 rows: past the 19 pairs of epoch 0 that fit
+        next(it)
+    assert "end of epoch 0: dropped 4 of the 23 pairs read in it" in caplog.text
