@@ -42,6 +42,7 @@ from reformer_jax.data import (
     spans,
     stdlib,
     synthetic,
+    wmt14,
 )
 
 _REGISTERED = False
@@ -68,7 +69,7 @@ def register_configurables() -> None:
     @MaskedLMTask(), @ClassificationTask(), @SpanTask(), @Seq2SeqTask()) and the
     dataset factories (`train.dataset_fn = @duplication_dataset`, @enwik8_dataset,
     @imagenet64_dataset, @stdlib_dataset, @span_dataset, @listops_dataset,
-    @seq2seq_dataset).
+    @seq2seq_dataset, @wmt14_dataset).
     """
     global _REGISTERED
     if _REGISTERED:
@@ -88,6 +89,7 @@ def register_configurables() -> None:
     gin.external_configurable(spans.span_dataset, name="span_dataset")
     gin.external_configurable(listops.listops_dataset, name="listops_dataset")
     gin.external_configurable(seq2seq.seq2seq_dataset, name="seq2seq_dataset")
+    gin.external_configurable(wmt14.wmt14_dataset, name="wmt14_dataset")
     _REGISTERED = True
 
 

@@ -1,5 +1,6 @@
 """Datasets: the duplication task (synthetic.py), enwik8, Imagenet64, Python's
-standard library sources (stdlib.py) and a generated span task (spans.py).
+standard library sources (stdlib.py), a generated span task (spans.py), ListOps
+and WMT 2014 English-German translation pairs (wmt14.py).
 
 Every dataset factory has the signature
 

@@ -70,6 +70,8 @@ _BY_DATASET = {
     "enwik8_dataset": BYTES,
     "stdlib_dataset": BYTES,
     "listops_dataset": LISTOPS,
+    # A run's own SentencePiece model (spiece.model), not a fixed vocabulary.
+    "wmt14_dataset": None,
 }
 
 
