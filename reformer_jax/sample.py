@@ -105,7 +105,7 @@ def _check_beam_args(args) -> None:
         )
 
 
-def _print_beams(args, run, cfg, prompt, batch, num_tokens) -> None:
+def _print_beams(args, run, cfg, prompt, batch, num_tokens, text_of) -> None:
     """Beam search on each sample row of batch; prints the best hypotheses (see module doc)."""
     try:
         result = sampling.beam_search(
@@ -122,7 +122,6 @@ def _print_beams(args, run, cfg, prompt, batch, num_tokens) -> None:
     except ValueError as e:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
     result = jax.device_get(result)
-    is_text = cfg.vocab_size == BYTE_VOCAB
     for i in range(len(batch)):
         beams = [
             {"ids": ids[:n].tolist(), "score": float(score), "length": int(n)}
@@ -134,8 +133,8 @@ def _print_beams(args, run, cfg, prompt, batch, num_tokens) -> None:
         best = beams[0]
         if args.json:
             record = {"ids": best["ids"], "score": best["score"], "beams": beams}
-            if is_text:
-                record["text"] = _text(best["ids"])
+            if text_of is not None:
+                record["text"] = text_of(best["ids"])
             print(json.dumps(record))
         else:
             print(
@@ -143,7 +142,7 @@ def _print_beams(args, run, cfg, prompt, batch, num_tokens) -> None:
                 f"(checkpoint step {run.step}) ---"
             )
             ids = best["ids"]
-            print(_text(list(prompt) + ids) if is_text else ",".join(map(str, ids)))
+            print(text_of([*prompt, *ids]) if text_of else ",".join(map(str, ids)))
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -277,8 +276,11 @@ def main(argv: Sequence[str]) -> None:
             raise cli.UsageError("give --num_tokens (how many ids to generate)")
         num_tokens = imagenet64.SEQ_LEN - len(prompt)
     batch = np.tile(prompt.reshape(1, -1), (args.n_samples, 1))
+    text_of = _byte_text if cfg.vocab_size == BYTE_VOCAB else None
+    if tokenizer is not None:
+        text_of = tokenizer.decode
     if args.beam_size is not None:
-        return _print_beams(args, run, cfg, prompt, batch, num_tokens)
+        return _print_beams(args, run, cfg, prompt, batch, num_tokens, text_of)
     try:
         ids = sampling.generate(
             run.params,
@@ -295,9 +297,6 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
     ids = np.asarray(jax.device_get(ids))
-    text_of = _byte_text if cfg.vocab_size == BYTE_VOCAB else None
-    if tokenizer is not None:
-        text_of = tokenizer.decode
     if original is not None:
         path = args.output or "samples.png"
         _image_grid(prompt, ids, original, path)
