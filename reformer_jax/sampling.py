@@ -1,4 +1,4 @@
-"""Sampling from a ReformerLM: logits filters and the compiled decode loop.
+"""Sampling from a ReformerLM or a ReformerEncDec: logits filters, decode loops, beam search.
 
     generate(params, cfg, prompt [b, p], key, *, num_tokens, greedy=False,
              temperature=1.0, top_k=None, top_p=None, n_hashes=None) -> ids int32 [b, num_tokens]
@@ -7,6 +7,13 @@
     beam_search(params, cfg, prompt [b, p], key, *, beam_size, num_tokens, eos_id,
                 length_penalty=0.6, n_hashes=None) -> beam_search.BeamResult
                 (ids [b, beam_size, num_tokens], scores, lengths: best first)
+
+    encoder-decoders (reformer_jax/encdec.py), a source [b, s] in, targets out:
+    translate(params, cfg, source [b, s], key, *, num_tokens, source_mask=None,
+              eos_id=EOS_ID, greedy=False, temperature=1.0, top_k=None, top_p=None)
+        -> ids int32 [b, num_tokens] (PAD_ID after the first EOS)
+    translate_beam(params, cfg, source [b, s], key, *, beam_size, num_tokens,
+                   source_mask=None, eos_id=EOS_ID, length_penalty=0.6) -> BeamResult
 
 Everything that decides a token is a pure function of (logits, key). The
 caches, prefill and the single-token step are reformer_jax/decoding.py; the
@@ -26,6 +33,7 @@ import jax.numpy as jnp
 from reformer_jax import beam_search as beams
 from reformer_jax import decoding
 from reformer_jax.config import ReformerConfig
+from reformer_jax.encdec import EOS_ID, PAD_ID, check_encdec_config
 
 Array = jax.Array
 PyTree = Any
@@ -229,6 +237,24 @@ def beam_search(
     greedy `generate`.
     """
     decoding.check_decodable(cfg)
+    _check_beam_args(cfg, beam_size, num_tokens, eos_id, length_penalty, n_hashes)
+    a = length_penalty
+    prompt = jnp.asarray(prompt)
+    check_prompt(cfg, prompt, num_tokens)
+    return _beam_search(
+        params,
+        cfg,
+        prompt.astype(jnp.int32),
+        key,
+        jnp.float32(a),  # traced: a sweep over length_penalty compiles once
+        beam_size=beam_size,
+        num_tokens=num_tokens,
+        eos_id=eos_id,
+        n_hashes=n_hashes,
+    )
+
+
+def _check_beam_args(cfg, beam_size, num_tokens, eos_id, length_penalty, n_hashes) -> None:
     for name, value in (("beam_size", beam_size), ("num_tokens", num_tokens)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -246,19 +272,6 @@ def beam_search(
         isinstance(n_hashes, bool) or not isinstance(n_hashes, int) or n_hashes < 1
     ):
         raise ValueError(f"n_hashes must be a positive int, got {n_hashes!r}.")
-    prompt = jnp.asarray(prompt)
-    check_prompt(cfg, prompt, num_tokens)
-    return _beam_search(
-        params,
-        cfg,
-        prompt.astype(jnp.int32),
-        key,
-        jnp.float32(a),  # traced: a sweep over length_penalty compiles once
-        beam_size=beam_size,
-        num_tokens=num_tokens,
-        eos_id=eos_id,
-        n_hashes=n_hashes,
-    )
 
 
 @functools.partial(
@@ -275,6 +288,211 @@ def _beam_search(
         cache,
         lambda cache, tokens: decoding.step(params, cfg, cache, tokens),
         decoding.reorder_cache,
+        beam_size=beam_size,
+        max_len=num_tokens,
+        eos_id=eos_id,
+        length_penalty=length_penalty,
+    )
+
+
+# ----------------------------------------------------------------------------- encoder-decoders
+
+
+def _check_source(cfg: ReformerConfig, source, source_mask, num_tokens: int):
+    """One clear error for a source batch [b, s] (and mask) the model cannot translate."""
+    shape = getattr(source, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"source must be int ids of shape [examples, length], got shape {shape}.")
+    if not jnp.issubdtype(source.dtype, jnp.integer):
+        raise ValueError(f"source must hold integer ids, got dtype {source.dtype}.")
+    if shape[1] > cfg.max_len:
+        raise ValueError(
+            f"source length {shape[1]} exceeds the model's max_len {cfg.max_len}: shorten it."
+        )
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}.")
+    if num_tokens > cfg.max_len:
+        raise ValueError(
+            f"num_tokens {num_tokens} exceeds the model's max_len {cfg.max_len} (target positions)."
+        )
+    lo, hi = int(jnp.min(source)), int(jnp.max(source))
+    if lo < 0 or hi >= cfg.vocab_size:
+        raise ValueError(
+            f"source ids must lie in 0..{cfg.vocab_size - 1} (the model's vocabulary), "
+            f"got {lo}..{hi}."
+        )
+    if source_mask is None:
+        source_mask = source != PAD_ID
+    source_mask = jnp.asarray(source_mask, bool)
+    if source_mask.shape != tuple(shape):
+        raise ValueError(
+            f"source_mask has shape {source_mask.shape}; it must match source {tuple(shape)}."
+        )
+    return source.astype(jnp.int32), source_mask
+
+
+def translate(
+    params: PyTree,
+    cfg: ReformerConfig,
+    source: Array,
+    key: Array,
+    *,
+    num_tokens: int,
+    source_mask: Array | None = None,
+    eos_id: int | None = EOS_ID,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    n_hashes: int | None = None,
+) -> Array:
+    """Target ids of a ReformerEncDec for each source row [b, s] -> int32 [b, num_tokens].
+
+    The encoder runs once (its memory's cross-attention keys and values are
+    projected once, `decoding.encdec_prefill`), then one compiled loop of
+    cached decoder steps, choosing tokens as `generate` does. Positions after
+    a row's first eos_id hold PAD_ID (0). source_mask: bool [b, s], True = real
+    (default: source != 0).
+    """
+    check_encdec_config(cfg)
+    opts = SamplingOptions(greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p)
+    source = jnp.asarray(source)
+    source, source_mask = _check_source(cfg, source, source_mask, num_tokens)
+    use_top_p = opts.top_p is not None and opts.top_p < 1.0
+    return _translate(
+        params,
+        cfg,
+        source,
+        source_mask,
+        key,
+        jnp.float32(opts.temperature),
+        jnp.float32(opts.top_p) if use_top_p else None,
+        num_tokens=num_tokens,
+        eos_id=eos_id,
+        greedy=opts.greedy,
+        top_k=opts.top_k,
+        n_hashes=n_hashes,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "num_tokens", "eos_id", "greedy", "top_k", "n_hashes")
+)
+def _translate(
+    params,
+    cfg,
+    source,
+    source_mask,
+    key,
+    temperature,
+    top_p,
+    *,
+    num_tokens,
+    eos_id,
+    greedy,
+    top_k,
+    n_hashes,
+):
+    hash_key, draw_key = jax.random.split(key)
+    choose = functools.partial(
+        sample_logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p
+    )
+    log_probs, cache = decoding.encdec_prefill(
+        params, cfg, source, source_mask, hash_key, n_hashes=n_hashes
+    )
+    first = choose(log_probs, jax.random.fold_in(draw_key, 0))
+
+    def step(carry, i):
+        cache, token = carry
+        log_probs, cache = decoding.encdec_step(params, cfg, cache, token)
+        token = choose(log_probs, jax.random.fold_in(draw_key, i))
+        return (cache, token), token
+
+    _, rest = jax.lax.scan(step, (cache, first), jnp.arange(1, num_tokens))
+    ids = jnp.concatenate([first[:, None], rest.T], axis=1)
+    if eos_id is None:
+        return ids
+    # Everything after the first EOS is padding.
+    ended_before = jnp.cumsum(ids == eos_id, axis=1) - (ids == eos_id)
+    return jnp.where(ended_before > 0, PAD_ID, ids)
+
+
+def translate_beam(
+    params: PyTree,
+    cfg: ReformerConfig,
+    source: Array,
+    key: Array,
+    *,
+    beam_size: int,
+    num_tokens: int,
+    source_mask: Array | None = None,
+    eos_id: int | None = EOS_ID,
+    length_penalty: float = 0.6,
+    n_hashes: int | None = None,
+) -> beams.BeamResult:
+    """Beam search of a ReformerEncDec: the beam_size best targets of each source row [b, s].
+
+    -> BeamResult as `beam_search` (ids [b, beam_size, num_tokens], GNMT
+    scores, lengths with the EOS, best first). The source is encoded once per
+    example; its memory and decoder cache are tiled beam_size times.
+    """
+    check_encdec_config(cfg)
+    _check_beam_args(cfg, beam_size, num_tokens, eos_id, length_penalty, n_hashes)
+    source, source_mask = _check_source(cfg, jnp.asarray(source), source_mask, num_tokens)
+    return _translate_beam(
+        params,
+        cfg,
+        source,
+        source_mask,
+        key,
+        jnp.float32(length_penalty),
+        beam_size=beam_size,
+        num_tokens=num_tokens,
+        eos_id=eos_id,
+        n_hashes=n_hashes,
+    )
+
+
+def _reorder_encdec(cache: decoding.EncDecCache, rows: Array) -> decoding.EncDecCache:
+    memory = {
+        "kv": beams.gather_rows(cache.memory["kv"], rows, axis=1),
+        "bias": beams.gather_rows(cache.memory["bias"], rows, axis=0),
+    }
+    return decoding.EncDecCache(decoder=decoding.reorder_cache(cache.decoder, rows), memory=memory)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "beam_size", "num_tokens", "eos_id", "n_hashes")
+)
+def _translate_beam(
+    params,
+    cfg,
+    source,
+    source_mask,
+    key,
+    length_penalty,
+    *,
+    beam_size,
+    num_tokens,
+    eos_id,
+    n_hashes,
+):
+    hash_key, _ = jax.random.split(key)  # translate's hash half: the same rotations
+    log_probs, cache = decoding.encdec_prefill(
+        params, cfg, source, source_mask, hash_key, n_hashes=n_hashes
+    )
+    tiled = decoding.EncDecCache(
+        decoder=cache.decoder.replace(layers=beams.tile(cache.decoder.layers, beam_size, axis=1)),
+        memory={
+            "kv": beams.tile(cache.memory["kv"], beam_size, axis=1),
+            "bias": beams.tile(cache.memory["bias"], beam_size, axis=0),
+        },
+    )
+    return beams.search(
+        log_probs,
+        tiled,
+        lambda cache, tokens: decoding.encdec_step(params, cfg, cache, tokens),
+        _reorder_encdec,
         beam_size=beam_size,
         max_len=num_tokens,
         eos_id=eos_id,

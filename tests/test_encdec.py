@@ -1,11 +1,13 @@
 """The encoder-decoder: gradients, cached decoding, memory in depth, the task's sums."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import decoding
+from reformer_jax import decoding, sampling
 from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.encdec import ReformerEncDec
 from reformer_jax.tasks import Seq2SeqTask, TaskError
@@ -211,3 +213,98 @@ def test_step_memory_is_flat_in_the_depth_of_both_stacks():
 
     four, twenty_four = temp_bytes(4), temp_bytes(24)
     assert twenty_four <= 1.1 * four, (four, twenty_four)
+
+
+def _exhaustive(model, params, source, source_mask, vocab, max_len, alpha, eos=1):
+    """Every target of 1..max_len ids (ending at its first EOS, or at max_len), scored by the
+    model's full forward (not the cache) with GNMT's penalty in float64, best first."""
+    hyps = [
+        seq
+        for n in range(1, max_len + 1)
+        for seq in itertools.product(range(vocab), repeat=n)
+        if eos not in seq[:-1] and (n == max_len or seq[-1] == eos)
+    ]
+    padded = np.array([list(h) + [0] * (max_len - len(h)) for h in hyps], np.int32)
+    lp = model.apply(
+        {"params": params},
+        np.repeat(source, len(hyps), 0),
+        padded,
+        source_mask=np.repeat(source_mask, len(hyps), 0),
+    )
+    picked = np.take_along_axis(np.asarray(lp, np.float64), padded[..., None], -1)[..., 0]
+    scored = []
+    for i, h in enumerate(hyps):
+        total = picked[i, : len(h)].sum()
+        scored.append((total / ((5 + len(h)) / 6) ** alpha, h))
+    return sorted(scored, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6])
+def test_translate_beam_equals_exhaustive_search(alpha):
+    """With the beam at least the number of hypotheses, beam search over the cached decoder
+    returns every hypothesis ranked exactly as an exhaustive search scored by the training
+    forward; greedy `translate` is the best's first ids when the beam is 1 and nothing ends."""
+    cfg = _cfg(vocab_size=5, attention_kinds=("full",), n_layers=2)
+    source, source_mask, _, _ = _batch(6, t=4, vocab=5)
+    params = _init(cfg, source, source[:, :4])
+    # Sharper distributions than a fresh init's near-uniform ones: distinct rankings.
+    params = jax.tree_util.tree_map(lambda x: 3 * x, params)
+    model = ReformerEncDec(cfg)
+    max_len = 3  # EOS alone, 4 x EOS, 4 x 4 x 5 three-id targets: 85 hypotheses
+    result = sampling.translate_beam(
+        params,
+        cfg,
+        source,
+        jax.random.key(2),
+        source_mask=source_mask,
+        beam_size=88,  # 3 slots more than hypotheses: they stay empty
+        num_tokens=max_len,
+        length_penalty=alpha,
+    )
+    for row in range(2):
+        want = _exhaustive(
+            model, params, source[row : row + 1], source_mask[row : row + 1], 5, 3, alpha
+        )
+        got_scores = np.asarray(result.scores[row])
+        assert len(want) == 85 and np.all(np.isneginf(got_scores[85:]))
+        np.testing.assert_allclose(got_scores[:85], [s for s, _ in want], rtol=1e-5, atol=1e-6)
+        best_len = int(result.lengths[row, 0])
+        assert tuple(np.asarray(result.ids[row, 0, :best_len])) == want[0][1]
+    greedy = sampling.translate(
+        params,
+        cfg,
+        source,
+        jax.random.key(2),
+        source_mask=source_mask,
+        num_tokens=3,
+        greedy=True,
+        eos_id=None,
+    )
+    one = sampling.translate_beam(
+        params,
+        cfg,
+        source,
+        jax.random.key(2),
+        source_mask=source_mask,
+        beam_size=1,
+        num_tokens=3,
+        eos_id=None,
+    )
+    np.testing.assert_array_equal(greedy, one.ids[:, 0])
+
+
+def test_translate_pads_after_eos_and_checks_its_input():
+    cfg = _cfg(vocab_size=5, attention_kinds=("full",), n_layers=2)
+    source, source_mask, _, _ = _batch(7, t=4, vocab=5)
+    params = _init(cfg, source, source[:, :4])
+    ids = np.asarray(
+        sampling.translate(params, cfg, source, jax.random.key(0), num_tokens=12, temperature=2.0)
+    )
+    for row in ids:
+        ends = np.flatnonzero(row == 1)
+        if len(ends):
+            assert np.all(row[ends[0] + 1 :] == 0)
+    with pytest.raises(ValueError, match="source ids must lie in 0..4"):
+        sampling.translate(params, cfg, source + 5, jax.random.key(0), num_tokens=4)
+    with pytest.raises(ValueError, match="exceeds the model's max_len 64"):
+        sampling.translate(params, cfg, source, jax.random.key(0), num_tokens=65)
