@@ -10,6 +10,13 @@ its parameters and its model config), applies --gin_param overrides on top
 <workdir>/config.gin (written by the trainer) or --gin_file names. With
 --variants, evaluates each of "full" and "lsh-N" and prints the paper's
 Table 2 row.
+
+Encoder-decoder runs (Seq2SeqTask) can also be scored on what the model
+writes: --decode decodes every source of the split greedily (--beam_size=K:
+beam search with GNMT's --length_penalty) and reports decoded_exact_match
+and, where the run has text (a SentencePiece vocabulary in the workdir),
+BLEU with sacrebleu on detokenized text (reformer_jax/translation.py). For
+WMT14 (@wmt14_dataset) the references are the raw newstest sentences.
 """
 
 from __future__ import annotations
@@ -68,7 +75,20 @@ def main(argv: Sequence[str]) -> None:
         help="dataset split: eval (validation), or test where the dataset has one",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    group = parser.add_argument_group("encoder-decoders: score what the model writes")
+    group.add_argument(
+        "--decode", action="store_true", help="decode the split; report exact match and BLEU"
+    )
+    group.add_argument("--beam_size", type=int, default=None, help="beam search (implies --decode)")
+    group.add_argument("--length_penalty", type=float, default=0.6, help="GNMT alpha for beams")
+    group.add_argument(
+        "--num_tokens", type=int, default=None, help="longest target written (default max_len)"
+    )
     args = parser.parse_args(argv)
+    if args.beam_size is not None:
+        if args.beam_size < 1:
+            raise cli.UsageError(f"--beam_size must be >= 1, got {args.beam_size}")
+        args.decode = True
     if args.eval_batches is not None and args.eval_batches < 0:
         raise cli.UsageError(
             f"--eval_batches must be >= 0 (0: the whole split), got {args.eval_batches}"
@@ -136,11 +156,64 @@ def main(argv: Sequence[str]) -> None:
             results[label] = evaluation.Evaluator(var_cfg, dataset_fn, **kw)(params)
         except DatasetError as e:
             raise cli.UsageError(str(e)) from None
+    decoded = _decoded_metrics(args, params, cfg, task, dataset_fn, kw) if args.decode else None
     if args.json:
-        print(json.dumps({"step": step, "results": results}))
-    else:
-        print(f"checkpoint step {step} of {args.workdir}")
-        print(evaluation.format_eval_table(results))
+        record = {"step": step, "results": results}
+        if decoded is not None:
+            record["decoded"] = decoded
+        print(json.dumps(record))
+        return
+    print(f"checkpoint step {step} of {args.workdir}")
+    print(evaluation.format_eval_table(results))
+    if decoded is not None:
+        how = "greedy" if args.beam_size is None else f"beam {args.beam_size}"
+        line = (
+            f"decoded ({how}, {decoded['examples']} examples): exact match "
+            f"{100 * decoded['decoded_exact_match']:.1f}%"
+        )
+        if "bleu" in decoded:
+            line += f", BLEU {decoded['bleu']:.2f} ({decoded['bleu_signature']})"
+        print(line)
+
+
+def _decoded_metrics(args, params, cfg, task, dataset_fn, kw) -> dict:
+    """Decodes the split's sources (greedy or beam) and scores them (translation.py)."""
+    from reformer_jax import tasks, translation
+    from reformer_jax.data import tokenizers, wmt14
+
+    if not isinstance(task, tasks.Seq2SeqTask):
+        raise cli.UsageError(
+            f"--decode scores what an encoder-decoder writes; this run's task is "
+            f"{type(task).__name__}"
+        )
+    batches = dataset_fn(
+        split=args.split, batch_size=kw["batch_size"], seq_len=cfg.max_len, seed=kw["seed"]
+    )
+    max_batches = kw["eval_batches"] or None
+    decoded = translation.decode_split(
+        params,
+        cfg,
+        batches,
+        jax.random.key(kw["seed"]),
+        beam_size=args.beam_size,
+        length_penalty=args.length_penalty,
+        num_tokens=args.num_tokens,
+        max_batches=max_batches,
+    )
+    dataset_name = getattr(cli.query("train.dataset_fn"), "name", None)
+    try:
+        tokenizer = tokenizers.for_run(args.workdir, dataset_name)
+    except tokenizers.TokenizerError as e:
+        raise cli.UsageError(str(e)) from None
+    references = None
+    if dataset_name == "wmt14_dataset" and max_batches is None:
+        _, references = wmt14.wmt14_references(
+            args.split,
+            cli.query("wmt14_dataset.data_dir"),
+            source_language=cli.query("wmt14_dataset.source_language", "en"),
+            target_language=cli.query("wmt14_dataset.target_language", "de"),
+        )
+    return translation.score(decoded, tokenizer, references)
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class Evaluator:
 def format_eval_table(results: dict[str, dict[str, float]]) -> str:
     """Evaluation results by variant as a markdown table, one row per metric of the task.
 
-    Accuracy first (as percentages, like every "*accuracy" metric), then the
+    Accuracy first (as percentages, like every "*accuracy" and "*exact_match"), then the
     task's other metrics in the order it reports them (loss, bits per token,
     loss_over_chance, ...).
     """
@@ -132,7 +132,8 @@ def format_eval_table(results: dict[str, dict[str, float]]) -> str:
         def cell(r, name=name):
             if name not in r:
                 return ""
-            return f"{100 * r[name]:.1f}%" if name.endswith("accuracy") else f"{r[name]:.4f}"
+            percent = name.endswith(("accuracy", "exact_match"))
+            return f"{100 * r[name]:.1f}%" if percent else f"{r[name]:.4f}"
 
         label = "bits/token" if name == "bits_per_token" else name
         rows.append(f"| {label} | " + " | ".join(cell(r) for r in results.values()) + " |")
