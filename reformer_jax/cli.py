@@ -328,7 +328,44 @@ def train_main(argv: Sequence[str]) -> None:
         "runs", os.path.splitext(os.path.basename(args.gin_file[0]))[0]
     )
     prepare_workdir(workdir)
+    store_vocabulary(workdir)
     call_train(workdir=workdir)
+
+
+def dataset_name() -> str | None:
+    """The gin name of the bound `train.dataset_fn` (e.g. "enwik8_dataset"), or None."""
+    ref = query("train.dataset_fn")
+    return None if ref is None else ref.configurable.name
+
+
+def store_vocabulary(workdir: str) -> None:
+    """Copies the dataset's SentencePiece vocabulary into the workdir (process 0).
+
+    Every later command on the run (sample, evaluate's BLEU, predict) reads
+    <workdir>/spiece.model (reformer_jax/data/tokenizers.py, `for_run`). A
+    workdir that already holds a different vocabulary is refused: the run's
+    ids mean that one's pieces.
+    """
+    if dataset_name() != "wmt14_dataset" or jax.process_index() != 0:
+        return
+    from reformer_jax.data import tokenizers
+
+    source = query("wmt14_dataset.vocab_file") or wmt14.default_vocab_file()
+    if not os.path.isfile(source):
+        return  # the dataset names the fix when it opens
+    target = os.path.join(workdir, tokenizers.SPIECE_FILE)
+    data = open(source, "rb").read()
+    if os.path.exists(target):
+        if open(target, "rb").read() != data:
+            raise UsageError(
+                f"{target} differs from wmt14_dataset.vocab_file={source}: this run's ids "
+                "belong to the workdir's vocabulary; use a new --workdir for a new vocabulary"
+            )
+        return
+    tmp = target + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
 
 
 def split_paths(value: str) -> list[str]:

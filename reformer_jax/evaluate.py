@@ -200,7 +200,7 @@ def _decoded_metrics(args, params, cfg, task, dataset_fn, kw) -> dict:
         num_tokens=args.num_tokens,
         max_batches=max_batches,
     )
-    dataset_name = getattr(cli.query("train.dataset_fn"), "name", None)
+    dataset_name = cli.dataset_name()
     try:
         tokenizer = tokenizers.for_run(args.workdir, dataset_name)
     except tokenizers.TokenizerError as e:
