@@ -1,7 +1,8 @@
 """Sample from a trained run: text continuation, image completion, raw ids.
 
     python -m reformer_jax.sample --workdir=DIR [--step=N] [--gin_param=...]
-        (--prompt=TEXT | --prompt_ids=0,5,9 | --image_prompt=PNG --prompt_rows=N)
+        (--prompt=TEXT | --prompt_ids=0,5,9 | --image_prompt=PNG --prompt_rows=N
+         | --source=TEXT | --source_file=FILE | --source_ids=5,9,1)
         [--num_tokens=N] [--greedy] [--temperature=T] [--top_k=K] [--top_p=P]
         [--n_samples=S] [--n_hashes=R] [--seed=S] [--output=FILE] [--json]
         [--beam_size=K [--length_penalty=A] [--eos_id=N]]
@@ -31,6 +32,17 @@ cached decoding, one compiled program per sample batch.
   --length_penalty, default 0.6; --eos_id ends a hypothesis): prints each
   sample's best hypothesis, ids up to and including EOS; with --json also
   "score" and "beams", all K as {"ids", "score", "length"}, best first.
+
+Encoder-decoder runs (Seq2SeqTask; reformer_jax.sampling.translate and
+translate_beam) take a source instead of a prompt:
+
+- --source=TEXT, or --source_file=FILE (one source a line), encoded with the
+  run's SentencePiece vocabulary; --source_ids=5,9 for runs without text
+  (the generated tasks). An EOS (id 1) is appended as in training.
+- prints one target a line (text, or ids), greedy with --greedy, sampled
+  otherwise, or the best of --beam_size=K beams (--length_penalty, default
+  0.6); targets end at EOS and have at most --num_tokens ids (default
+  max_len). --json: {"source", "ids", "text"?, "score"? , "beams"?} a line.
 """
 
 from __future__ import annotations
@@ -45,6 +57,7 @@ import numpy as np
 
 from reformer_jax import cli, sampling
 from reformer_jax.data import enwik8, imagenet64, tokenizers
+from reformer_jax.encdec import EOS_ID
 
 BYTE_VOCAB = 256 + enwik8.BYTE_OFFSET
 
@@ -64,6 +77,9 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     source.add_argument("--prompt_ids", help="comma-separated token ids, e.g. 0,5,9")
     source.add_argument("--image_prompt", help="a 64x64 RGB PNG (Imagenet64 models)")
+    source.add_argument("--source", help="encoder-decoders: the text to translate")
+    source.add_argument("--source_file", help="encoder-decoders: one source text a line")
+    source.add_argument("--source_ids", help="encoder-decoders: comma-separated source ids")
     parser.add_argument(
         "--prompt_rows", type=int, default=None, help="pixel rows of --image_prompt kept"
     )
@@ -143,6 +159,123 @@ def _print_beams(args, run, cfg, prompt, batch, num_tokens, text_of) -> None:
             )
             ids = best["ids"]
             print(text_of([*prompt, *ids]) if text_of else ",".join(map(str, ids)))
+
+
+def _sources(args, tokenizer) -> list[tuple[str, np.ndarray]]:
+    """(label, ids ending with EOS) of each source the flags give."""
+    if args.source_ids is not None:
+        try:
+            ids = [int(t) for t in args.source_ids.split(",") if t.strip()]
+        except ValueError:
+            raise cli.UsageError(
+                f"--source_ids={args.source_ids!r}: give comma-separated integers, e.g. 5,9"
+            ) from None
+        texts = [(args.source_ids, np.asarray(ids, np.int32))]
+    else:
+        if tokenizer is None:
+            raise cli.UsageError(
+                f"--source text needs the run's SentencePiece vocabulary "
+                f"(WORKDIR/{tokenizers.SPIECE_FILE}), which this workdir lacks: use --source_ids"
+            )
+        if args.source is not None:
+            lines = [args.source]
+        else:
+            try:
+                with open(args.source_file, encoding="utf-8") as f:
+                    lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+            except OSError as e:
+                raise cli.UsageError(f"--source_file: {e}") from None
+        texts = [(line, tokenizer.encode(line)) for line in lines]
+    if not texts or any(len(ids) == 0 for _, ids in texts):
+        raise cli.UsageError("every source needs at least one token")
+    out = []
+    for label, ids in texts:
+        if ids[-1] != EOS_ID:
+            ids = np.append(ids, EOS_ID).astype(np.int32)
+        out.append((label, ids))
+    return out
+
+
+def _translate(args, run, cfg, tokenizer) -> None:
+    """Decodes each source (see the module docstring) and prints its target."""
+    sources = _sources(args, tokenizer)
+    # Padded to max_len as the training batches are: one compiled program for every source.
+    longest = cfg.max_len
+    for label, ids in sources:
+        if len(ids) > longest:
+            raise cli.UsageError(
+                f"source {label[:40]!r} is {len(ids)} tokens with its EOS, more than the model's "
+                f"max_len {longest}: shorten it"
+            )
+    batch = np.zeros((len(sources), longest), np.int32)
+    for i, (_, ids) in enumerate(sources):
+        batch[i, : len(ids)] = ids
+    mask = np.arange(longest)[None] < np.array([len(ids) for _, ids in sources])[:, None]
+    num_tokens = cfg.max_len if args.num_tokens is None else args.num_tokens
+    key = jax.random.key(args.seed)
+    scores, all_beams = None, None
+    try:
+        if args.beam_size is not None:
+            alpha = 0.6 if args.length_penalty is None else args.length_penalty
+            result = jax.device_get(
+                sampling.translate_beam(
+                    run.params,
+                    cfg,
+                    batch,
+                    key,
+                    source_mask=mask,
+                    beam_size=args.beam_size,
+                    num_tokens=num_tokens,
+                    length_penalty=alpha,
+                    n_hashes=args.n_hashes,
+                )
+            )
+            ids, scores = result.ids[:, 0], result.scores[:, 0]
+            k = args.beam_size
+            all_beams = [
+                [
+                    {
+                        "ids": result.ids[i, j, : result.lengths[i, j]].tolist(),
+                        "score": float(result.scores[i, j]),
+                        "length": int(result.lengths[i, j]),
+                    }
+                    for j in range(k)
+                    if result.lengths[i, j] > 0
+                ]
+                for i in range(len(sources))
+            ]
+        else:
+            ids = sampling.translate(
+                run.params,
+                cfg,
+                batch,
+                key,
+                source_mask=mask,
+                num_tokens=num_tokens,
+                greedy=args.greedy,
+                temperature=args.temperature,
+                top_k=args.top_k,
+                top_p=args.top_p,
+                n_hashes=args.n_hashes,
+            )
+    except ValueError as e:
+        raise cli.UsageError(f"{e}".rstrip(".")) from None
+    ids = np.asarray(jax.device_get(ids))
+    for i, (label, _) in enumerate(sources):
+        row = ids[i]
+        ends = np.flatnonzero(row == EOS_ID)
+        row = row[: ends[0]] if len(ends) else row
+        text = None if tokenizer is None else tokenizer.decode(row)
+        if args.json:
+            record = {"source": label, "ids": row.tolist()}
+            if text is not None:
+                record["text"] = text
+            if scores is not None:
+                record["score"] = float(scores[i])
+                record["beams"] = all_beams[i]
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            print(text if text is not None else ",".join(map(str, row.tolist())))
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -269,6 +402,16 @@ def main(argv: Sequence[str]) -> None:
         cli.parse_gin([], bindings + args.gin_param)
         cfg = cli.model_config()
     tokenizer = _tokenizer(args.workdir, cfg)
+    is_source = args.source is not None or args.source_file is not None or args.source_ids
+    if cfg.cross_attention != bool(is_source):
+        raise cli.UsageError(
+            "this run is an encoder-decoder: give --source, --source_file or --source_ids"
+            if cfg.cross_attention
+            else "--source, --source_file and --source_ids are for encoder-decoder runs; this "
+            "one is a language model: give --prompt or --prompt_ids"
+        )
+    if is_source:
+        return _translate(args, run, cfg, tokenizer)
     prompt, original = _prompt(args, cfg, tokenizer)
     num_tokens = args.num_tokens
     if num_tokens is None:

@@ -1,6 +1,8 @@
 """The encoder-decoder: gradients, cached decoding, memory in depth, the task's sums."""
 
 import itertools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -308,3 +310,60 @@ def test_translate_pads_after_eos_and_checks_its_input():
         sampling.translate(params, cfg, source + 5, jax.random.key(0), num_tokens=4)
     with pytest.raises(ValueError, match="exceeds the model's max_len 64"):
         sampling.translate(params, cfg, source, jax.random.key(0), num_tokens=65)
+
+
+def test_sample_command_translates_text_ids_and_files(tmp_path):
+    """`python -m reformer_jax.sample --source/--source_file/--source_ids` on an encoder-decoder
+    workdir with a SentencePiece vocabulary: each printed target is `sampling.translate`'s (or
+    the best beam's) ids for the encoded source + EOS, decoded with the run's vocabulary."""
+    from reformer_jax import checkpoints, sample
+    from reformer_jax.data import tokenizers
+    from tests import inprocess
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefgh"), rng.integers(1, 5))) for _ in range(300)]
+    texts = [" ".join(rng.choice(words, 6)) for _ in range(200)]
+    workdir = str(tmp_path / "run")
+    os.makedirs(workdir)
+    tok = tokenizers.train_sentencepiece(
+        texts, os.path.join(workdir, tokenizers.SPIECE_FILE), vocab_size=40
+    )
+    cfg = _cfg(vocab_size=40, attention_kinds=("full",), n_layers=2, max_len=16)
+    source = np.full((1, 8), 3, np.int32)
+    params = jax.tree_util.tree_map(lambda x: 2 * x, _init(cfg, source, source))
+    checkpoints.save_params(workdir, cfg, params)
+    with open(os.path.join(workdir, "config.gin"), "w") as f:
+        f.write("train.task = @Seq2SeqTask()\ntrain.dataset_fn = @seq2seq_dataset\n")
+
+    def want(text, beam=None):
+        ids = np.append(tok.encode(text), 1)
+        ids = np.pad(ids, (0, cfg.max_len - len(ids)))[None].astype(np.int32)
+        kw = dict(source_mask=ids > 0, num_tokens=6)
+        if beam is None:
+            out = sampling.translate(params, cfg, ids, jax.random.key(0), greedy=True, **kw)
+        else:
+            out = sampling.translate_beam(params, cfg, ids, jax.random.key(0), beam_size=beam, **kw)
+            out = out.ids[:, 0]
+        row = np.asarray(out[0])
+        ends = np.flatnonzero(row == 1)
+        return row[: ends[0]] if len(ends) else row
+
+    common = (f"--workdir={workdir}", "--num_tokens=6")
+    result = inprocess.run(sample.main, *common, "--source", texts[0], "--greedy")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == tok.decode(want(texts[0]))
+    source_file = tmp_path / "sources.txt"
+    source_file.write_text(f"{texts[1]}\n{texts[2]}\n")
+    result = inprocess.run(
+        sample.main, *common, f"--source_file={source_file}", "--beam_size=2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["source"] for r in records] == texts[1:3]
+    for r, text in zip(records, texts[1:3], strict=True):
+        assert r["ids"] == want(text, beam=2).tolist() and len(r["beams"]) == 2
+    ids = ",".join(map(str, tok.encode(texts[3])))
+    result = inprocess.run(sample.main, *common, f"--source_ids={ids}", "--greedy")
+    assert result.stdout.strip() == tok.decode(want(texts[3]))
+    result = inprocess.run(sample.main, *common, "--prompt_ids=3")
+    assert result.returncode == 2 and "encoder-decoder: give --source" in result.last_line
