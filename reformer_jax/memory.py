@@ -115,8 +115,12 @@ def format_plan(
     result: dict[str, int], cfg: ReformerConfig, batch_size: int, seq_len: int, optimizer: str
 ) -> str:
     gib = lambda n: f"{n / GIB:8.3f} GiB"
+    layers = f"{cfg.n_layers} layers {cfg.attention_kinds}"
+    if cfg.cross_attention:  # an encoder-decoder (source and target each seq_len tokens)
+        enc = cfg.encoder_config()
+        layers = f"encoder {enc.n_layers} layers {enc.attention_kinds} + decoder {layers}"
     lines = [
-        f"model: {cfg.n_layers} layers {cfg.attention_kinds}, d_model {cfg.d_model}, "
+        f"model: {layers}, d_model {cfg.d_model}, "
         f"d_ff {cfg.d_ff}, {cfg.n_heads}x{cfg.d_head} heads, reversible={cfg.reversible}, "
         f"dtype {cfg.dtype}",
         f"step: batch {batch_size} x {seq_len} tokens, {optimizer}, "

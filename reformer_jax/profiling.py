@@ -207,13 +207,16 @@ def xla_memory(compiled: Any) -> dict[str, int] | None:
 # ----------------------------------------------------------------------------- training
 
 
-def jit_train_step(model: Any, optimizer: Any, schedule: Any, grad_accum_steps: int = 1) -> Any:
-    """jit of trainer.train_step(state, batch, key) for this model and optimizer,
-    the state (argument 0) donated."""
+def jit_train_step(
+    model: Any, optimizer: Any, schedule: Any, grad_accum_steps: int = 1, task: Any = None
+) -> Any:
+    """jit of trainer.train_step(state, batch, key) for this model, optimizer and task
+    (default: the language model's), the state (argument 0) donated."""
     import jax
 
     from reformer_jax import trainer
 
+    kw = {} if task is None else {"task": task}
     return jax.jit(
         lambda s, b, k: trainer.train_step(
             s,
@@ -223,26 +226,61 @@ def jit_train_step(model: Any, optimizer: Any, schedule: Any, grad_accum_steps: 
             optimizer=optimizer,
             schedule=schedule,
             grad_accum_steps=grad_accum_steps,
+            **kw,
         ),
         donate_argnums=0,
     )
 
 
 def init_train_state(
-    model: Any, optimizer: Any, seq_len: int, seed: int = 0, abstract: bool = False
+    model: Any,
+    optimizer: Any,
+    seq_len: int,
+    seed: int = 0,
+    abstract: bool = False,
+    task: Any = None,
 ) -> Any:
     """TrainState.create of the model's parameters initialised from key(seed), under
-    jit; abstract=True: only its shapes (jax.eval_shape), nothing allocated."""
+    jit; abstract=True: only its shapes (jax.eval_shape), nothing allocated. With a
+    task, its init_params (e.g. an encoder-decoder's two inputs)."""
     import jax
     import jax.numpy as jnp
 
     from reformer_jax import trainer
 
     def init():
-        params = model.init(jax.random.key(seed), jnp.zeros((1, seq_len), jnp.int32))["params"]
+        if task is not None:
+            params = task.init_params(model, jax.random.key(seed), model.cfg)
+        else:
+            ids = jnp.zeros((1, seq_len), jnp.int32)
+            params = model.init(jax.random.key(seed), ids)["params"]
         return trainer.TrainState.create(params, optimizer)
 
     return jax.eval_shape(init) if abstract else jax.jit(init)()
+
+
+def _random_batch(cfg: Any, shape: tuple[int, int], seed: int, abstract: bool) -> dict:
+    """Uniformly random ids with unit weights: {"tokens", "weights"}, or for an
+    encoder-decoder (cfg.cross_attention) the sequence-to-sequence batch."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if cfg.cross_attention:
+        kinds = {"source": jnp.int32, "source_mask": bool, "target": jnp.int32}
+        kinds["target_weights"] = jnp.float32
+    else:
+        kinds = {"tokens": jnp.int32, "weights": jnp.float32}
+    if abstract:
+        return {name: jax.ShapeDtypeStruct(shape, dtype) for name, dtype in kinds.items()}
+    rng = np.random.default_rng(seed)
+    batch = {}
+    for name, dtype in kinds.items():
+        if dtype == jnp.int32:
+            batch[name] = jnp.asarray(rng.integers(0, cfg.vocab_size, shape), jnp.int32)
+        else:
+            batch[name] = jnp.ones(shape, dtype)
+    return batch
 
 
 @dataclasses.dataclass
@@ -288,36 +326,32 @@ def train_setup(
     run: Any = None,
 ) -> TrainSetup:
     """The training step of ReformerLM(cfg, run) on [batch_size, seq_len] tokens
-    (default max_len): `optimizer` with a constant `learning_rate`, the state from
-    init_train_state(seed), uniformly random tokens (numpy default_rng(seed)) with
-    unit weights, and key(1). abstract=True: state, batch and key are shapes only,
-    nothing is allocated or run (compile it for xla_memory).
+    (default max_len), or of ReformerEncDec (Seq2SeqTask) when cfg.cross_attention,
+    with source and target both [batch_size, seq_len]: `optimizer` with a
+    constant `learning_rate`, the state from init_train_state(seed), uniformly
+    random ids (numpy default_rng(seed)) with unit weights, and key(1).
+    abstract=True: state, batch and key are shapes only, nothing is allocated or
+    run (compile it for xla_memory).
     """
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
     from reformer_jax import optim
     from reformer_jax.model import ReformerLM, RunSettings
 
     seq_len = cfg.max_len if seq_len is None else seq_len
-    model = ReformerLM(cfg, RunSettings() if run is None else run)
+    run = RunSettings() if run is None else run
+    task = None
+    if cfg.cross_attention:
+        from reformer_jax.tasks import Seq2SeqTask
+
+        task = Seq2SeqTask()
+        model = task.model(cfg, run)
+    else:
+        model = ReformerLM(cfg, run)
     schedule = optim.make_schedule("constant", learning_rate=learning_rate, warmup_steps=0)
     opt = optim.make_optimizer(optimizer, schedule=schedule)
-    state = init_train_state(model, opt, seq_len, seed, abstract=abstract)
-    shape = (batch_size, seq_len)
-    if abstract:
-        batch = {
-            "tokens": jax.ShapeDtypeStruct(shape, jnp.int32),
-            "weights": jax.ShapeDtypeStruct(shape, jnp.float32),
-        }
-        key = jax.eval_shape(lambda: jax.random.key(1))
-    else:
-        tokens = np.random.default_rng(seed).integers(0, cfg.vocab_size, shape)
-        batch = {
-            "tokens": jnp.asarray(tokens, jnp.int32),
-            "weights": jnp.ones(shape, jnp.float32),
-        }
-        key = jax.random.key(1)
-    fn = jit_train_step(model, opt, schedule, grad_accum_steps)
+    state = init_train_state(model, opt, seq_len, seed, abstract=abstract, task=task)
+    batch = _random_batch(cfg, (batch_size, seq_len), seed, abstract)
+    key = jax.eval_shape(lambda: jax.random.key(1)) if abstract else jax.random.key(1)
+    fn = jit_train_step(model, opt, schedule, grad_accum_steps, task)
     return TrainSetup(model, opt, schedule, fn, state, batch, key)
