@@ -1,6 +1,7 @@
 """Model FLOPs of a ReformerLM training step, for MFU figures.
 
     model_flops(cfg, batch, length) -> {"forward", "train", "train_with_recompute"}
+        (an encoder-decoder, cfg.cross_attention: source and target both `length`)
     attention_flops(kind, cfg, batch, length) -> forward FLOPs of one attention sublayer
 
 Counted the usual way: 2 FLOPs per multiply-add of every matmul (an [m, k] x
@@ -39,15 +40,27 @@ def model_flops(cfg: Any, batch: int, length: int) -> dict[str, float]:
     """
     t = batch * length
     d = cfg.d_model
-    layer = 0.0
-    for kind in cfg.attention_kinds:
-        ff = 2 * 2 * t * d * cfg.d_ff
-        layer += attention_flops(kind, cfg, batch, length) + ff
-    layers = layer * cfg.n_groups
+    layers = _stack_flops(cfg, batch, length)
     head = 2 * t * 2 * d * cfg.vocab_size
+    if cfg.cross_attention:  # ReformerEncDec: the encoder, its memory, the cross-attention
+        hd = cfg.n_heads * cfg.d_head
+        # q and out projections of the queries, k and v of the memory, logits and probs @ v.
+        cross = 2 * 2 * t * d * hd + 2 * 2 * t * d * hd + 2 * 2 * t * length * hd
+        memory = 2 * t * 2 * d * d
+        layers += _stack_flops(cfg.encoder_config(), batch, length) + cross * cfg.n_layers + memory
     forward = layers + head
     return {
         "forward": forward,
         "train": 3 * forward,
         "train_with_recompute": 3 * forward + (layers if cfg.reversible else 0.0),
     }
+
+
+def _stack_flops(cfg: Any, batch: int, length: int) -> float:
+    """Forward matmul FLOPs of the attention and feed-forward sublayers of every layer."""
+    t = batch * length
+    layer = 0.0
+    for kind in cfg.attention_kinds:
+        ff = 2 * 2 * t * cfg.d_model * cfg.d_ff
+        layer += attention_flops(kind, cfg, batch, length) + ff
+    return layer * cfg.n_groups

@@ -171,3 +171,32 @@ def test_probes_and_no_jax_import():
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "False"
+
+
+def test_model_flops_of_an_encoder_decoder_by_hand():
+    """Encoder (full, 3 layers) + decoder (full, 2 layers, each with cross-attention to the
+    memory) + the memory projection + the head, source and target both l tokens."""
+    b, l, m, h, d, f, v = 2, 16, 8, 2, 4, 24, 10
+    cfg = ReformerConfig(
+        vocab_size=v,
+        max_len=l,
+        d_model=m,
+        n_heads=h,
+        d_head=d,
+        d_ff=f,
+        n_layers=2,
+        n_encoder_layers=3,
+        attention_kinds=("full",),
+        cross_attention=True,
+    )
+    mm = lambda rows, cols, inner: 2 * rows * cols * inner
+    t = b * l
+    self_layer = 4 * mm(t, h * d, m) + b * h * (mm(l, l, d) + mm(l, d, l))
+    layer = self_layer + mm(t, f, m) + mm(t, m, f)
+    cross = 2 * mm(t, h * d, m) + 2 * mm(t, h * d, m) + b * h * (mm(l, l, d) + mm(l, d, l))
+    memory = mm(t, m, 2 * m)
+    head = mm(t, v, 2 * m)
+    layers = 3 * layer + 2 * (layer + cross) + memory
+    got = flops.model_flops(cfg, b, l)
+    assert got["forward"] == layers + head
+    assert got["train_with_recompute"] == 3 * (layers + head) + layers
