@@ -139,6 +139,11 @@ def main(argv: Sequence[str]) -> None:
         raise cli.UsageError(
             f"{args.workdir} is a language model: use python -m reformer_jax.sample to generate"
         )
+    if isinstance(task, tasks.Seq2SeqTask):
+        raise cli.UsageError(
+            f"{args.workdir} is an encoder-decoder: translate a file of sources with python -m "
+            "reformer_jax.sample --source_file=FILE (one source a line)"
+        )
     model = task.model(cfg, cli.run_settings())
     dataset = cli.query("train.dataset_fn")
     try:
