@@ -24,6 +24,7 @@ EXPECTED = [
     "long_sequence_classification.ipynb",
     "lsh_attention.ipynb",
     "text_generation.ipynb",
+    "translation.ipynb",
 ]
 PATHS = run_notebooks.notebook_paths()
 
