@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         images = count_images(nb)
         if args.inplace:
             nbformat.write(nb, path)
-        print(f"{path.relative_to(ROOT)}: ran in {seconds:.0f} s, {images} image(s)", flush=True)
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        print(f"{shown}: ran in {seconds:.0f} s, {images} image(s)", flush=True)
         if not images:
             print(f"{path.name} drew no image: a plot cell silently drew nothing", file=sys.stderr)
             return 1
