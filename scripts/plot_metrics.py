@@ -1,15 +1,20 @@
 """Plot a training run's curves from its metrics.jsonl.
 
     python scripts/plot_metrics.py runs/copy/metrics.jsonl --out loss.png [--title TEXT]
+    python scripts/plot_metrics.py runs/a/metrics.jsonl runs/b/metrics.jsonl \
+        --metric exact_match --out compare.png
 
 Draws the training loss (nats per token, log scale) and the training and
 evaluation accuracy against the step, from the file the trainer appends to.
+With --metric (or several files): one evaluation metric of each run against
+the step on one axes, each run labelled by its workdir's name.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 
 
 def read_metrics(path: str) -> dict[str, list[dict]]:
@@ -50,13 +55,40 @@ def plot(metrics: dict[str, list[dict]], out: str, title: str = "") -> None:
     fig.savefig(out, dpi=110)
 
 
+def plot_compare(runs: dict[str, dict[str, list[dict]]], metric: str, out: str, title="") -> None:
+    """{label: read_metrics(...)} -> one axes: each run's eval `metric` against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, metrics in runs.items():
+        rows = [r for r in metrics.get("eval", []) if metric in r]
+        ax.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", label=label, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"eval {metric}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("metrics", help="a run's metrics.jsonl")
+    parser.add_argument("metrics", nargs="+", help="a run's metrics.jsonl (several: compare)")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--title", default="")
+    parser.add_argument("--metric", help="compare this eval metric across the runs")
     args = parser.parse_args(argv)
-    plot(read_metrics(args.metrics), args.out, args.title)
+    if args.metric or len(args.metrics) > 1:
+        runs = {os.path.basename(os.path.dirname(os.path.abspath(p))): p for p in args.metrics}
+        runs = {label: read_metrics(p) for label, p in runs.items()}
+        plot_compare(runs, args.metric or "accuracy", args.out, args.title)
+    else:
+        plot(read_metrics(args.metrics[0]), args.out, args.title)
     print(f"wrote {args.out}")
 
 
