@@ -88,6 +88,25 @@ def test_imagenet64_config_trains_a_step(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "gin_file,params",
+    [
+        ("reverse_cpu.gin", []),
+        ("sort_cpu.gin", []),
+        ("addition_cpu.gin", []),
+        # Shorter than the config's 256, so the shortest source shrinks with it.
+        ("copy_long_cpu.gin", ["SEQ_LEN = 64", "seq2seq_dataset.min_len = 32"]),
+    ],
+)
+def test_seq2seq_config_trains_a_step(tmp_path, gin_file, params):
+    # One step: the cosine schedule needs total_steps > warmup_steps.
+    shrunk = ["train.warmup_steps = 0", "seq2seq_dataset.eval_examples = 4"]
+    config = _train(tmp_path, gin_file, shrunk + params)
+    # The task and the encoder-decoder survive the size overrides.
+    assert "train.task = @Seq2SeqTask()" in config
+    assert "ReformerConfig.cross_attention = True" in config
+
+
+@pytest.mark.parametrize(
     "gin_file,max_len,vocab",
     [
         ("enwik8.gin", 65536, 258),
@@ -101,6 +120,10 @@ def test_imagenet64_config_trains_a_step(tmp_path):
         ("enwik8_mlm.gin", 65536, 259),
         ("mlm_cpu.gin", 256, 259),
         ("spans_cpu.gin", 128, 16),
+        ("reverse_cpu.gin", 32, 16),
+        ("sort_cpu.gin", 32, 16),
+        ("addition_cpu.gin", 32, 13),
+        ("copy_long_cpu.gin", 256, 32),
     ],
 )
 def test_every_config_parses_to_a_valid_model(gin_file, max_len, vocab):
