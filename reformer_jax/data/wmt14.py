@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, SinglePassIterator
+from reformer_jax.data import DatasetError, SinglePassIterator, tokenizers
 from reformer_jax.data.enwik8 import default_data_dir
 from reformer_jax.data.tokenizers import Tokenizer
 
@@ -99,26 +99,20 @@ def load_vocabulary(vocab_file: str | None) -> Tokenizer:
             f"prepared) with `{VOCAB_SCRIPT} --output={path}`, or point "
             "wmt14_dataset.vocab_file at an existing spiece.model."
         )
-    import sentencepiece as spm  # here: only runs that read WMT need it
-
     try:
-        sp = spm.SentencePieceProcessor(model_file=path)
-    except (OSError, RuntimeError) as e:
+        tokenizer = tokenizers.load_sentencepiece(path)
+    except tokenizers.TokenizerError:
         raise DatasetError(
-            f"wmt14: {path} is not a readable SentencePiece model ({type(e).__name__}: {e}); "
-            f"train one with `{VOCAB_SCRIPT} --output={path}`."
+            f"wmt14: {path} is not a readable SentencePiece model; train one with "
+            f"`{VOCAB_SCRIPT} --output={path}`."
         ) from None
-    if (sp.pad_id(), sp.eos_id()) != (PAD_ID, EOS_ID):
+    if (tokenizer.pad_id, tokenizer.eos_id) != (PAD_ID, EOS_ID):
+        ids = [-1 if i is None else i for i in (tokenizer.pad_id, tokenizer.eos_id)]
         raise DatasetError(
-            f"wmt14: {path} has pad id {sp.pad_id()} and EOS id {sp.eos_id()}; the batches need "
+            f"wmt14: {path} has pad id {ids[0]} and EOS id {ids[1]}; the batches need "
             f"pad {PAD_ID} and EOS {EOS_ID}: train it with `{VOCAB_SCRIPT} --output={path}`."
         )
-    return Tokenizer(
-        name=f"sentencepiece:{os.path.basename(path)}",
-        vocab_size=sp.vocab_size(),
-        encode=lambda text: np.asarray(sp.encode(text), np.int32),
-        decode=lambda ids: sp.decode([int(i) for i in ids if int(i) not in (PAD_ID, EOS_ID)]),
-    )
+    return tokenizer
 
 
 # --- The tfds dataset -----------------------------------------------------------
