@@ -15,38 +15,12 @@ wmt14/spiece.model).
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import logging
 import os
 import sys
 
-from reformer_jax.data import DatasetError, wmt14, write_then_rename
-
-
-def train_vocabulary(texts, output: str, *, vocab_size: int, threads: int | None = None) -> None:
-    """A SentencePiece unigram model of `texts` at `output` (pad 0, EOS 1, unk 2, no BOS)."""
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_writer=model,
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,  # German umlauts and ß are ordinary characters here
-        input_sentence_size=2_000_000,  # SentencePiece samples this many sentences
-        shuffle_input_sentence=True,
-        pad_id=wmt14.PAD_ID,
-        eos_id=wmt14.EOS_ID,
-        unk_id=2,
-        bos_id=-1,
-        num_threads=threads or os.cpu_count() or 1,
-        minloglevel=1,
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with write_then_rename(output) as f:  # a killed run leaves no half-written model
-        f.write(model.getvalue())
+from reformer_jax.data import DatasetError, tokenizers, wmt14
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         first = next(texts)  # a missing dataset fails here, before SentencePiece starts
-        train_vocabulary(itertools.chain([first], texts), output, vocab_size=args.vocab_size)
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        # SentencePiece's unigram model over a uniform sample of 2M sentences, written
+        # whole or not at all, with the ids the batches need (pad 0, EOS 1, unk 2, no BOS).
+        tokenizers.train_sentencepiece(
+            itertools.chain([first], texts),
+            output,
+            vocab_size=args.vocab_size,
+            max_sentences=2_000_000,
+            seed=args.seed,
+        )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
