@@ -196,15 +196,23 @@ def _generate(params, cfg, prompt, key, temperature, top_p, *, num_tokens, greed
         sample_logits, greedy=greedy, temperature=temperature, top_k=top_k, top_p=top_p
     )
     log_probs, cache = decoding.prefill(params, cfg, prompt, hash_key, n_hashes=n_hashes)
+    step = lambda cache, token: decoding.step(params, cfg, cache, token)
+    return _sample_loop(log_probs, cache, step, choose, draw_key, num_tokens)
+
+
+def _sample_loop(log_probs, cache, step, choose, draw_key, num_tokens):
+    """num_tokens ids [b, n] chosen one at a time: the first from log_probs [b, v], then each
+    from step(cache, token) -> (log_probs, cache), in one `lax.scan`; token i is drawn with
+    fold_in(draw_key, i)."""
     first = choose(log_probs, jax.random.fold_in(draw_key, 0))
 
-    def step(carry, i):
+    def body(carry, i):
         cache, token = carry
-        log_probs, cache = decoding.step(params, cfg, cache, token)
+        log_probs, cache = step(cache, token)
         token = choose(log_probs, jax.random.fold_in(draw_key, i))
         return (cache, token), token
 
-    _, rest = jax.lax.scan(step, (cache, first), jnp.arange(1, num_tokens))
+    _, rest = jax.lax.scan(body, (cache, first), jnp.arange(1, num_tokens))
     return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
@@ -400,16 +408,8 @@ def _translate(
     log_probs, cache = decoding.encdec_prefill(
         params, cfg, source, source_mask, hash_key, n_hashes=n_hashes
     )
-    first = choose(log_probs, jax.random.fold_in(draw_key, 0))
-
-    def step(carry, i):
-        cache, token = carry
-        log_probs, cache = decoding.encdec_step(params, cfg, cache, token)
-        token = choose(log_probs, jax.random.fold_in(draw_key, i))
-        return (cache, token), token
-
-    _, rest = jax.lax.scan(step, (cache, first), jnp.arange(1, num_tokens))
-    ids = jnp.concatenate([first[:, None], rest.T], axis=1)
+    step = lambda cache, token: decoding.encdec_step(params, cfg, cache, token)
+    ids = _sample_loop(log_probs, cache, step, choose, draw_key, num_tokens)
     if eos_id is None:
         return ids
     # Everything after the first EOS is padding.
