@@ -161,6 +161,17 @@ def _print_beams(args, run, cfg, prompt, batch, num_tokens, text_of) -> None:
             print(text_of([*prompt, *ids]) if text_of else ",".join(map(str, ids)))
 
 
+def _choice(args) -> dict:
+    """How each token is chosen (greedy, temperature, top-k/p) and the decode-time rounds."""
+    return dict(
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        n_hashes=args.n_hashes,
+    )
+
+
 def _sources(args, tokenizer) -> list[tuple[str, np.ndarray]]:
     """(label, ids ending with EOS) of each source the flags give."""
     if args.source_ids is not None:
@@ -252,11 +263,7 @@ def _translate(args, run, cfg, tokenizer) -> None:
                 key,
                 source_mask=mask,
                 num_tokens=num_tokens,
-                greedy=args.greedy,
-                temperature=args.temperature,
-                top_k=args.top_k,
-                top_p=args.top_p,
-                n_hashes=args.n_hashes,
+                **_choice(args),
             )
     except ValueError as e:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
@@ -431,11 +438,7 @@ def main(argv: Sequence[str]) -> None:
             batch,
             jax.random.key(args.seed),
             num_tokens=num_tokens,
-            greedy=args.greedy,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            n_hashes=args.n_hashes,
+            **_choice(args),
         )
     except ValueError as e:
         raise cli.UsageError(f"{e}".rstrip(".")) from None
