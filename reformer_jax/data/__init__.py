@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -90,6 +90,52 @@ class SinglePassIterator(IndexedIterator):
         if self.position >= self.source.num_batches:
             raise StopIteration
         return super().__next__()
+
+
+def open_tfds_split(
+    name: str,
+    split: str,
+    data_dir: str | None,
+    *,
+    label: str,
+    preparation_steps: Callable[[str, str], str],
+) -> Sequence[Any]:
+    """`tfds.data_source(name, split=split, data_dir=data_dir)` of array_record files, or a
+    DatasetError that says why and, with preparation_steps(name, data_dir), how to fix it.
+
+    label starts the message ("imagenet64", "wmt14"). tfds is imported here, not
+    at the top: every CLI start registers the dataset modules with gin, and only
+    a run that reads a tfds dataset should pay for importing it.
+    """
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import constants as tfds_constants
+
+    shown_dir = data_dir if data_dir is not None else tfds_constants.get_default_data_dir()
+    try:
+        # download=False: a missing dataset stops the run with the preparation
+        # steps, instead of starting a download from inside the trainer.
+        source = tfds.data_source(
+            name,
+            split=split,
+            data_dir=data_dir,
+            download=False,
+            builder_kwargs={"file_format": "array_record"},
+        )
+    except Exception as err:  # tfds signals "not here" with several exception types
+        first_line = next(iter(str(err).strip().splitlines()), "")
+        if isinstance(err, tfds.core.DatasetNotFoundError):
+            problem = "is not a dataset tfds knows"
+        else:
+            problem = f"is not prepared as array_record files under data_dir {shown_dir!r}"
+        # from None: the reason is in the message; tfds's traceback adds only noise.
+        raise DatasetError(
+            f"{label}: dataset {name!r} (split {split!r}) {problem} "
+            f"(tfds: {type(err).__name__}: {first_line[:300]}).\n"
+            f"{preparation_steps(name, shown_dir)}"
+        ) from None
+    if len(source) == 0:
+        raise DatasetError(f"{label}: split {split!r} of {name!r} under {shown_dir!r} is empty.")
+    return source
 
 
 def host_shard(batch: dict[str, np.ndarray], rows: slice) -> dict[str, np.ndarray]:

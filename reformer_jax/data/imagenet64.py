@@ -59,7 +59,12 @@ from typing import Any
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator, SinglePassIterator
+from reformer_jax.data import (  # DatasetError: what this module raises, for its callers
+    DatasetError,  # noqa: F401
+    IndexedIterator,
+    SinglePassIterator,
+    open_tfds_split,
+)
 
 DEFAULT_NAME = "imagenet_resized/64x64"
 IMAGE_SHAPE = (64, 64, 3)
@@ -131,37 +136,9 @@ def _preparation_steps(name: str, data_dir: str) -> str:
 
 def _open_split(name: str, split: str, data_dir: str | None) -> Sequence[Any]:
     """`tfds.data_source(name, split=split, data_dir=data_dir)`, or a DatasetError."""
-    # Imported here, not at the top: every CLI start registers this module with
-    # gin, and only a run that reads Imagenet64 should pay for importing tfds.
-    import tensorflow_datasets as tfds
-    from tensorflow_datasets.core import constants as tfds_constants
-
-    shown_dir = data_dir if data_dir is not None else tfds_constants.get_default_data_dir()
-    try:
-        # download=False: a missing dataset must stop the run with the steps
-        # below, not start a 14 GB download from inside the trainer.
-        source = tfds.data_source(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=False,
-            builder_kwargs={"file_format": "array_record"},
-        )
-    except Exception as err:  # tfds signals "not here" with several exception types
-        first_line = next(iter(str(err).strip().splitlines()), "")
-        reason = f"{type(err).__name__}: {first_line}"
-        if isinstance(err, tfds.core.DatasetNotFoundError):
-            problem = "is not a dataset tfds knows"
-        else:
-            problem = f"is not prepared as array_record files under data_dir {shown_dir!r}"
-        # from None: the reason is in the message; tfds's traceback adds only noise.
-        raise DatasetError(
-            f"Dataset {name!r} (split {split!r}) {problem} (tfds: {reason[:300]}).\n"
-            f"{_preparation_steps(name, shown_dir)}"
-        ) from None
-    if len(source) == 0:
-        raise DatasetError(f"Dataset {name!r}: split {split!r} under {shown_dir!r} is empty.")
-    return source
+    return open_tfds_split(
+        name, split, data_dir, label="imagenet64", preparation_steps=_preparation_steps
+    )
 
 
 def _read_image(source: Sequence[Any], index: int, shape: tuple[int, ...] | None = None):

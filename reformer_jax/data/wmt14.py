@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, SinglePassIterator, tokenizers
+from reformer_jax.data import DatasetError, SinglePassIterator, open_tfds_split, tokenizers
 from reformer_jax.data.enwik8 import default_data_dir
 from reformer_jax.data.tokenizers import Tokenizer
 
@@ -130,36 +130,11 @@ def _preparation_steps(name: str, data_dir: str) -> str:
 
 def open_split(split: str, data_dir: str | None = None, name: str = DEFAULT_NAME) -> Sequence:
     """The examples of a split ({language: text}), random access, or a DatasetError."""
-    import tensorflow_datasets as tfds
     import tensorflow_datasets.translate.wmt14  # noqa: F401 - registers wmt14_translate
-    from tensorflow_datasets.core import constants as tfds_constants
 
-    shown_dir = data_dir if data_dir is not None else tfds_constants.get_default_data_dir()
-    split = tfds_split(split)
-    try:
-        # download=False: a missing dataset stops the run with the steps below
-        # instead of starting a download from inside the trainer.
-        source = tfds.data_source(
-            name,
-            split=split,
-            data_dir=data_dir,
-            download=False,
-            builder_kwargs={"file_format": "array_record"},
-        )
-    except Exception as err:  # tfds signals "not here" with several exception types
-        first_line = next(iter(str(err).strip().splitlines()), "")
-        if isinstance(err, tfds.core.DatasetNotFoundError):
-            problem = "is not a dataset tfds knows"
-        else:
-            problem = f"is not prepared as array_record files under data_dir {shown_dir!r}"
-        raise DatasetError(
-            f"wmt14: dataset {name!r} (split {split!r}) {problem} "
-            f"(tfds: {type(err).__name__}: {first_line[:300]}).\n"
-            f"{_preparation_steps(name, shown_dir)}"
-        ) from None
-    if len(source) == 0:
-        raise DatasetError(f"wmt14: split {split!r} of {name!r} under {shown_dir!r} is empty.")
-    return source
+    return open_tfds_split(
+        name, tfds_split(split), data_dir, label="wmt14", preparation_steps=_preparation_steps
+    )
 
 
 def _text(value: Any) -> str:
