@@ -453,12 +453,13 @@ def translate_beam(
     )
 
 
-def _reorder_encdec(cache: decoding.EncDecCache, rows: Array) -> decoding.EncDecCache:
-    memory = {
-        "kv": beams.gather_rows(cache.memory["kv"], rows, axis=1),
-        "bias": beams.gather_rows(cache.memory["bias"], rows, axis=0),
-    }
-    return decoding.EncDecCache(decoder=decoding.reorder_cache(cache.decoder, rows), memory=memory)
+def _map_rows(cache: decoding.EncDecCache, op) -> decoding.EncDecCache:
+    """op(tree, batch axis) on every per-example array of an EncDecCache: the decoder's layer
+    caches and the memory's keys and values ([g, b, ...]: axis 1), the memory bias (axis 0)."""
+    return decoding.EncDecCache(
+        decoder=cache.decoder.replace(layers=op(cache.decoder.layers, 1)),
+        memory={"kv": op(cache.memory["kv"], 1), "bias": op(cache.memory["bias"], 0)},
+    )
 
 
 @functools.partial(
@@ -481,18 +482,14 @@ def _translate_beam(
     log_probs, cache = decoding.encdec_prefill(
         params, cfg, source, source_mask, hash_key, n_hashes=n_hashes
     )
-    tiled = decoding.EncDecCache(
-        decoder=cache.decoder.replace(layers=beams.tile(cache.decoder.layers, beam_size, axis=1)),
-        memory={
-            "kv": beams.tile(cache.memory["kv"], beam_size, axis=1),
-            "bias": beams.tile(cache.memory["bias"], beam_size, axis=0),
-        },
-    )
+    tiled = _map_rows(cache, lambda tree, axis: beams.tile(tree, beam_size, axis=axis))
     return beams.search(
         log_probs,
         tiled,
         lambda cache, tokens: decoding.encdec_step(params, cfg, cache, tokens),
-        _reorder_encdec,
+        lambda cache, rows: _map_rows(
+            cache, lambda tree, axis: beams.gather_rows(tree, rows, axis=axis)
+        ),
         beam_size=beam_size,
         max_len=num_tokens,
         eos_id=eos_id,
