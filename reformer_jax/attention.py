@@ -20,7 +20,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import lsh
+from reformer_jax import kernels, lsh
 
 # Additive logit penalties (docs/algorithm.md §1.7). Finite on purpose: a query whose only
 # admissible key is itself still attends to itself instead of producing NaN.
@@ -100,6 +100,7 @@ def lsh_attention(
     dropout_key: jax.Array | None = None,
     buckets: jax.Array | None = None,
     per_example_rotations: bool = False,
+    impl: str = "xla",
 ) -> tuple[jax.Array, jax.Array]:
     """Shared-QK LSH self-attention (docs/algorithm.md §1, paper §2).
 
@@ -124,6 +125,11 @@ def lsh_attention(
       buckets: optional int [b, h, r, l] buckets to use instead of hashing
         (the reversible backward pass replays the forward's buckets).
       per_example_rotations: draw different rotations for each example.
+      impl: how the chunks attend: "xla" (jnp, the reference), "pallas" (the
+        fused GPU kernel, reformer_jax/kernels), "auto" (the kernel on a GPU
+        when it takes these sizes, else jnp) or "interpret" (the kernel in
+        Pallas's interpret mode: any backend, slow; for checks). See
+        `resolve_impl`.
 
     Returns:
       (out [b, h, l, e] in v's dtype, buckets int32 [b, h, r, l]).
@@ -199,6 +205,7 @@ def lsh_attention(
         bias=bias,
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
+        impl=impl,
     )
     # Undo the sort: another gather, with the inverse permutation.
     n = n_hashes * padded
@@ -224,6 +231,7 @@ def local_attention(
     mask: jax.Array | None = None,
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
+    impl: str = "xla",
 ) -> jax.Array:
     """Chunked local attention in the original order (docs/algorithm.md §2).
 
@@ -233,7 +241,7 @@ def local_attention(
 
     q, k: [b, h, l, d]; v: [b, h, l, e]; mask: optional bool [b, l] (True =
     real token). Returns [b, h, l, e] in v's dtype. Any l works (padded to a
-    multiple of c internally).
+    multiple of c internally). `impl` as in `lsh_attention`.
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
         lsh._check_rank(x, 4, name)
@@ -269,6 +277,7 @@ def local_attention(
         self_penalty=False,
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
+        impl=impl,
     )
     b, h = out.shape[:2]
     return out.reshape(b, h, padded, -1)[:, :, :length]
@@ -327,6 +336,29 @@ def full_attention(
     return out[:, :, 0]
 
 
+IMPLS = ("xla", "pallas", "auto", "interpret")
+
+
+def resolve_impl(impl: str, chunk_len: int, d: int, e: int) -> str:
+    """The implementation `_attend` runs for a requested `impl`: "xla", "pallas" or "interpret".
+
+    "auto" is the fused kernel on a GPU when it takes chunk length c and head
+    dims d, e (`kernels.supports`), the jnp path otherwise; "pallas" insists
+    on the kernel and names the size it cannot take.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r}; use one of {IMPLS}.")
+    reason = kernels.supports(chunk_len, d, e)
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and reason is None else "xla"
+    if impl == "pallas" and reason is not None:
+        raise ValueError(
+            f"attention_impl='pallas' cannot run this attention: {reason}. Change the chunk "
+            "length or head size, or use attention_impl='auto' (the jnp path for these sizes)."
+        )
+    return impl
+
+
 # `_attend` runs the chunks in blocks of at most this many elements of
 # [b, h, chunks, c, w] logits (16 MiB of float32 per block), once all the
 # logits would fill at least 4 blocks: below that, the blocks' stacked copies
@@ -350,6 +382,7 @@ def _attend(
     bias=None,
     dropout_rate=0.0,
     dropout_key=None,
+    impl="xla",
 ):
     """Each chunk of queries against the window of chunks around it.
 
@@ -371,8 +404,31 @@ def _attend(
     time, forward and backward, and no [.., u, w, d] copy of all the windows
     is made. Block j draws its dropout mask with fold_in(dropout_key, j); a
     single block uses dropout_key itself.
+
+    `impl` (see `resolve_impl`) may hand the whole computation to the fused
+    kernel (reformer_jax/kernels/window.py), which computes the same masks and
+    softmax; its dropout draws different bits (a hash of positions).
     """
     b, h, u, c = q.shape[:4]
+    impl = resolve_impl(impl, c, q.shape[-1], v.shape[-1])
+    if impl != "xla":
+        windows, window_ok = kernels.window_table(u, before, after, wrap)
+        return kernels.chunk_attention(
+            q,
+            normalize_keys(q) if k is None else k,
+            v,
+            q_pos,
+            k_pos,
+            k_valid,
+            windows,
+            window_ok,
+            causal=causal,
+            self_penalty=self_penalty,
+            bias=bias,
+            dropout_rate=dropout_rate,
+            dropout_key=dropout_key,
+            interpret=impl == "interpret",
+        )
     n_win = before + 1 + after
     per_chunk = b * h * c * n_win * c
     blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])

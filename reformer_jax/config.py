@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from reformer_jax import kinds, lsh
+from reformer_jax.attention import IMPLS as ATTENTION_IMPLS
 from reformer_jax.positions import check_axial
 
 ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu")
@@ -248,12 +249,19 @@ class RunSettings:
     attention_head_chunk: heads per step of the attention; None = all at once.
     remat: with a non-reversible stack, rematerialise each layer group in the
       backward pass.
+    attention_impl: how LSH and local layers attend (docs/algorithm.md, "The
+      fused kernel"): "xla" (jnp, the reference), "pallas" (the fused GPU
+      kernel), "auto" (the kernel on a GPU where it takes the chunk and head
+      sizes, jnp elsewhere), "interpret" (the kernel in Pallas's interpret
+      mode, on any backend; slow, for checks). The kernel draws different
+      dropout bits from the jnp path; everything else agrees to rounding.
     """
 
     ff_chunk_size: int | None = None
     loss_chunk_size: int | None = None
     attention_head_chunk: int | None = None
     remat: bool = False
+    attention_impl: str = "xla"
 
     def __post_init__(self):
         for name in ("ff_chunk_size", "loss_chunk_size", "attention_head_chunk"):
@@ -266,6 +274,11 @@ class RunSettings:
                 )
         if not isinstance(self.remat, bool):
             raise ValueError(f"RunSettings.remat must be True or False, got {self.remat!r}.")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"RunSettings.attention_impl must be one of {ATTENTION_IMPLS}, "
+                f"got {self.attention_impl!r}."
+            )
 
     def check(self, cfg: ReformerConfig) -> None:
         """Errors for settings that do not fit the model `cfg`."""
@@ -277,4 +290,5 @@ class RunSettings:
             )
 
 
-LEGACY_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSettings))
+# The RunSettings fields that older ReformerConfigs held (attention_impl never was one).
+LEGACY_RUN_FIELDS = ("ff_chunk_size", "loss_chunk_size", "attention_head_chunk", "remat")

@@ -189,8 +189,13 @@ class AttentionKind(abc.ABC):
         buckets: Array | None = None,
         dropout_rate: float = 0.0,
         dropout_key: Array | None = None,
+        impl: str = "xla",
     ) -> tuple[Array, Array | None]:
-        """q, k (None if shared_qk), v: [b, h, l, .] -> (out [b, h, l, e], LSH buckets or None)."""
+        """q, k (None if shared_qk), v: [b, h, l, .] -> (out [b, h, l, e], LSH buckets or None).
+
+        `impl` (RunSettings.attention_impl) picks the chunked kinds' kernel
+        (`attention.resolve_impl`); the full kinds have no chunks and ignore it.
+        """
 
     # -- decoding --------------------------------------------------------------------------
 
@@ -295,7 +300,20 @@ class LocalAttention(AttentionKind):
 
     name, family = "local", "local"
 
-    def attend(self, cfg, q, k, v, *, causal, mask=None, dropout_rate=0.0, dropout_key=None, **_):
+    def attend(
+        self,
+        cfg,
+        q,
+        k,
+        v,
+        *,
+        causal,
+        mask=None,
+        dropout_rate=0.0,
+        dropout_key=None,
+        impl="xla",
+        **_,
+    ):
         before, after = cfg.local_window(causal)
         out = attention.local_attention(
             q,
@@ -308,6 +326,7 @@ class LocalAttention(AttentionKind):
             mask=mask,
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
+            impl=impl,
         )
         return out, None
 
@@ -369,6 +388,7 @@ class LSHAttention(AttentionKind):
         buckets=None,
         dropout_rate=0.0,
         dropout_key=None,
+        impl="xla",
     ):
         return attention.lsh_attention(
             q,
@@ -385,6 +405,7 @@ class LSHAttention(AttentionKind):
             mask=mask,
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
+            impl=impl,
         )
 
     @staticmethod

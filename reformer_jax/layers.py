@@ -235,6 +235,7 @@ class AttentionHalf(nn.Module):
                 buckets=buckets,
                 dropout_rate=attn_rate,
                 dropout_key=drop_key,
+                impl=self.run.attention_impl,
             )
             return jnp.swapaxes(out, 1, 2), new_buckets
 

@@ -1,0 +1,441 @@
+"""Fused chunk attention: a Pallas kernel for the window attention of LSH and local layers.
+
+One program per (batch x head, query chunk) computes the chunk's attention
+over its window of key chunks in one pass: logits, the masks (built inside
+the kernel from int32 original positions), an online float32 softmax, the
+dropout of the probabilities and the weighted sum of values. Nothing of
+size [chunk, window] reaches HBM; the output and the float32 log-sum-exp
+come back, so LSH's hash rounds combine outside the kernel as in the jnp
+path (paper eq. 14). The backward pass is a kernel too: it recomputes each
+window's probabilities from the saved log-sum-exp (FlashAttention-2's
+scheme) and returns dq and, per window slot, the dk and dv a query chunk
+sends to that key chunk; an XLA scatter-add sums those into dk and dv.
+
+Shapes use the package's einsum legend: b batch, h heads, u chunks, c chunk
+length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
+
+    chunk_attention(q, k, v, q_pos, k_pos, k_valid, windows, window_ok, *,
+                    causal, self_penalty, bias=None, dropout_rate=0.0,
+                    dropout_key=None, interpret=False)
+        -> out [b, h, u, c, e], lse float32 [b, h, u, c]
+    supports(c, d, e) -> None or the reason the GPU kernel cannot take these sizes
+    dropout_keep(seed, rows, cols, threshold) -> bool: the kernel's dropout mask
+
+It computes exactly what reformer_jax.attention._attend_block does on each
+window (same additive masks, same softmax), so the jnp path is its reference;
+only the dropout bits differ (the kernel hashes positions, see
+`dropout_keep`). On the GPU the kernel lowers through Pallas's Triton
+backend; `interpret=True` runs it anywhere (the CPU tests).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+# The jnp path's additive penalties (docs/algorithm.md §1.7), repeated here so
+# this module does not import reformer_jax.attention (which dispatches to it).
+MASK_PENALTY = 1e9
+SELF_PENALTY = 1e5
+
+
+def supports(c: int, d: int, e: int) -> str | None:
+    """None when the GPU kernel takes chunk length c and head dims d, e; else why not.
+
+    Triton's blocks are powers of two, and its matrix units need 16 rows.
+    """
+    for name, n in (("chunk length", c), ("key dim", d), ("value dim", e)):
+        if n < 16 or n & (n - 1):
+            return f"its {name} is {n}; the kernel needs a power of two >= 16"
+    return None
+
+
+# ----------------------------------------------------------------------------- dropout bits
+
+
+def _mix(x):
+    """murmur3's 32-bit finaliser: a bijection of uint32 whose output bits all depend on x."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def dropout_keep(seed0, seed1, rows, cols, threshold: int):
+    """True where the kernel keeps a probability: a pure function of (seed, row, column).
+
+    seed0, seed1: uint32 scalars (the seed); rows: uint32 global query slot ids (B * u * c of them);
+    cols: uint32 window slots (0..w-1), broadcastable against rows. An element
+    is kept when the top 16 bits of its hash are >= threshold, so the rate is
+    threshold / 2^16 as in `attention.apply_dropout`. A hash of positions,
+    not a stored mask: the backward kernel (and the reversible stack's replay
+    of a layer) draws the same bits again.
+    """
+    h = _mix(_mix(rows ^ seed0) ^ (cols + seed1))
+    return (h >> 16) >= jnp.uint32(threshold)
+
+
+def _dropout_scale(threshold: int) -> float:
+    return 2.0**16 / (2.0**16 - threshold)
+
+
+# ----------------------------------------------------------------------------- the kernels
+
+
+def _dot(a, b):
+    """a @ b with float32 accumulation (Triton's tensor-core dot)."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _logits(q, k, q_pos, k_pos, k_ok, *, causal, self_penalty):
+    """[c, d] x [c, d] -> float32 [c, c] masked logits, as `attention._attend_block`."""
+    s = _dot(q, k.T)
+    admissible = k_ok[None, :]
+    if causal:
+        admissible = admissible & (k_pos[None, :] <= q_pos[:, None])
+    s = s + jnp.where(admissible, 0.0, -MASK_PENALTY)
+    if self_penalty:
+        s = s - jnp.where(k_pos[None, :] == q_pos[:, None], SELF_PENALTY, 0.0)
+    return s
+
+
+def _window_inputs(j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref):
+    """Window slot j of query chunk t: its key chunk, rows slice, and the keys' positions/mask."""
+    idx = windows_ref[t * n_win + j]
+    rows = pl.ds(pl.multiple_of(idx * c, c), c)
+    k_pos = k_pos_ref[rows]
+    k_ok = (k_valid_ref[rows] != 0) & (ok_ref[t * n_win + j] != 0)
+    bias = None if bias_ref is None else bias_ref[:, pl.ds(j * c, c)]
+    return rows, k_pos, k_ok, bias
+
+
+def _keep(seed_ref, bh, t, j, *, u, c, threshold):
+    """The [c, c] dropout mask of window slot j of query chunk t of row bh."""
+    rows = (bh * u + t) * c + jnp.arange(c, dtype=jnp.int32)
+    cols = j * c + jnp.arange(c, dtype=jnp.int32)
+    seed0, seed1 = seed_ref[0].astype(jnp.uint32), seed_ref[1].astype(jnp.uint32)
+    rows, cols = rows.astype(jnp.uint32)[:, None], cols.astype(jnp.uint32)[None, :]
+    return dropout_keep(seed0, seed1, rows, cols, threshold)
+
+
+def _forward_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    q_pos_ref,
+    k_pos_ref,
+    k_valid_ref,
+    windows_ref,
+    ok_ref,
+    bias_ref,
+    seed_ref,
+    out_ref,
+    lse_ref,
+    *,
+    n_win,
+    causal,
+    self_penalty,
+    threshold,
+):
+    bh, t = pl.program_id(0), pl.program_id(1)
+    c = q_ref.shape[0]
+    u = windows_ref.shape[0] // n_win
+    q = q_ref[...]
+    q_pos = q_pos_ref[...]
+    peak = jnp.full((c,), -jnp.inf, jnp.float32)
+    total = jnp.zeros((c,), jnp.float32)
+    acc = jnp.zeros((c, v_ref.shape[-1]), jnp.float32)
+    for j in range(n_win):  # a handful of slots: unrolled
+        rows, k_pos, k_ok, bias = _window_inputs(
+            j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref
+        )
+        s = _logits(q, k_ref[rows, :], q_pos, k_pos, k_ok, causal=causal, self_penalty=self_penalty)
+        if bias is not None:
+            s = s + bias
+        new_peak = jnp.maximum(peak, jnp.max(s, axis=1))
+        rescale = jnp.exp(peak - new_peak)
+        p = jnp.exp(s - new_peak[:, None])
+        total = total * rescale + jnp.sum(p, axis=1)
+        if threshold:
+            keep = _keep(seed_ref, bh, t, j, u=u, c=c, threshold=threshold)
+            p = jnp.where(keep, p * _dropout_scale(threshold), 0.0)
+        v = v_ref[rows, :]
+        acc = acc * rescale[:, None] + _dot(p.astype(v.dtype), v)
+        peak = new_peak
+    out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
+    lse_ref[...] = peak + jnp.log(total)
+
+
+def _backward_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    q_pos_ref,
+    k_pos_ref,
+    k_valid_ref,
+    windows_ref,
+    ok_ref,
+    bias_ref,
+    seed_ref,
+    lse_ref,
+    delta_ref,
+    dout_ref,
+    dq_ref,
+    dk_ref,
+    dv_ref,
+    *,
+    n_win,
+    causal,
+    self_penalty,
+    threshold,
+):
+    bh, t = pl.program_id(0), pl.program_id(1)
+    c = q_ref.shape[0]
+    u = windows_ref.shape[0] // n_win
+    q = q_ref[...]
+    q_pos = q_pos_ref[...]
+    lse = lse_ref[...]
+    delta = delta_ref[...]
+    dout = dout_ref[...]
+    dq = jnp.zeros(q.shape, jnp.float32)
+    for j in range(n_win):
+        rows, k_pos, k_ok, bias = _window_inputs(
+            j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref
+        )
+        k = k_ref[rows, :]
+        v = v_ref[rows, :]
+        s = _logits(q, k, q_pos, k_pos, k_ok, causal=causal, self_penalty=self_penalty)
+        if bias is not None:
+            s = s + bias
+        p = jnp.exp(s - lse[:, None])  # the forward's probabilities, before dropout
+        dp = _dot(dout, v.T)  # d(dropped probabilities)
+        if threshold:
+            keep = _keep(seed_ref, bh, t, j, u=u, c=c, threshold=threshold)
+            scale = _dropout_scale(threshold)
+            p_drop = jnp.where(keep, p * scale, 0.0)
+            dp = jnp.where(keep, dp * scale, 0.0)
+        else:
+            p_drop = p
+        # d(logits): softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
+        ds = p * (dp - delta[:, None])
+        dq = dq + _dot(ds.astype(k.dtype), k)
+        dk_ref[j] = _dot(ds.T.astype(q.dtype), q).astype(dk_ref.dtype)
+        dv_ref[j] = _dot(p_drop.T.astype(dout.dtype), dout).astype(dv_ref.dtype)
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+# ----------------------------------------------------------------------------- pallas_call
+
+
+def _specs(B, u, c, d, e, n_win, with_bias):
+    """BlockSpecs of the inputs both kernels share, on the grid (B, u)."""
+    row = lambda i, t: (i, 0)
+    chunk = lambda i, t: (i, t)
+    specs = [
+        pl.BlockSpec((None, c, d), lambda i, t: (i, t, 0)),  # q: the query chunk
+        pl.BlockSpec((None, u * c, d), lambda i, t: (i, 0, 0)),  # k: the whole row
+        pl.BlockSpec((None, u * c, e), lambda i, t: (i, 0, 0)),  # v
+        pl.BlockSpec((None, c), chunk),  # q_pos
+        pl.BlockSpec((None, u * c), row),  # k_pos
+        pl.BlockSpec((None, u * c), row),  # k_valid
+        pl.BlockSpec((None, u * n_win), row),  # windows
+        pl.BlockSpec((None, u * n_win), row),  # window_ok
+    ]
+    bias = pl.BlockSpec((None, c, n_win * c), lambda i, t: (i, t, 0)) if with_bias else None
+    return specs + [bias, pl.BlockSpec((2,), lambda i, t: (0,))]
+
+
+def _compiler_params(d):
+    return pltriton.CompilerParams(num_warps=4 if d <= 64 else 8, num_stages=2)
+
+
+def _forward(args, static):
+    q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed = args
+    n_win, causal, self_penalty, threshold, interpret = static
+    B, L, d = q.shape
+    e = v.shape[-1]
+    u = windows.shape[1] // n_win
+    c = L // u
+    kernel = functools.partial(
+        _forward_kernel, n_win=n_win, causal=causal, self_penalty=self_penalty, threshold=threshold
+    )
+    return pl.pallas_call(
+        kernel,
+        grid=(B, u),
+        in_specs=_specs(B, u, c, d, e, n_win, bias is not None),
+        out_specs=[
+            pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((B, L, e), v.dtype),
+            jax.ShapeDtypeStruct((B, L), jnp.float32),
+        ],
+        compiler_params=_compiler_params(d),
+        interpret=interpret,
+        name="chunk_attention_fwd",
+    )(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(10,))
+def _fused(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, static):
+    out, lse = _forward((q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed), static)
+    return out, lse
+
+
+def _fused_fwd(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, static):
+    args = (q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed)
+    out, lse = _forward(args, static)
+    return (out, lse), (args, out, lse)
+
+
+def _fused_bwd(static, residuals, cotangents):
+    args, out, lse = residuals
+    g_out, g_lse = cotangents
+    q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed = args
+    n_win, causal, self_penalty, threshold, interpret = static
+    B, L, d = q.shape
+    e = v.shape[-1]
+    u = windows.shape[1] // n_win
+    c = L // u
+    # delta_i = sum_e dout * out - d(lse)_i: the softmax Jacobian's row term,
+    # with the log-sum-exp's own cotangent (LSH weights rounds by it).
+    delta = jnp.sum(g_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - g_lse
+    kernel = functools.partial(
+        _backward_kernel, n_win=n_win, causal=causal, self_penalty=self_penalty, threshold=threshold
+    )
+    dq, dk_parts, dv_parts = pl.pallas_call(
+        kernel,
+        grid=(B, u),
+        in_specs=_specs(B, u, c, d, e, n_win, bias is not None)
+        + [
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # lse
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # delta
+            pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),  # dout
+        ],
+        out_specs=[
+            pl.BlockSpec((None, c, d), lambda i, t: (i, t, 0)),
+            pl.BlockSpec((n_win, None, None, c, d), lambda i, t: (0, i, t, 0, 0)),
+            pl.BlockSpec((n_win, None, None, c, e), lambda i, t: (0, i, t, 0, 0)),
+        ],
+        out_shape=[
+            jax.ShapeDtypeStruct((B, L, d), q.dtype),
+            jax.ShapeDtypeStruct((n_win, B, u, c, d), k.dtype),  # what chunk t sends slot j
+            jax.ShapeDtypeStruct((n_win, B, u, c, e), v.dtype),
+        ],
+        compiler_params=_compiler_params(d),
+        interpret=interpret,
+        name="chunk_attention_bwd",
+    )(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, lse, delta, g_out.astype(v.dtype))
+
+    def gather_back(parts):  # [n_win, B, u, c, x] -> [B, u * c, x], summed per key chunk
+        target = windows.reshape(B, u, n_win).transpose(2, 0, 1)  # [n_win, B, u]
+        summed = jax.vmap(
+            lambda p, idx: (
+                jnp.zeros((u, c, p.shape[-1]), jnp.float32)
+                .at[idx.reshape(-1)]
+                .add(p.reshape(-1, c, p.shape[-1]).astype(jnp.float32))
+            ),
+            in_axes=(1, 1),
+        )(parts, target)
+        return summed.reshape(B, L, -1)
+
+    dk = gather_back(dk_parts).astype(k.dtype)
+    dv = gather_back(dv_parts).astype(v.dtype)
+    none = (None,) * 7  # positions, masks, windows, bias (a constant) and the seed
+    return (dq, dk, dv) + none
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def chunk_attention(
+    q,
+    k,
+    v,
+    q_pos,
+    k_pos,
+    k_valid,
+    windows,
+    window_ok,
+    *,
+    causal: bool,
+    self_penalty: bool,
+    bias=None,
+    dropout_rate: float = 0.0,
+    dropout_key=None,
+    interpret: bool = False,
+):
+    """Each chunk of queries against its window of key chunks, fused.
+
+    q, k: [b, h, u, c, d] (k: the keys themselves, the normalised queries for
+    shared-QK attention); v: [b, h, u, c, e]; q_pos, k_pos: int32 and
+    k_valid: bool [.., u, c], broadcastable over b, h; windows: int32
+    [b or 1, u, n_win], the key chunks of chunk t's window in order (any
+    index in [0, u)); window_ok: bool, same shape, False for a slot whose keys
+    are all masked (outside the sequence, or narrowed away); bias: optional
+    float32 [b, h, u, c, n_win * c] added to the logits (the App. A dedup
+    term; no gradient). Returns out [b, h, u, c, e] in v's dtype and the
+    float32 log-sum-exp [b, h, u, c]; both are differentiable in q, k, v.
+    """
+    b, h, u, c, d = q.shape
+    e = v.shape[-1]
+    n_win = windows.shape[-1]
+    B, L = b * h, u * c
+    rows = lambda x, dtype: jnp.broadcast_to(x, (b, h, u, c)).reshape(B, L).astype(dtype)
+    table = lambda x: jnp.broadcast_to(x[:, None], (b, h, u, n_win)).reshape(B, u * n_win)
+    threshold = 0
+    if dropout_rate > 0.0:
+        if dropout_key is None:
+            raise ValueError("dropout_rate > 0 needs a dropout_key.")
+        threshold = min(round(dropout_rate * 2**16), 2**16 - 1)
+        seed = jax.random.bits(dropout_key, (2,), jnp.uint32).astype(jnp.int32)
+    else:
+        seed = jnp.zeros((2,), jnp.int32)
+    if bias is not None:
+        bias = jax.lax.stop_gradient(jnp.broadcast_to(bias, (b, h, u, c, n_win * c)))
+        bias = bias.reshape(B, L, n_win * c).astype(jnp.float32)
+    static = (n_win, bool(causal), bool(self_penalty), threshold, bool(interpret))
+    out, lse = _fused(
+        q.reshape(B, L, d),
+        k.reshape(B, L, d),
+        v.reshape(B, L, e),
+        rows(q_pos, jnp.int32),
+        rows(k_pos, jnp.int32),
+        rows(k_valid, jnp.int32),
+        table(windows.astype(jnp.int32)),
+        table(window_ok.astype(jnp.int32)),
+        bias,
+        seed,
+        static,
+    )
+    return out.reshape(b, h, u, c, e), lse.reshape(b, h, u, c)
+
+
+def window_table(u: int, before: int, after: int, wrap, batch: int = 1):
+    """The key chunks of each query chunk's window, as `attention._attend` gathers them.
+
+    wrap None: chunk t + j for j in -before..after, False outside [0, u) (local
+    attention). wrap an int W: (t + j) mod W (LSH's sorted order, real tokens
+    in the first W chunks). wrap an int32 [b]: per example, and slots beyond
+    the narrowed window min(before, W - 1), min(after, W - 1 - before') are
+    False, so no chunk is seen twice. Returns int32 windows and bool ok, both
+    [b or 1, u, before + 1 + after].
+    """
+    offsets = jnp.arange(-before, after + 1, dtype=jnp.int32)
+    raw = jnp.arange(u, dtype=jnp.int32)[:, None] + offsets[None, :]  # [u, n_win]
+    if wrap is None:
+        return (raw % u)[None], ((raw >= 0) & (raw < u))[None]
+    if np.ndim(wrap) == 0:
+        return (raw % wrap)[None], jnp.ones((1,) + raw.shape, bool)
+    wrap = jnp.asarray(wrap, jnp.int32)[:, None, None]  # [b, 1, 1]
+    narrow_before = jnp.minimum(before, wrap - 1)
+    narrow_after = jnp.minimum(after, wrap - 1 - narrow_before)
+    ok = (offsets >= -narrow_before) & (offsets <= narrow_after)  # [b, 1, n_win]
+    return raw[None] % wrap, jnp.broadcast_to(ok, (wrap.shape[0],) + raw.shape)
