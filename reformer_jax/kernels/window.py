@@ -8,7 +8,8 @@ size [chunk, window] reaches HBM; the output and the float32 log-sum-exp
 come back, so LSH's hash rounds combine outside the kernel as in the jnp
 path (paper eq. 14). The backward pass is a kernel too: it recomputes each
 window's probabilities from the saved log-sum-exp (FlashAttention-2's
-scheme) and returns dq and, per window slot, the dk and dv a query chunk
+scheme; it saves the row's peak logit and sum rather than only the
+log-sum-exp, see `_backward_kernel`) and returns dq and, per window slot, the dk and dv a query chunk
 sends to that key chunk; an XLA scatter-add sums those into dk and dv.
 
 Shapes use the package's einsum legend: b batch, h heads, u chunks, c chunk
@@ -136,7 +137,8 @@ def _forward_kernel(
     bias_ref,
     seed_ref,
     out_ref,
-    lse_ref,
+    peak_ref,
+    total_ref,
     *,
     n_win,
     causal,
@@ -169,7 +171,8 @@ def _forward_kernel(
         acc = acc * rescale[:, None] + _dot(p.astype(v.dtype), v)
         peak = new_peak
     out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
-    lse_ref[...] = peak + jnp.log(total)
+    peak_ref[...] = peak
+    total_ref[...] = total
 
 
 def _backward_kernel(
@@ -183,7 +186,8 @@ def _backward_kernel(
     ok_ref,
     bias_ref,
     seed_ref,
-    lse_ref,
+    peak_ref,
+    total_ref,
     delta_ref,
     dout_ref,
     dq_ref,
@@ -200,7 +204,8 @@ def _backward_kernel(
     u = windows_ref.shape[0] // n_win
     q = q_ref[...]
     q_pos = q_pos_ref[...]
-    lse = lse_ref[...]
+    peak = peak_ref[...]
+    total = total_ref[...]
     delta = delta_ref[...]
     dout = dout_ref[...]
     dq = jnp.zeros(q.shape, jnp.float32)
@@ -213,7 +218,11 @@ def _backward_kernel(
         s = _logits(q, k, q_pos, k_pos, k_ok, causal=causal, self_penalty=self_penalty)
         if bias is not None:
             s = s + bias
-        p = jnp.exp(s - lse[:, None])  # the forward's probabilities, before dropout
+        # The forward's probabilities (before dropout), normalised by the saved
+        # sum as the jnp path does: exp(s - lse) would be off where only
+        # self-penalised or masked keys are admissible (logits near -1e5 or
+        # -1e9, where a float32 lse has lost the last digits).
+        p = jnp.exp(s - peak[:, None]) / total[:, None]
         dp = _dot(dout, v.T)  # d(dropped probabilities)
         if threshold:
             keep = _keep(seed_ref, bh, t, j, u=u, c=c, threshold=threshold)
@@ -272,10 +281,12 @@ def _forward(args, static):
         out_specs=[
             pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),
             pl.BlockSpec((None, c), lambda i, t: (i, t)),
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((B, L, e), v.dtype),
-            jax.ShapeDtypeStruct((B, L), jnp.float32),
+            jax.ShapeDtypeStruct((B, L), jnp.float32),  # the row's peak logit
+            jax.ShapeDtypeStruct((B, L), jnp.float32),  # sum of exp(logit - peak)
         ],
         compiler_params=_compiler_params(d),
         interpret=interpret,
@@ -285,18 +296,18 @@ def _forward(args, static):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(10,))
 def _fused(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, static):
-    out, lse = _forward((q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed), static)
-    return out, lse
+    out, peak, total = _forward((q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed), static)
+    return out, peak + jnp.log(total)
 
 
 def _fused_fwd(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, static):
     args = (q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed)
-    out, lse = _forward(args, static)
-    return (out, lse), (args, out, lse)
+    out, peak, total = _forward(args, static)
+    return (out, peak + jnp.log(total)), (args, out, peak, total)
 
 
 def _fused_bwd(static, residuals, cotangents):
-    args, out, lse = residuals
+    args, out, peak, total = residuals
     g_out, g_lse = cotangents
     q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed = args
     n_win, causal, self_penalty, threshold, interpret = static
@@ -315,7 +326,8 @@ def _fused_bwd(static, residuals, cotangents):
         grid=(B, u),
         in_specs=_specs(B, u, c, d, e, n_win, bias is not None)
         + [
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # lse
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # peak
+            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # total
             pl.BlockSpec((None, c), lambda i, t: (i, t)),  # delta
             pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),  # dout
         ],
@@ -332,7 +344,22 @@ def _fused_bwd(static, residuals, cotangents):
         compiler_params=_compiler_params(d),
         interpret=interpret,
         name="chunk_attention_bwd",
-    )(q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, lse, delta, g_out.astype(v.dtype))
+    )(
+        q,
+        k,
+        v,
+        q_pos,
+        k_pos,
+        k_valid,
+        windows,
+        ok,
+        bias,
+        seed,
+        peak,
+        total,
+        delta,
+        g_out.astype(v.dtype),
+    )
 
     def gather_back(parts):  # [n_win, B, u, c, x] -> [B, u * c, x], summed per key chunk
         target = windows.reshape(B, u, n_win).transpose(2, 0, 1)  # [n_win, B, u]
