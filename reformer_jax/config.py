@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+
 from reformer_jax import kinds, lsh
 from reformer_jax.attention import IMPLS as ATTENTION_IMPLS
 from reformer_jax.positions import check_axial
@@ -280,8 +282,15 @@ class RunSettings:
                 f"got {self.attention_impl!r}."
             )
 
-    def check(self, cfg: ReformerConfig) -> None:
-        """Errors for settings that do not fit the model `cfg`."""
+    def check(self, cfg: ReformerConfig, backend: str | None = None) -> None:
+        """Errors for settings that do not fit the model `cfg` on `backend` (default: JAX's)."""
+        backend = jax.default_backend() if backend is None else backend
+        if self.attention_impl == "pallas" and backend != "gpu":
+            raise ValueError(
+                f"RunSettings.attention_impl='pallas' runs only on a GPU, and this run's backend "
+                f"is {backend}: use 'auto' (the kernel where it can run, jnp elsewhere), 'xla', "
+                "or 'interpret' (the kernel interpreted, slow)."
+            )
         h = self.attention_head_chunk
         if h is not None and cfg.n_heads % h:
             raise ValueError(

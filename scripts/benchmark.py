@@ -2,9 +2,9 @@
 
 Usage:
     python scripts/benchmark.py attention [--lengths 1K 2K ... 64K] [--tokens 65536]
-        [--hashes 1 2 4 8] [--chunk 64] [--heads 4] [--dim 64] [--dtype float32|bfloat16]
-        [--repeats 5] [--memory-budget-gib G] [--max-seconds 60] [--json results.json]
-        [--plot fig5.png]
+        [--hashes 1 2 4 8] [--chunk 64] [--impl xla|pallas] [--heads 4] [--dim 64]
+        [--dtype float32|bfloat16] [--repeats 5] [--memory-budget-gib G] [--max-seconds 60]
+        [--json results.json] [--plot fig5.png]
     python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
         [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
         (compile time, time per step, peak RSS, planner figure, MFU)
@@ -76,8 +76,8 @@ def default_memory_budget() -> float:
     return 0.6 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def make_step(method: str, n_hashes: int, length: int, chunk: int):
-    """A jitted forward+backward step and a function making its inputs."""
+def make_step(method: str, n_hashes: int, length: int, chunk: int, impl: str = "xla"):
+    """A jitted forward+backward step; `impl` is LSH's (attention.resolve_impl)."""
     if method == "full":
 
         def loss(q, k, v):
@@ -90,7 +90,14 @@ def make_step(method: str, n_hashes: int, length: int, chunk: int):
 
         def loss(qk, v, key):
             out, _ = lsh_attention(
-                qk, v, key=key, n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk, causal=True
+                qk,
+                v,
+                key=key,
+                n_hashes=n_hashes,
+                n_buckets=n_buckets,
+                chunk_len=chunk,
+                causal=True,
+                impl=impl,
             )
             return jnp.sum(out.astype(jnp.float32))
 
@@ -123,7 +130,7 @@ def run_cell(
     if method != "full":
         cell["n_buckets"] = default_n_buckets(length, args.chunk)
     inputs = make_inputs(method, shape, dtype, args.seed)
-    step = make_step(method, n_hashes, length, args.chunk)
+    step = make_step(method, n_hashes, length, args.chunk, args.impl)
 
     compiled, cell["compile_s"] = profiling.compile_timed(step, *inputs)
     mem = profiling.xla_memory(compiled)
@@ -303,8 +310,9 @@ def bench_step(args: argparse.Namespace) -> None:
         "grad_accum_steps": grad_accum,
         "dtype": cfg.dtype,
     }
-    print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
     run = cli.run_settings()
+    result["attention_impl"] = run.attention_impl
+    print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
     plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
     result["planner_total_gib"] = plan["total_bytes"] / GIB
     result["planner_temp_gib"] = plan["temp_bytes"] / GIB
@@ -529,6 +537,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     att.add_argument("--hashes", type=int, nargs="+", default=[1, 2, 4, 8])
     att.add_argument("--chunk", type=int, default=64, help="LSH chunk length")
+    att.add_argument(
+        "--impl",
+        choices=["xla", "pallas", "auto", "interpret"],
+        default="xla",
+        help="LSH's chunk attention: jnp (xla) or the fused kernel (pallas); see README",
+    )
     att.add_argument("--heads", type=int, default=4)
     att.add_argument("--dim", type=int, default=64, help="head dim (of q, k and v)")
     att.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")

@@ -326,3 +326,9 @@ def test_implementation_choice():
     with pytest.raises(ValueError, match="RunSettings.attention_impl must be one of"):
         RunSettings(attention_impl="gpu")
     assert window.supports(128, 64, 64) is None
+    cfg = _two_layer_cfg()
+    with pytest.raises(
+        ValueError, match="'pallas' runs only on a GPU, and this run's backend is cpu"
+    ):
+        RunSettings(attention_impl="pallas").check(cfg, backend="cpu")
+    RunSettings(attention_impl="pallas").check(cfg, backend="gpu")

@@ -7,10 +7,10 @@ dropout of the probabilities and the weighted sum of values. Nothing of
 size [chunk, window] reaches HBM; the output and the float32 log-sum-exp
 come back, so LSH's hash rounds combine outside the kernel as in the jnp
 path (paper eq. 14). The backward pass is a kernel too: it recomputes each
-window's probabilities from the saved log-sum-exp (FlashAttention-2's
-scheme; it saves the row's peak logit and sum rather than only the
-log-sum-exp, see `_backward_kernel`) and returns dq and, per window slot, the dk and dv a query chunk
-sends to that key chunk; an XLA scatter-add sums those into dk and dv.
+window's probabilities (FlashAttention-2's scheme, normalised by the saved
+row maximum and sum rather than the log-sum-exp, see `_backward_kernel`)
+and returns dq and, per window slot, the dk and dv a query chunk sends to
+that key chunk; an XLA scatter-add sums those into dk and dv.
 
 Shapes use the package's einsum legend: b batch, h heads, u chunks, c chunk
 length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
