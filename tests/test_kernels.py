@@ -4,19 +4,23 @@ The kernel runs in Pallas's interpret mode here (any backend); the GPU's
 Triton lowering is checked by exporting whole training steps for CUDA.
 """
 
+import dataclasses
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import export
 
-from reformer_jax import attention, profiling
+from reformer_jax import attention, cli, profiling
 from reformer_jax.config import RunSettings
 from reformer_jax.kernels import window
 from reformer_jax.model import ReformerLM
 from tests.conftest import tiny_config
 
 TRITON = "__gpu$xla.gpu.triton"
+CONFIGS = pathlib.Path(__file__).parent.parent / "configs"
 
 
 def _normal(key, shape, dtype=jnp.float32):
@@ -66,8 +70,20 @@ CASES = [
 ]
 
 
+# The kernels walk a chunk in blocks of queries and keys (`window.block_sizes`),
+# smaller than the chunk only for long chunks or wide heads; SMALL_BLOCKS makes
+# these 16-long chunks take 2 forward query blocks, 4 key blocks and 4 backward
+# query blocks.
+SMALL_BLOCKS = lambda c, d: (8, 4, 4)
+
+
+@pytest.mark.parametrize("blocks", ["whole chunks", "small blocks"])
 @pytest.mark.parametrize("wrap,before,after,causal,shared,with_bias", CASES)
-def test_kernel_equals_jnp_window_attention(wrap, before, after, causal, shared, with_bias):
+def test_kernel_equals_jnp_window_attention(
+    wrap, before, after, causal, shared, with_bias, blocks, monkeypatch
+):
+    if blocks == "small blocks":
+        monkeypatch.setattr(window, "block_sizes", SMALL_BLOCKS)
     b, h, u, c, d = 2, 2, 6, 16, 16
     q, k, v, pos, valid, key = _chunk_inputs(0, b, h, u, c, d, lsh_like=wrap is not None)
     n_win = before + 1 + after
@@ -211,7 +227,8 @@ def _dropout_reference(q, k, v, pos, valid, windows, ok, rate, seed):
     return jnp.einsum("bhucw,bhuwe->bhuce", probs, win_v), keep
 
 
-def test_kernel_dropout_equals_a_plain_reference_and_replays():
+def test_kernel_dropout_equals_a_plain_reference_and_replays(monkeypatch):
+    monkeypatch.setattr(window, "block_sizes", SMALL_BLOCKS)  # masks drawn block by block
     b, h, u, c, d = 2, 2, 4, 16, 16
     q, k, v, pos, valid, key = _chunk_inputs(4, b, h, u, c, d, lsh_like=False)
     windows, ok = window.window_table(u, 1, 1, None)
@@ -309,6 +326,23 @@ def test_training_step_with_the_kernel_lowers_for_cuda(dtype):
     text = exported.mlir_module()
     assert text.count(f"@{TRITON}(") == 3 * cfg.n_layers
     assert "chunk_attention_fwd" in text and "chunk_attention_bwd" in text
+
+
+@pytest.mark.parametrize("gin_file", ["enwik8.gin", "imagenet64.gin", "long_1m.gin"])
+def test_shipped_configs_lower_for_cuda_with_the_kernel(gin_file):
+    """The paper-size steps with the kernel: 256-long chunks of 128-dim heads (enwik8)
+    run in query and key blocks (`window.block_sizes`), which the small tests above
+    do not reach at their default sizes."""
+    cli.parse_gin([str(CONFIGS / gin_file)], [])
+    cfg = cli.model_config()
+    run = dataclasses.replace(cli.run_settings(), attention_impl="pallas")
+    setup = profiling.train_setup(cfg, batch_size=1, seq_len=cfg.max_len, abstract=True, run=run)
+    exported = export.export(
+        setup.fn,
+        platforms=["cuda"],
+        disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)],
+    )(setup.state, setup.batch, setup.key)
+    assert "chunk_attention_bwd" in exported.mlir_module()
 
 
 def test_implementation_choice():

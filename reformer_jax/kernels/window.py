@@ -95,7 +95,7 @@ def _dot(a, b):
 
 
 def _logits(q, k, q_pos, k_pos, k_ok, *, causal, self_penalty):
-    """[c, d] x [c, d] -> float32 [c, c] masked logits, as `attention._attend_block`."""
+    """[m, d] x [n, d] -> float32 [m, n] masked logits, as `attention._attend_block`."""
     s = _dot(q, k.T)
     admissible = k_ok[None, :]
     if causal:
@@ -106,23 +106,33 @@ def _logits(q, k, q_pos, k_pos, k_ok, *, causal, self_penalty):
     return s
 
 
-def _window_inputs(j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref):
-    """Window slot j of query chunk t: its key chunk, rows slice, and the keys' positions/mask."""
-    idx = windows_ref[t * n_win + j]
-    rows = pl.ds(pl.multiple_of(idx * c, c), c)
-    k_pos = k_pos_ref[rows]
-    k_ok = (k_valid_ref[rows] != 0) & (ok_ref[t * n_win + j] != 0)
-    bias = None if bias_ref is None else bias_ref[:, pl.ds(j * c, c)]
-    return rows, k_pos, k_ok, bias
-
-
-def _keep(seed_ref, bh, t, j, *, u, c, threshold):
-    """The [c, c] dropout mask of window slot j of query chunk t of row bh."""
-    rows = (bh * u + t) * c + jnp.arange(c, dtype=jnp.int32)
-    cols = j * c + jnp.arange(c, dtype=jnp.int32)
+def _keep(seed_ref, rows, cols, threshold):
+    """The dropout mask of query slots `rows` [m] against window slots `cols` [n]: [m, n]."""
     seed0, seed1 = seed_ref[0].astype(jnp.uint32), seed_ref[1].astype(jnp.uint32)
     rows, cols = rows.astype(jnp.uint32)[:, None], cols.astype(jnp.uint32)[None, :]
     return dropout_keep(seed0, seed1, rows, cols, threshold)
+
+
+class _Window:
+    """Key block kb of window slot j of query chunk t: where its keys are and how they mask.
+
+    A chunk's window is n_win key chunks of c keys; the kernels walk it in
+    blocks of `block_k` keys (step = j * (c // block_k) + kb).
+    """
+
+    def __init__(self, refs, t, step, *, n_win, c, block_k):
+        windows_ref, ok_ref, k_pos_ref, k_valid_ref = refs
+        per_chunk = c // block_k
+        # lax's truncating div/rem (step >= 0): the Triton lowering of jnp's
+        # floor-mod mistypes its sign fix-up.
+        n = jnp.int32(per_chunk)
+        j, kb = jax.lax.div(step, n), jax.lax.rem(step, n)
+        chunk = windows_ref[t * n_win + j]
+        self.rows = pl.ds(pl.multiple_of(chunk * c + kb * block_k, block_k), block_k)
+        self.cols = pl.ds(pl.multiple_of(j * c + kb * block_k, block_k), block_k)  # in [0, w)
+        self.pos = k_pos_ref[self.rows]
+        self.ok = (k_valid_ref[self.rows] != 0) & (ok_ref[t * n_win + j] != 0)
+        self.col_ids = j * c + kb * block_k + jnp.arange(block_k, dtype=jnp.int32)
 
 
 def _forward_kernel(
@@ -141,35 +151,46 @@ def _forward_kernel(
     total_ref,
     *,
     n_win,
+    c,
+    block_k,
     causal,
     self_penalty,
     threshold,
 ):
-    bh, t = pl.program_id(0), pl.program_id(1)
-    c = q_ref.shape[0]
+    """Grid (B, u, c // block_q): block_q queries of chunk t against its whole window."""
+    bh, t, qb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    block_q = q_ref.shape[0]
     u = windows_ref.shape[0] // n_win
     q = q_ref[...]
     q_pos = q_pos_ref[...]
-    peak = jnp.full((c,), -jnp.inf, jnp.float32)
-    total = jnp.zeros((c,), jnp.float32)
-    acc = jnp.zeros((c, v_ref.shape[-1]), jnp.float32)
-    for j in range(n_win):  # a handful of slots: unrolled
-        rows, k_pos, k_ok, bias = _window_inputs(
-            j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref
+    row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
+
+    def step(i, carry):  # one block of keys: FlashAttention's online softmax
+        peak, total, acc = carry
+        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
+        s = _logits(
+            q, k_ref[win.rows, :], q_pos, win.pos, win.ok, causal=causal, self_penalty=self_penalty
         )
-        s = _logits(q, k_ref[rows, :], q_pos, k_pos, k_ok, causal=causal, self_penalty=self_penalty)
-        if bias is not None:
-            s = s + bias
+        if bias_ref is not None:
+            s = s + bias_ref[:, win.cols]
         new_peak = jnp.maximum(peak, jnp.max(s, axis=1))
         rescale = jnp.exp(peak - new_peak)
         p = jnp.exp(s - new_peak[:, None])
         total = total * rescale + jnp.sum(p, axis=1)
         if threshold:
-            keep = _keep(seed_ref, bh, t, j, u=u, c=c, threshold=threshold)
+            keep = _keep(seed_ref, row_ids, win.col_ids, threshold)
             p = jnp.where(keep, p * _dropout_scale(threshold), 0.0)
-        v = v_ref[rows, :]
+        v = v_ref[win.rows, :]
         acc = acc * rescale[:, None] + _dot(p.astype(v.dtype), v)
-        peak = new_peak
+        return new_peak, total, acc
+
+    init = (
+        jnp.full((block_q,), -jnp.inf, jnp.float32),
+        jnp.zeros((block_q,), jnp.float32),
+        jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
+    )
+    peak, total, acc = jax.lax.fori_loop(0, n_win * (c // block_k), step, init)
     out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
     peak_ref[...] = peak
     total_ref[...] = total
@@ -195,69 +216,97 @@ def _backward_kernel(
     dv_ref,
     *,
     n_win,
+    c,
+    block_q,
+    block_k,
     causal,
     self_penalty,
     threshold,
 ):
+    """Grid (B, u): query chunk t's gradients. For each block of window keys (outer
+    loop) the query blocks (inner loop) accumulate that block's dk and dv in
+    registers and add their dq into dq_ref (this program's own rows)."""
     bh, t = pl.program_id(0), pl.program_id(1)
-    c = q_ref.shape[0]
     u = windows_ref.shape[0] // n_win
-    q = q_ref[...]
-    q_pos = q_pos_ref[...]
-    peak = peak_ref[...]
-    total = total_ref[...]
-    delta = delta_ref[...]
-    dout = dout_ref[...]
-    dq = jnp.zeros(q.shape, jnp.float32)
-    for j in range(n_win):
-        rows, k_pos, k_ok, bias = _window_inputs(
-            j, t, n_win, c, windows_ref, ok_ref, k_pos_ref, k_valid_ref, bias_ref
+    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
+    dq_ref[...] = jnp.zeros(dq_ref.shape, dq_ref.dtype)
+
+    def key_block(i, _):
+        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
+        k = k_ref[win.rows, :]
+        v = v_ref[win.rows, :]
+
+        def query_block(qb, carry):
+            dk, dv = carry
+            local = pl.ds(pl.multiple_of(qb * block_q, block_q), block_q)  # rows in the chunk
+            rows = pl.ds(pl.multiple_of(t * c + qb * block_q, block_q), block_q)  # in the row
+            q = q_ref[rows, :]
+            dout = dout_ref[rows, :]
+            s = _logits(
+                q, k, q_pos_ref[rows], win.pos, win.ok, causal=causal, self_penalty=self_penalty
+            )
+            if bias_ref is not None:
+                s = s + bias_ref[local, win.cols]
+            # The forward's probabilities (before dropout), normalised by the saved
+            # sum as the jnp path does: exp(s - lse) would be off where only
+            # self-penalised or masked keys are admissible (logits near -1e5 or
+            # -1e9, where a float32 lse has lost the last digits).
+            p = jnp.exp(s - peak_ref[rows][:, None]) / total_ref[rows][:, None]
+            dp = _dot(dout, v.T)  # d(dropped probabilities)
+            if threshold:
+                row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
+                keep = _keep(seed_ref, row_ids, win.col_ids, threshold)
+                scale = _dropout_scale(threshold)
+                p_drop = jnp.where(keep, p * scale, 0.0)
+                dp = jnp.where(keep, dp * scale, 0.0)
+            else:
+                p_drop = p
+            # d(logits): softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
+            ds = p * (dp - delta_ref[rows][:, None])
+            dq_ref[local, :] += _dot(ds.astype(k.dtype), k)
+            dk = dk + _dot(ds.T.astype(q.dtype), q)
+            dv = dv + _dot(p_drop.T.astype(dout.dtype), dout)
+            return dk, dv
+
+        init = (
+            jnp.zeros((block_k, k_ref.shape[-1]), jnp.float32),
+            jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
         )
-        k = k_ref[rows, :]
-        v = v_ref[rows, :]
-        s = _logits(q, k, q_pos, k_pos, k_ok, causal=causal, self_penalty=self_penalty)
-        if bias is not None:
-            s = s + bias
-        # The forward's probabilities (before dropout), normalised by the saved
-        # sum as the jnp path does: exp(s - lse) would be off where only
-        # self-penalised or masked keys are admissible (logits near -1e5 or
-        # -1e9, where a float32 lse has lost the last digits).
-        p = jnp.exp(s - peak[:, None]) / total[:, None]
-        dp = _dot(dout, v.T)  # d(dropped probabilities)
-        if threshold:
-            keep = _keep(seed_ref, bh, t, j, u=u, c=c, threshold=threshold)
-            scale = _dropout_scale(threshold)
-            p_drop = jnp.where(keep, p * scale, 0.0)
-            dp = jnp.where(keep, dp * scale, 0.0)
-        else:
-            p_drop = p
-        # d(logits): softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
-        ds = p * (dp - delta[:, None])
-        dq = dq + _dot(ds.astype(k.dtype), k)
-        dk_ref[j] = _dot(ds.T.astype(q.dtype), q).astype(dk_ref.dtype)
-        dv_ref[j] = _dot(p_drop.T.astype(dout.dtype), dout).astype(dv_ref.dtype)
-    dq_ref[...] = dq.astype(dq_ref.dtype)
+        dk, dv = jax.lax.fori_loop(0, c // block_q, query_block, init)
+        dk_ref[win.cols, :] = dk.astype(dk_ref.dtype)
+        dv_ref[win.cols, :] = dv.astype(dv_ref.dtype)
+        return 0
+
+    jax.lax.fori_loop(0, n_win * (c // block_k), key_block, 0)
 
 
 # ----------------------------------------------------------------------------- pallas_call
 
 
-def _specs(B, u, c, d, e, n_win, with_bias):
-    """BlockSpecs of the inputs both kernels share, on the grid (B, u)."""
-    row = lambda i, t: (i, 0)
-    chunk = lambda i, t: (i, t)
-    specs = [
-        pl.BlockSpec((None, c, d), lambda i, t: (i, t, 0)),  # q: the query chunk
-        pl.BlockSpec((None, u * c, d), lambda i, t: (i, 0, 0)),  # k: the whole row
-        pl.BlockSpec((None, u * c, e), lambda i, t: (i, 0, 0)),  # v
-        pl.BlockSpec((None, c), chunk),  # q_pos
-        pl.BlockSpec((None, u * c), row),  # k_pos
-        pl.BlockSpec((None, u * c), row),  # k_valid
-        pl.BlockSpec((None, u * n_win), row),  # windows
-        pl.BlockSpec((None, u * n_win), row),  # window_ok
+def block_sizes(c: int, d: int) -> tuple[int, int, int]:
+    """(forward query block, key block, backward query block) for chunk c and head dim d.
+
+    A whole 256-long chunk of 128-dim queries and its float32 accumulator would
+    not fit one GPU program's registers; blocks of 64 (32 in the backward pass
+    at d > 64, as JAX's own Pallas flash attention) do. Each divides c.
+    """
+    fwd = min(c, 128 if d <= 64 else 64)
+    return fwd, min(c, 64), min(c, 64 if d <= 64 else 32)
+
+
+def _shared_specs(B, u, c, d, e, n_win):
+    """BlockSpecs of k, v, positions, validity and the window tables: whole rows of bh."""
+    row2 = lambda *g: (g[0], 0)
+    row3 = lambda *g: (g[0], 0, 0)
+    return [
+        pl.BlockSpec((None, u * c, d), row3),  # k
+        pl.BlockSpec((None, u * c, e), row3),  # v
+    ], [
+        pl.BlockSpec((None, u * c), row2),  # k_pos
+        pl.BlockSpec((None, u * c), row2),  # k_valid
+        pl.BlockSpec((None, u * n_win), row2),  # windows
+        pl.BlockSpec((None, u * n_win), row2),  # window_ok
     ]
-    bias = pl.BlockSpec((None, c, n_win * c), lambda i, t: (i, t, 0)) if with_bias else None
-    return specs + [bias, pl.BlockSpec((2,), lambda i, t: (0,))]
 
 
 def _compiler_params(d):
@@ -271,17 +320,31 @@ def _forward(args, static):
     e = v.shape[-1]
     u = windows.shape[1] // n_win
     c = L // u
+    block_q, block_k, _ = block_sizes(c, d)
+    nq = c // block_q
     kernel = functools.partial(
-        _forward_kernel, n_win=n_win, causal=causal, self_penalty=self_penalty, threshold=threshold
+        _forward_kernel,
+        n_win=n_win,
+        c=c,
+        block_k=block_k,
+        causal=causal,
+        self_penalty=self_penalty,
+        threshold=threshold,
     )
+    kv, rest = _shared_specs(B, u, c, d, e, n_win)
+    rows = lambda i, t, qb: (i, t * nq + qb)  # query block qb of chunk t
+    rows3 = lambda i, t, qb: (i, t * nq + qb, 0)
+    bias_spec = pl.BlockSpec((None, block_q, n_win * c), rows3) if bias is not None else None
     return pl.pallas_call(
         kernel,
-        grid=(B, u),
-        in_specs=_specs(B, u, c, d, e, n_win, bias is not None),
+        grid=(B, u, nq),
+        in_specs=[pl.BlockSpec((None, block_q, d), rows3), *kv, pl.BlockSpec((None, block_q), rows)]
+        + rest
+        + [bias_spec, pl.BlockSpec((2,), lambda *g: (0,))],
         out_specs=[
-            pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),
+            pl.BlockSpec((None, block_q, e), rows3),
+            pl.BlockSpec((None, block_q), rows),
+            pl.BlockSpec((None, block_q), rows),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((B, L, e), v.dtype),
@@ -315,31 +378,48 @@ def _fused_bwd(static, residuals, cotangents):
     e = v.shape[-1]
     u = windows.shape[1] // n_win
     c = L // u
+    _, block_k, block_q = block_sizes(c, d)
     # delta_i = sum_e dout * out - d(lse)_i: the softmax Jacobian's row term,
     # with the log-sum-exp's own cotangent (LSH weights rounds by it).
     delta = jnp.sum(g_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - g_lse
     kernel = functools.partial(
-        _backward_kernel, n_win=n_win, causal=causal, self_penalty=self_penalty, threshold=threshold
+        _backward_kernel,
+        n_win=n_win,
+        c=c,
+        block_q=block_q,
+        block_k=block_k,
+        causal=causal,
+        self_penalty=self_penalty,
+        threshold=threshold,
     )
+    kv, rest = _shared_specs(B, u, c, d, e, n_win)
+    row2 = lambda i, t: (i, 0)
+    row3 = lambda i, t: (i, 0, 0)
+    chunk3 = lambda i, t: (i, t, 0)
+    bias_spec = pl.BlockSpec((None, c, n_win * c), chunk3) if bias is not None else None
     dq, dk_parts, dv_parts = pl.pallas_call(
         kernel,
         grid=(B, u),
-        in_specs=_specs(B, u, c, d, e, n_win, bias is not None)
+        in_specs=[pl.BlockSpec((None, L, d), row3), *kv, pl.BlockSpec((None, L), row2)]
+        + rest
         + [
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # peak
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # total
-            pl.BlockSpec((None, c), lambda i, t: (i, t)),  # delta
-            pl.BlockSpec((None, c, e), lambda i, t: (i, t, 0)),  # dout
+            bias_spec,
+            pl.BlockSpec((2,), lambda *g: (0,)),
+            pl.BlockSpec((None, L), row2),  # peak
+            pl.BlockSpec((None, L), row2),  # total
+            pl.BlockSpec((None, L), row2),  # delta
+            pl.BlockSpec((None, L, e), row3),  # dout
         ],
         out_specs=[
-            pl.BlockSpec((None, c, d), lambda i, t: (i, t, 0)),
-            pl.BlockSpec((n_win, None, None, c, d), lambda i, t: (0, i, t, 0, 0)),
-            pl.BlockSpec((n_win, None, None, c, e), lambda i, t: (0, i, t, 0, 0)),
+            pl.BlockSpec((None, c, d), chunk3),
+            pl.BlockSpec((None, None, n_win * c, d), lambda i, t: (i, t, 0, 0)),
+            pl.BlockSpec((None, None, n_win * c, e), lambda i, t: (i, t, 0, 0)),
         ],
         out_shape=[
-            jax.ShapeDtypeStruct((B, L, d), q.dtype),
-            jax.ShapeDtypeStruct((n_win, B, u, c, d), k.dtype),  # what chunk t sends slot j
-            jax.ShapeDtypeStruct((n_win, B, u, c, e), v.dtype),
+            jax.ShapeDtypeStruct((B, L, d), jnp.float32),  # accumulated in place
+            # What chunk t sends to each key of its window, [B, u, w, .].
+            jax.ShapeDtypeStruct((B, u, n_win * c, d), k.dtype),
+            jax.ShapeDtypeStruct((B, u, n_win * c, e), v.dtype),
         ],
         compiler_params=_compiler_params(d),
         interpret=interpret,
@@ -361,22 +441,21 @@ def _fused_bwd(static, residuals, cotangents):
         g_out.astype(v.dtype),
     )
 
-    def gather_back(parts):  # [n_win, B, u, c, x] -> [B, u * c, x], summed per key chunk
-        target = windows.reshape(B, u, n_win).transpose(2, 0, 1)  # [n_win, B, u]
+    def gather_back(parts):  # [B, u, w, x] -> [B, u * c, x], summed per key chunk
+        target = windows.reshape(B, u * n_win)  # the key chunk of each [c, x] slice
         summed = jax.vmap(
             lambda p, idx: (
                 jnp.zeros((u, c, p.shape[-1]), jnp.float32)
-                .at[idx.reshape(-1)]
-                .add(p.reshape(-1, c, p.shape[-1]).astype(jnp.float32))
-            ),
-            in_axes=(1, 1),
+                .at[idx]
+                .add(p.reshape(u * n_win, c, p.shape[-1]).astype(jnp.float32))
+            )
         )(parts, target)
         return summed.reshape(B, L, -1)
 
     dk = gather_back(dk_parts).astype(k.dtype)
     dv = gather_back(dv_parts).astype(v.dtype)
     none = (None,) * 7  # positions, masks, windows, bias (a constant) and the seed
-    return (dq, dk, dv) + none
+    return (dq.astype(q.dtype), dk, dv) + none
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
