@@ -62,13 +62,12 @@ def _loss_of(fn):
 # wrap None: local attention (no wrap-around); an int: LSH's sorted order; an
 # array: LSH with a padding mask (a window narrowed per example).
 CASES = [
-    pytest.param(None, 1, 0, True, False, False, id="local-causal"),
-    pytest.param(None, 2, 1, False, False, False, id="local-before2-after1"),
-    pytest.param(5, 1, 0, True, True, False, id="lsh-causal-shared"),
-    pytest.param(6, 1, 1, False, True, True, id="lsh-bidirectional-dedup-bias"),
-    pytest.param(np.array([2, 6]), 1, 1, True, True, False, id="lsh-per-example-wrap"),
+    pytest.param(None, 1, 0, True, False, False, "whole", id="local-causal"),
+    pytest.param(None, 2, 1, False, False, False, "small", id="local-before2-after1-blocks"),
+    pytest.param(5, 1, 0, True, True, False, "whole", id="lsh-causal-shared"),
+    pytest.param(6, 1, 1, False, True, True, "small", id="lsh-bidirectional-dedup-bias-blocks"),
+    pytest.param(np.array([2, 6]), 1, 1, True, True, False, "whole", id="lsh-per-example-wrap"),
 ]
-
 
 # The kernels walk a chunk in blocks of queries and keys (`window.block_sizes`),
 # smaller than the chunk only for long chunks or wide heads; SMALL_BLOCKS makes
@@ -77,12 +76,11 @@ CASES = [
 SMALL_BLOCKS = lambda c, d: (8, 4, 4)
 
 
-@pytest.mark.parametrize("blocks", ["whole chunks", "small blocks"])
-@pytest.mark.parametrize("wrap,before,after,causal,shared,with_bias", CASES)
+@pytest.mark.parametrize("wrap,before,after,causal,shared,with_bias,blocks", CASES)
 def test_kernel_equals_jnp_window_attention(
     wrap, before, after, causal, shared, with_bias, blocks, monkeypatch
 ):
-    if blocks == "small blocks":
+    if blocks == "small":
         monkeypatch.setattr(window, "block_sizes", SMALL_BLOCKS)
     b, h, u, c, d = 2, 2, 6, 16, 16
     q, k, v, pos, valid, key = _chunk_inputs(0, b, h, u, c, d, lsh_like=wrap is not None)
