@@ -20,7 +20,9 @@ length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
                     dropout_key=None, interpret=False)
         -> out [b, h, u, c, e], lse float32 [b, h, u, c]
     supports(c, d, e) -> None or the reason the GPU kernel cannot take these sizes
-    dropout_keep(seed, rows, cols, threshold) -> bool: the kernel's dropout mask
+    window_table(u, before, after, wrap) -> windows, window_ok: the windows `_attend` gathers
+    block_sizes(c, d) -> the query and key blocks a program walks a chunk in
+    dropout_keep(seed0, seed1, rows, cols, threshold) -> bool: the kernel's dropout mask
 
 It computes exactly what reformer_jax.attention._attend_block does on each
 window (same additive masks, same softmax), so the jnp path is its reference;
@@ -71,8 +73,9 @@ def _mix(x):
 def dropout_keep(seed0, seed1, rows, cols, threshold: int):
     """True where the kernel keeps a probability: a pure function of (seed, row, column).
 
-    seed0, seed1: uint32 scalars (the seed); rows: uint32 global query slot ids (B * u * c of them);
-    cols: uint32 window slots (0..w-1), broadcastable against rows. An element
+    seed0, seed1: uint32 scalars (the seed); rows: uint32 global query slot
+    ids (B * u * c of them); cols: uint32 window slots (0..w-1),
+    broadcastable against rows. An element
     is kept when the top 16 bits of its hash are >= threshold, so the rate is
     threshold / 2^16 as in `attention.apply_dropout`. A hash of positions,
     not a stored mask: the backward kernel (and the reversible stack's replay
@@ -524,7 +527,7 @@ def chunk_attention(
     return out.reshape(b, h, u, c, e), lse.reshape(b, h, u, c)
 
 
-def window_table(u: int, before: int, after: int, wrap, batch: int = 1):
+def window_table(u: int, before: int, after: int, wrap):
     """The key chunks of each query chunk's window, as `attention._attend` gathers them.
 
     wrap None: chunk t + j for j in -before..after, False outside [0, u) (local
