@@ -311,7 +311,7 @@ def test_training_step_with_the_kernel_lowers_for_cuda(dtype):
     """The whole step (forward, reversible backward, optimizer) exported for CUDA on this
     CPU machine: Pallas lowers the kernels to Triton here, so a lowering error shows up
     without a GPU. Each LSH or local layer runs the forward kernel twice (the forward,
-    the backward pass's replay) and the backward kernel once."""
+    the backward pass's replay) and the two backward kernels (dq; dk and dv) once."""
     cfg = _two_layer_cfg(dtype=dtype, chunk_len=16)
     setup = profiling.train_setup(
         cfg, batch_size=2, seq_len=96, abstract=True, run=RunSettings(attention_impl="pallas")
@@ -322,8 +322,9 @@ def test_training_step_with_the_kernel_lowers_for_cuda(dtype):
         disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)],
     )(setup.state, setup.batch, setup.key)
     text = exported.mlir_module()
-    assert text.count(f"@{TRITON}(") == 3 * cfg.n_layers
-    assert "chunk_attention_fwd" in text and "chunk_attention_bwd" in text
+    assert text.count(f"@{TRITON}(") == 4 * cfg.n_layers
+    for name in ("chunk_attention_fwd", "chunk_attention_bwd_dq", "chunk_attention_bwd_dkv"):
+        assert name in text
 
 
 @pytest.mark.parametrize("gin_file", ["enwik8.gin", "imagenet64.gin", "long_1m.gin"])
@@ -340,7 +341,7 @@ def test_shipped_configs_lower_for_cuda_with_the_kernel(gin_file):
         platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)],
     )(setup.state, setup.batch, setup.key)
-    assert "chunk_attention_bwd" in exported.mlir_module()
+    assert "chunk_attention_bwd_dkv" in exported.mlir_module()
 
 
 def test_implementation_choice():

@@ -6,11 +6,12 @@ the kernel from int32 original positions), an online float32 softmax, the
 dropout of the probabilities and the weighted sum of values. Nothing of
 size [chunk, window] reaches HBM; the output and the float32 log-sum-exp
 come back, so LSH's hash rounds combine outside the kernel as in the jnp
-path (paper eq. 14). The backward pass is a kernel too: it recomputes each
-window's probabilities (FlashAttention-2's scheme, normalised by the saved
-row maximum and sum rather than the log-sum-exp, see `_backward_kernel`)
-and returns dq and, per window slot, the dk and dv a query chunk sends to
-that key chunk; an XLA scatter-add sums those into dk and dv.
+path (paper eq. 14). The backward pass is two kernels, as FlashAttention-2's:
+both recompute each window's probabilities (normalised by the saved row
+maximum and sum rather than the log-sum-exp, see `_gradients`); one writes
+dq, the other, per window slot, the dk and dv a query chunk sends to that
+key chunk, which an XLA scatter-add sums into dk and dv. No program adds
+into memory another program (or itself) writes.
 
 Shapes use the package's einsum legend: b batch, h heads, u chunks, c chunk
 length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
@@ -199,7 +200,30 @@ def _forward_kernel(
     total_ref[...] = total
 
 
-def _backward_kernel(
+def _gradients(q, dout, q_pos, peak, total, delta, k, v, win, bias, keep, *, causal, self_penalty):
+    """One [m queries, n keys] tile of the backward pass: (dropped probabilities, d logits).
+
+    The forward's probabilities are recomputed and normalised by the saved row
+    maximum and sum, as the jnp path normalises: exp(s - lse) would be off
+    where only self-penalised or masked keys are admissible (logits near -1e5
+    or -1e9, where a float32 lse has lost its last digits). `keep`: None, or
+    (mask, scale) of the tile's dropout.
+    """
+    s = _logits(q, k, q_pos, win.pos, win.ok, causal=causal, self_penalty=self_penalty)
+    if bias is not None:
+        s = s + bias
+    p = jnp.exp(s - peak[:, None]) / total[:, None]
+    dp = _dot(dout, v.T)  # d(dropped probabilities)
+    p_drop = p
+    if keep is not None:
+        mask, scale = keep
+        p_drop = jnp.where(mask, p * scale, 0.0)
+        dp = jnp.where(mask, dp * scale, 0.0)
+    # Softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
+    return p_drop, p * (dp - delta[:, None])
+
+
+def _dq_kernel(
     q_ref,
     k_ref,
     v_ref,
@@ -215,72 +239,122 @@ def _backward_kernel(
     delta_ref,
     dout_ref,
     dq_ref,
+    *,
+    n_win,
+    c,
+    block_k,
+    causal,
+    self_penalty,
+    threshold,
+):
+    """Grid (B, u, c // block_q): dq of block_q queries of chunk t, over its window."""
+    bh, t, qb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    block_q = q_ref.shape[0]
+    u = windows_ref.shape[0] // n_win
+    q, dout, q_pos = q_ref[...], dout_ref[...], q_pos_ref[...]
+    peak, total, delta = peak_ref[...], total_ref[...], delta_ref[...]
+    row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
+    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
+
+    def step(i, dq):
+        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
+        k = k_ref[win.rows, :]
+        keep = None
+        if threshold:
+            keep = (_keep(seed_ref, row_ids, win.col_ids, threshold), _dropout_scale(threshold))
+        bias = None if bias_ref is None else bias_ref[:, win.cols]
+        _, ds = _gradients(
+            q,
+            dout,
+            q_pos,
+            peak,
+            total,
+            delta,
+            k,
+            v_ref[win.rows, :],
+            win,
+            bias,
+            keep,
+            causal=causal,
+            self_penalty=self_penalty,
+        )
+        return dq + _dot(ds.astype(k.dtype), k)
+
+    dq = jax.lax.fori_loop(0, n_win * (c // block_k), step, jnp.zeros(q.shape, jnp.float32))
+    dq_ref[...] = dq.astype(dq_ref.dtype)
+
+
+def _dkv_kernel(
+    q_ref,
+    k_ref,
+    v_ref,
+    q_pos_ref,
+    k_pos_ref,
+    k_valid_ref,
+    windows_ref,
+    ok_ref,
+    bias_ref,
+    seed_ref,
+    peak_ref,
+    total_ref,
+    delta_ref,
+    dout_ref,
     dk_ref,
     dv_ref,
     *,
     n_win,
     c,
     block_q,
-    block_k,
     causal,
     self_penalty,
     threshold,
 ):
-    """Grid (B, u): query chunk t's gradients. For each block of window keys (outer
-    loop) the query blocks (inner loop) accumulate that block's dk and dv in
-    registers and add their dq into dq_ref (this program's own rows)."""
-    bh, t = pl.program_id(0), pl.program_id(1)
+    """Grid (B, u, n_win * c // block_k): what chunk t's queries send to one block of
+    its window's keys (dk and dv of that block, summed over the chunk's query blocks).
+    q, dout and the row statistics are whole rows of bh; bias is chunk t's [c, w]."""
+    bh, t, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
+    block_k = dk_ref.shape[0]
     u = windows_ref.shape[0] // n_win
     refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
-    dq_ref[...] = jnp.zeros(dq_ref.shape, dq_ref.dtype)
+    win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
+    k, v = k_ref[win.rows, :], v_ref[win.rows, :]
 
-    def key_block(i, _):
-        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
-        k = k_ref[win.rows, :]
-        v = v_ref[win.rows, :]
-
-        def query_block(qb, carry):
-            dk, dv = carry
-            local = pl.ds(pl.multiple_of(qb * block_q, block_q), block_q)  # rows in the chunk
-            rows = pl.ds(pl.multiple_of(t * c + qb * block_q, block_q), block_q)  # in the row
-            q = q_ref[rows, :]
-            dout = dout_ref[rows, :]
-            s = _logits(
-                q, k, q_pos_ref[rows], win.pos, win.ok, causal=causal, self_penalty=self_penalty
-            )
-            if bias_ref is not None:
-                s = s + bias_ref[local, win.cols]
-            # The forward's probabilities (before dropout), normalised by the saved
-            # sum as the jnp path does: exp(s - lse) would be off where only
-            # self-penalised or masked keys are admissible (logits near -1e5 or
-            # -1e9, where a float32 lse has lost the last digits).
-            p = jnp.exp(s - peak_ref[rows][:, None]) / total_ref[rows][:, None]
-            dp = _dot(dout, v.T)  # d(dropped probabilities)
-            if threshold:
-                row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
-                keep = _keep(seed_ref, row_ids, win.col_ids, threshold)
-                scale = _dropout_scale(threshold)
-                p_drop = jnp.where(keep, p * scale, 0.0)
-                dp = jnp.where(keep, dp * scale, 0.0)
-            else:
-                p_drop = p
-            # d(logits): softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
-            ds = p * (dp - delta_ref[rows][:, None])
-            dq_ref[local, :] += _dot(ds.astype(k.dtype), k)
-            dk = dk + _dot(ds.T.astype(q.dtype), q)
-            dv = dv + _dot(p_drop.T.astype(dout.dtype), dout)
-            return dk, dv
-
-        init = (
-            jnp.zeros((block_k, k_ref.shape[-1]), jnp.float32),
-            jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
+    def query_block(qb, carry):
+        dk, dv = carry
+        local = pl.ds(pl.multiple_of(qb * block_q, block_q), block_q)  # rows of the chunk
+        rows = pl.ds(pl.multiple_of(t * c + qb * block_q, block_q), block_q)  # rows of bh
+        q, dout = q_ref[rows, :], dout_ref[rows, :]
+        keep = None
+        if threshold:
+            row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
+            keep = (_keep(seed_ref, row_ids, win.col_ids, threshold), _dropout_scale(threshold))
+        bias = None if bias_ref is None else bias_ref[local, win.cols]
+        p_drop, ds = _gradients(
+            q,
+            dout,
+            q_pos_ref[rows],
+            peak_ref[rows],
+            total_ref[rows],
+            delta_ref[rows],
+            k,
+            v,
+            win,
+            bias,
+            keep,
+            causal=causal,
+            self_penalty=self_penalty,
         )
-        dk, dv = jax.lax.fori_loop(0, c // block_q, query_block, init)
-        dk_ref[win.cols, :] = dk.astype(dk_ref.dtype)
-        dv_ref[win.cols, :] = dv.astype(dv_ref.dtype)
-        return 0
+        dk = dk + _dot(ds.T.astype(q.dtype), q)
+        dv = dv + _dot(p_drop.T.astype(dout.dtype), dout)
+        return dk, dv
 
-    jax.lax.fori_loop(0, n_win * (c // block_k), key_block, 0)
+    init = (
+        jnp.zeros((block_k, k_ref.shape[-1]), jnp.float32),
+        jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
+    )
+    dk, dv = jax.lax.fori_loop(0, c // block_q, query_block, init)
+    dk_ref[...] = dk.astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
 # ----------------------------------------------------------------------------- pallas_call
@@ -385,64 +459,71 @@ def _fused_bwd(static, residuals, cotangents):
     # delta_i = sum_e dout * out - d(lse)_i: the softmax Jacobian's row term,
     # with the log-sum-exp's own cotangent (LSH weights rounds by it).
     delta = jnp.sum(g_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - g_lse
-    kernel = functools.partial(
-        _backward_kernel,
-        n_win=n_win,
-        c=c,
-        block_q=block_q,
-        block_k=block_k,
-        causal=causal,
-        self_penalty=self_penalty,
-        threshold=threshold,
+    static_kw = dict(
+        n_win=n_win, c=c, causal=causal, self_penalty=self_penalty, threshold=threshold
     )
     kv, rest = _shared_specs(B, u, c, d, e, n_win)
-    row2 = lambda i, t: (i, 0)
-    row3 = lambda i, t: (i, 0, 0)
-    chunk3 = lambda i, t: (i, t, 0)
-    bias_spec = pl.BlockSpec((None, c, n_win * c), chunk3) if bias is not None else None
-    dq, dk_parts, dv_parts = pl.pallas_call(
-        kernel,
-        grid=(B, u),
+    inputs = (q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed, peak, total, delta)
+    inputs += (g_out.astype(v.dtype),)
+    seed_spec = pl.BlockSpec((2,), lambda *g: (0,))
+
+    # dq: programs of block_q queries, as the forward.
+    nq = c // block_q
+    rows = lambda i, t, qb: (i, t * nq + qb)
+    rows3 = lambda i, t, qb: (i, t * nq + qb, 0)
+    dq = pl.pallas_call(
+        functools.partial(_dq_kernel, block_k=block_k, **static_kw),
+        grid=(B, u, nq),
+        in_specs=[pl.BlockSpec((None, block_q, d), rows3), *kv, pl.BlockSpec((None, block_q), rows)]
+        + rest
+        + [
+            pl.BlockSpec((None, block_q, n_win * c), rows3) if bias is not None else None,
+            seed_spec,
+            pl.BlockSpec((None, block_q), rows),  # peak
+            pl.BlockSpec((None, block_q), rows),  # total
+            pl.BlockSpec((None, block_q), rows),  # delta
+            pl.BlockSpec((None, block_q, e), rows3),  # dout
+        ],
+        out_specs=pl.BlockSpec((None, block_q, d), rows3),
+        out_shape=jax.ShapeDtypeStruct((B, L, d), q.dtype),
+        compiler_params=_compiler_params(d),
+        interpret=interpret,
+        name="chunk_attention_bwd_dq",
+    )(*inputs)
+
+    # dk, dv: a program per (chunk, block of its window's keys), over the chunk's
+    # queries; what it writes is summed into each key chunk below.
+    row2 = lambda i, t, j: (i, 0)
+    row3 = lambda i, t, j: (i, 0, 0)
+    part = lambda i, t, j: (i, t, j, 0)
+    dk_parts, dv_parts = pl.pallas_call(
+        functools.partial(_dkv_kernel, block_q=block_q, **static_kw),
+        grid=(B, u, n_win * c // block_k),
         in_specs=[pl.BlockSpec((None, L, d), row3), *kv, pl.BlockSpec((None, L), row2)]
         + rest
         + [
-            bias_spec,
-            pl.BlockSpec((2,), lambda *g: (0,)),
+            pl.BlockSpec((None, c, n_win * c), lambda i, t, j: (i, t, 0))
+            if bias is not None
+            else None,
+            seed_spec,
             pl.BlockSpec((None, L), row2),  # peak
             pl.BlockSpec((None, L), row2),  # total
             pl.BlockSpec((None, L), row2),  # delta
             pl.BlockSpec((None, L, e), row3),  # dout
         ],
         out_specs=[
-            pl.BlockSpec((None, c, d), chunk3),
-            pl.BlockSpec((None, None, n_win * c, d), lambda i, t: (i, t, 0, 0)),
-            pl.BlockSpec((None, None, n_win * c, e), lambda i, t: (i, t, 0, 0)),
+            pl.BlockSpec((None, None, block_k, d), part),
+            pl.BlockSpec((None, None, block_k, e), part),
         ],
         out_shape=[
-            jax.ShapeDtypeStruct((B, L, d), jnp.float32),  # accumulated in place
-            # What chunk t sends to each key of its window, [B, u, w, .].
+            # What chunk t's queries send to each key of its window, [B, u, w, .].
             jax.ShapeDtypeStruct((B, u, n_win * c, d), k.dtype),
             jax.ShapeDtypeStruct((B, u, n_win * c, e), v.dtype),
         ],
         compiler_params=_compiler_params(d),
         interpret=interpret,
-        name="chunk_attention_bwd",
-    )(
-        q,
-        k,
-        v,
-        q_pos,
-        k_pos,
-        k_valid,
-        windows,
-        ok,
-        bias,
-        seed,
-        peak,
-        total,
-        delta,
-        g_out.astype(v.dtype),
-    )
+        name="chunk_attention_bwd_dkv",
+    )(*inputs)
 
     def gather_back(parts):  # [B, u, w, x] -> [B, u * c, x], summed per key chunk
         target = windows.reshape(B, u * n_win)  # the key chunk of each [c, x] slice
@@ -458,7 +539,7 @@ def _fused_bwd(static, residuals, cotangents):
     dk = gather_back(dk_parts).astype(k.dtype)
     dv = gather_back(dv_parts).astype(v.dtype)
     none = (None,) * 7  # positions, masks, windows, bias (a constant) and the seed
-    return (dq.astype(q.dtype), dk, dv) + none
+    return (dq, dk, dv) + none
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
