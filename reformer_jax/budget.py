@@ -100,6 +100,18 @@ def budget_bytes(value: int | str) -> int:
     return device_budget() if value == "device" else parse_budget(value)
 
 
+def compiled_bytes(compiled: Any) -> int | None:
+    """Live bytes of a call of a compiled step, from XLA's memory analysis: arguments +
+    outputs not aliased to a donated argument + temporaries (profiling.xla_memory's
+    "total"; the trainer's search uses this, as the trainer may not import profiling).
+    None where the backend gives no analysis."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return None
+    size = lambda name: int(getattr(mem, f"{name}_size_in_bytes", 0))
+    return size("argument") + size("output") - size("alias") + size("temp")
+
+
 def _chunks(length: int, min_chunk: int) -> tuple[int, ...]:
     """Powers of two that divide `length`, below it and >= min_chunk, largest first."""
     top = length & -length  # the largest power of two dividing length

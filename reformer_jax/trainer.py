@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from reformer_jax import budget, checkpoints, metrics, optim, profiling
+from reformer_jax import budget, checkpoints, metrics, optim
 from reformer_jax.config import AUTO, ReformerConfig, RunSettings
 from reformer_jax.evaluation import LM_TASK, Evaluator, eval_variant_config, format_eval_table
 from reformer_jax.sharding import make_mesh, shard_batch
@@ -400,13 +400,13 @@ def _fit_budget(limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, ba
         knobs = {k: setting[k] for k in budget.RUN_KNOBS}
         model = task.model(cfg, dataclasses.replace(run, **knobs))
         step = _jit_train_step(task, model, opt, lr, seed, setting["grad_accum_steps"], mesh)
-        mem = profiling.xla_memory(step.lower(state, batch_shapes).compile())
-        if mem is None:
+        total = budget.compiled_bytes(step.lower(state, batch_shapes).compile())
+        if total is None:
             raise TrainingError(
                 f"train.memory_budget: the {jax.devices()[0].platform} backend gives no "
                 "compiled memory analysis to plan with; leave memory_budget unset."
             )
-        return mem["total"]
+        return total
 
     try:
         choice = budget.search(rungs, limit, plan_total)

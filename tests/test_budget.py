@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reformer_jax import budget, config, memory
+from reformer_jax import budget, config, memory, profiling
 from reformer_jax.config import AUTO, RunSettings
 from reformer_jax.model import ReformerLM
 from tests import inprocess
@@ -56,6 +56,12 @@ def test_device_budget_on_the_cpu_is_a_clear_error():
     assert jax.devices()[0].platform == "cpu"
     with pytest.raises(budget.BudgetError, match="cpu backend reports no memory limit"):
         budget.budget_bytes("device")
+
+
+def test_compiled_bytes_is_the_planners_total():
+    f = jax.jit(lambda x, y: (x * 2.0 + y, jnp.sum(x @ y.T)), donate_argnums=0)
+    compiled = f.lower(jnp.ones((64, 32)), jnp.ones((64, 32))).compile()
+    assert budget.compiled_bytes(compiled) == profiling.xla_memory(compiled)["total"] > 0
 
 
 # ----------------------------------------------------------------------------- "auto"
