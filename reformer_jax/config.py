@@ -240,6 +240,15 @@ class ReformerConfig:
         return dataclasses.replace(self, **changes)
 
 
+# "auto" run settings: chosen for you, by the sequence length (`RunSettings.resolved`) or,
+# under a memory budget, by the planner's search (reformer_jax/budget.py).
+AUTO = "auto"
+# With "auto", sequences longer than this run their feed-forward and loss in chunks of
+# this many positions. At 64K tokens 8,192-position chunks keep the compiled step within
+# 0.2% of 4,096-position ones (docs/benchmarks.md); shorter sequences run whole, as before.
+AUTO_CHUNK = 8192
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """How a step runs; none of these changes a result beyond float rounding.
@@ -257,30 +266,55 @@ class RunSettings:
       sizes, jnp elsewhere), "interpret" (the kernel in Pallas's interpret
       mode, on any backend; slow, for checks). The kernel draws different
       dropout bits from the jnp path; everything else agrees to rounding.
+
+    The first four default to "auto": without a memory budget,
+    `resolved(length)` (chunks of AUTO_CHUNK positions above AUTO_CHUNK, all
+    heads, no remat); with `train.memory_budget`, the budget's search. An
+    explicit value, None included, is used as given. attention_impl defaults
+    to "xla" until the kernel is timed on a GPU (docs/benchmarks.md).
     """
 
-    ff_chunk_size: int | None = None
-    loss_chunk_size: int | None = None
-    attention_head_chunk: int | None = None
-    remat: bool = False
+    ff_chunk_size: int | None | str = AUTO
+    loss_chunk_size: int | None | str = AUTO
+    attention_head_chunk: int | None | str = AUTO
+    remat: bool | str = AUTO
     attention_impl: str = "xla"
 
     def __post_init__(self):
         for name in ("ff_chunk_size", "loss_chunk_size", "attention_head_chunk"):
             value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value <= 0
+            if (
+                value is not None
+                and value != AUTO
+                and (isinstance(value, bool) or not isinstance(value, int) or value <= 0)
             ):
                 raise ValueError(
-                    f"RunSettings.{name} must be a positive int or None, got {value!r}."
+                    f"RunSettings.{name} must be a positive int, None or 'auto', got {value!r}."
                 )
-        if not isinstance(self.remat, bool):
-            raise ValueError(f"RunSettings.remat must be True or False, got {self.remat!r}.")
+        if not isinstance(self.remat, bool) and self.remat != AUTO:
+            raise ValueError(
+                f"RunSettings.remat must be True, False or 'auto', got {self.remat!r}."
+            )
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"RunSettings.attention_impl must be one of {ATTENTION_IMPLS}, "
                 f"got {self.attention_impl!r}."
             )
+
+    def resolved(self, length: int) -> RunSettings:
+        """These settings for sequences of `length` positions, "auto" fields replaced:
+        feed-forward and loss chunks of AUTO_CHUNK positions when length > AUTO_CHUNK
+        (else the whole sequence), all heads at once, no remat."""
+        chunk = AUTO_CHUNK if length > AUTO_CHUNK else None
+        auto = {
+            "ff_chunk_size": chunk,
+            "loss_chunk_size": chunk,
+            "attention_head_chunk": None,
+            "remat": False,
+        }
+        return dataclasses.replace(
+            self, **{name: value for name, value in auto.items() if getattr(self, name) == AUTO}
+        )
 
     def check(self, cfg: ReformerConfig, backend: str | None = None) -> None:
         """Errors for settings that do not fit the model `cfg` on `backend` (default: JAX's)."""
@@ -292,7 +326,7 @@ class RunSettings:
                 "or 'interpret' (the kernel interpreted, slow)."
             )
         h = self.attention_head_chunk
-        if h is not None and cfg.n_heads % h:
+        if h not in (None, AUTO) and cfg.n_heads % h:
             raise ValueError(
                 f"RunSettings.attention_head_chunk={h} must divide n_heads={cfg.n_heads} (or be "
                 "None for all heads at once)."

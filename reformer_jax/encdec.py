@@ -203,7 +203,7 @@ class ReformerEncDec(nn.Module):
             target,
             target_weights,
             head_key,
-            loss_chunk_size=self.run.loss_chunk_size,
+            loss_chunk_size=self.run.resolved(target.shape[1]).loss_chunk_size,
             deterministic=deterministic,
             label_smoothing=label_smoothing,
             exact_match=exact_match,

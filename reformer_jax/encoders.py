@@ -106,7 +106,7 @@ class ReformerMLM(nn.Module):
                 targets,
                 weights,
                 head_key,
-                loss_chunk_size=self.run.loss_chunk_size,
+                loss_chunk_size=self.run.resolved(targets.shape[1]).loss_chunk_size,
                 deterministic=deterministic,
             )
         hidden = jnp.concatenate([y1, y2], axis=-1)

@@ -211,7 +211,8 @@ class AttentionHalf(nn.Module):
         # (`positionwise`): the LayerNorm and the q/k/v projections of a head chunk,
         # and the output projection with its dropout. Only the attention itself
         # sees the whole sequence, one head chunk at a time.
-        eps, c = cfg.layer_norm_eps, self.run.ff_chunk_size
+        run = self.run.resolved(x.shape[1])  # "auto" settings for this length
+        eps, c = cfg.layer_norm_eps, run.ff_chunk_size
 
         def project(p, xc, _):  # xc: [b, c, m] -> q, k (or None), v: [b, c, a, d]
             hc = layer_norm(xc, p["norm"]["scale"], p["norm"]["bias"], eps).astype(dtype)
@@ -239,7 +240,7 @@ class AttentionHalf(nn.Module):
             )
             return jnp.swapaxes(out, 1, 2), new_buckets
 
-        per_chunk = self.run.attention_head_chunk or heads
+        per_chunk = run.attention_head_chunk or heads
         if per_chunk >= heads:
             out, new_buckets = heads_out(wq, wk, wv, hash_key, keys[ATTN_DROPOUT], buckets)
         else:
@@ -366,7 +367,8 @@ class CrossAttentionHalf(nn.Module):
             return self._attend(p, xc, k, deterministic)
 
         out_key = layer_keys(key)[OUT_DROPOUT]
-        return positionwise(chunk, self.run.ff_chunk_size, p, (x,), out_key)
+        c = self.run.resolved(x.shape[1]).ff_chunk_size
+        return positionwise(chunk, c, p, (x,), out_key)
 
     def decode(self, x: Array, k: Array, v: Array, bias: Array) -> Array:
         """x [b, n, m] against memory keys/values [b, h, t, d] (`memory_kv`) -> [b, n, m].
@@ -414,4 +416,5 @@ class FeedForwardHalf(nn.Module):
             return dropout(h, cfg.dropout, k2, deterministic)
 
         ff_key = layer_keys(key)[FF_DROPOUT]
-        return positionwise(block, self.run.ff_chunk_size, params, (x,), ff_key)
+        c = self.run.resolved(x.shape[1]).ff_chunk_size
+        return positionwise(block, c, params, (x,), ff_key)

@@ -2,6 +2,7 @@
 
     python -m reformer_jax.memory --gin_file=configs/enwik8.gin [--gin_param=...]
         [--batch_size=1] [--seq_len=N] [--optimizer=adam|adafactor] [--json]
+        [--fit=40GiB [--min_chunk=512]]
 
 Compiles one training step (loss, gradients, optimizer update; parameters and
 optimizer state donated) for abstract inputs, without allocating or running
@@ -9,6 +10,11 @@ anything, and prints XLA's compiled memory analysis: parameter, optimizer-state
 and temporary bytes and their total. The figures are those of the device JAX
 compiles for (run it with the target backend for exact numbers; the CPU
 compiler's buffer assignment is a close guide for GPU/TPU).
+
+`--fit=BUDGET` searches the "auto" run settings (chunk sizes, head chunks,
+remat, micro-batches; reformer_jax/budget.py) for the fastest whose compiled
+total fits BUDGET ("40GiB", "512MiB", "8GB", bytes, or "device"), compiling
+O(log) plans, and prints it as gin bindings to paste, with its plan.
 
 On CPU the planner turns off XLA's XNNPACK ("ynn") fusions before the backend
 starts (`--xla_cpu_experimental_ynn_fusion_type=`): they take their operands
@@ -20,16 +26,18 @@ the enwik8 step). `--keep_cpu_fusions` plans with the CPU compiler as is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import numbers
 import os
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import cli, optim, profiling
-from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax import budget, cli, optim, profiling
+from reformer_jax.config import AUTO, ReformerConfig, RunSettings
 from reformer_jax.model import count_params
 
 GIB = 2**30
@@ -153,6 +161,19 @@ def main(argv) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--fit",
+        default=None,
+        metavar="BUDGET",
+        help='choose the "auto" run settings to fit BUDGET: "40GiB", "512MiB", "8GB", bytes, '
+        'or "device"',
+    )
+    parser.add_argument(
+        "--min_chunk",
+        type=int,
+        default=budget.MIN_CHUNK,
+        help="with --fit: the smallest feed-forward and loss chunk tried (positions)",
+    )
+    parser.add_argument(
         "--keep_cpu_fusions",
         action="store_true",
         help="plan with the CPU compiler's XNNPACK fusions on (see the module docstring)",
@@ -179,29 +200,88 @@ def main(argv) -> None:
     seq_len = cfg.max_len if args.seq_len is None else args.seq_len
     batch_size = cli.query("train.batch_size", 1) if args.batch_size is None else args.batch_size
     optimizer = args.optimizer or cli.query("train.optimizer", "adam")
-    grad_accum_steps = cli.query("train.grad_accum_steps", 1)
+    grad_accum_steps = cli.query("train.grad_accum_steps", AUTO)
     try:  # values from the gin config (train.batch_size, train.grad_accum_steps, ...)
         check_plan_args(
             cfg,
             batch_size=batch_size,
             seq_len=seq_len,
             optimizer=optimizer,
-            grad_accum_steps=grad_accum_steps,
+            grad_accum_steps=1 if grad_accum_steps == AUTO else grad_accum_steps,
         )
     except ValueError as e:
         raise cli.UsageError(f"bad configuration: {e}") from None
+    shape = dict(batch_size=batch_size, seq_len=seq_len, optimizer=optimizer)
+    if args.fit is not None:
+        fit(cfg, cli.run_settings(), grad_accum_steps, args.fit, args.min_chunk, args.json, **shape)
+        return
     result = plan(
         cfg,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        optimizer=optimizer,
-        grad_accum_steps=grad_accum_steps,
+        grad_accum_steps=1 if grad_accum_steps == AUTO else grad_accum_steps,
         run=cli.run_settings(),
+        **shape,
     )
     if args.json:
         print(json.dumps(result))
     else:
         print(format_plan(result, cfg, batch_size, seq_len, optimizer))
+
+
+def fit(
+    cfg: ReformerConfig,
+    run: RunSettings,
+    grad_accum_steps: int | str,
+    fit_budget: str,
+    min_chunk: int,
+    as_json: bool,
+    *,
+    batch_size: int,
+    seq_len: int,
+    optimizer: str,
+) -> None:
+    """--fit: the fastest setting of the "auto" knobs whose plan fits `fit_budget`, printed."""
+    if min_chunk < 1:
+        raise cli.UsageError(f"--min_chunk must be an int >= 1, got {min_chunk}.")
+    try:
+        limit = budget.budget_bytes(fit_budget)
+    except budget.BudgetError as e:
+        raise cli.UsageError(str(e)) from None
+    rungs = budget.ladders(
+        cfg, run, grad_accum_steps, seq_len=seq_len, batch_size=batch_size, min_chunk=min_chunk
+    )
+    print(
+        f"searching {', '.join(k for k, r in rungs.items() if len(r) > 1) or 'nothing'}: at most "
+        f"{budget.max_plans(rungs)} plans of one training step",
+        file=sys.stderr,
+        flush=True,
+    )
+    plans = {}
+
+    def plan_total(setting):
+        knobs = {k: setting[k] for k in budget.RUN_KNOBS}
+        result = plan(
+            cfg,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            optimizer=optimizer,
+            grad_accum_steps=setting["grad_accum_steps"],
+            run=dataclasses.replace(run, **knobs),
+        )
+        plans[tuple(sorted(setting.items()))] = result
+        return result["total_bytes"]
+
+    try:
+        choice = budget.search(rungs, limit, plan_total)
+    except budget.BudgetError as e:
+        raise cli.UsageError(str(e)) from None
+    result = plans[tuple(sorted(choice.settings.items()))]
+    if as_json:
+        report = {"budget_bytes": limit, "settings": choice.settings, "plans": choice.plans}
+        print(json.dumps({**report, "bindings": choice.bindings(), **result}))
+        return
+    print(f"fits {limit / GIB:.3f} GiB ({choice.plans} plans compiled):")
+    print("\n".join(choice.bindings()) or "(every knob is set explicitly)")
+    print(format_plan(result, cfg, batch_size, seq_len, optimizer))
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ class ReformerStack(nn.Module):
             x,
             (blocks_key, hash_base),
             reversible=cfg.reversible,
-            remat=self.run.remat,
+            remat=self.run.resolved(length).remat,
             buckets=stacked_buckets,
             return_buckets=True,
             cs=cs,
@@ -396,7 +396,7 @@ class ReformerLM(nn.Module):
                 tokens,
                 weights,
                 head_key,
-                loss_chunk_size=self.run.loss_chunk_size,
+                loss_chunk_size=self.run.resolved(tokens.shape[1]).loss_chunk_size,
                 deterministic=deterministic,
             )
         return (result, used) if return_buckets else result

@@ -20,6 +20,7 @@ writes metrics, TensorBoard and the config (orbax coordinates the checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 import os
@@ -34,8 +35,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from reformer_jax import checkpoints, metrics, optim
-from reformer_jax.config import ReformerConfig, RunSettings
+from reformer_jax import budget, checkpoints, metrics, optim
+from reformer_jax.config import AUTO, ReformerConfig, RunSettings
 from reformer_jax.evaluation import LM_TASK, Evaluator, eval_variant_config, format_eval_table
 from reformer_jax.sharding import make_mesh, shard_batch
 from reformer_jax.tasks import Task, TaskError
@@ -157,7 +158,7 @@ def train(
     eps: float = 1e-9,
     weight_decay: float = 0.0,
     clip_norm: float | None = None,
-    grad_accum_steps: int = 1,
+    grad_accum_steps: int | str = AUTO,
     log_every: int = 50,
     eval_every: int = 500,
     eval_batches: int = 4,
@@ -169,12 +170,19 @@ def train(
     progress: bool = True,
     task: Task | None = None,
     run_settings: RunSettings | None = None,
+    memory_budget: int | str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Trains `model_config` for `task` on `dataset_fn` batches; returns the final eval metrics.
 
     task: what is learned (reformer_jax/tasks.py); default next-token
     prediction (LanguageModelTask). run_settings: how each step runs (chunk
     sizes, remat; reformer_jax/config.py), not saved with the model.
+    grad_accum_steps: micro-batches per step; "auto" is 1 without a budget.
+    memory_budget: "40GiB", "512MiB", "8GB", bytes, or "device" (the device's
+    memory less a margin): before the first step, the "auto" run settings and
+    grad_accum_steps become the fastest setting whose compiled step fits
+    (reformer_jax/budget.py), logged; values set explicitly are kept. None:
+    no search ("auto" settings follow RunSettings.resolved).
     dataset_fn(split=, batch_size=, seq_len=, seed=) returns an iterator of
     global numpy batches holding the task's `batch_keys` (an LM: {"tokens",
     "weights"}), with get_state/set_state.
@@ -193,12 +201,13 @@ def train(
     except (TaskError, ValueError) as e:
         raise TrainingError(str(e)) from None
     mesh = make_mesh()
+    accum = 1 if grad_accum_steps == AUTO else grad_accum_steps
     _check_train_args(
         cfg,
         mesh,
         steps=steps,
         batch_size=batch_size,
-        grad_accum_steps=grad_accum_steps,
+        grad_accum_steps=accum,
         steps_ahead=steps_ahead,
         log_every=log_every,
         eval_every=eval_every,
@@ -220,7 +229,16 @@ def train(
         weight_decay=weight_decay,
         clip_norm=clip_norm,
     )
+    try:  # a bad budget is refused before the data is opened
+        limit = None if memory_budget is None else budget.budget_bytes(memory_budget)
+    except budget.BudgetError as e:
+        raise TrainingError(str(e)) from None
     train_data = dataset_fn(split="train", batch_size=batch_size, seq_len=cfg.max_len, seed=seed)
+    if limit is not None:
+        batch_shapes = _peek_shapes(train_data, mesh)
+        run, accum = _fit_budget(
+            limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, batch_shapes
+        )
     model, primary = task.model(cfg, run), jax.process_index() == 0
     init_state, abstract = _state_factory(task, model, opt, cfg, seed, mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
@@ -231,7 +249,7 @@ def train(
         train_data.set_state(extra["data"])
         if extra.get("seed", seed) != seed:
             log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
-    step_fn = _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh)
+    step_fn = _jit_train_step(task, model, opt, lr, seed, accum, mesh)
     eval_kw = dict(
         batch_size=batch_size,
         eval_batches=eval_batches,
@@ -357,6 +375,45 @@ def _state_factory(task, model, opt, cfg, seed, mesh):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
     )
     return fresh_state, abstract
+
+
+def _peek_shapes(data, mesh) -> dict:
+    """The shapes of `data`'s next global batch, sharded over the mesh; the position is kept."""
+    position = data.get_state()
+    batch = next(data)
+    data.set_state(position)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {
+        k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding)
+        for k, v in batch.items()
+    }
+
+
+def _fit_budget(limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, batch_shapes):
+    """(run settings, micro-batches): the fastest "auto" setting whose compiled step fits
+    `limit` bytes (reformer_jax/budget.py), logged. Compiles; allocates nothing."""
+    _, state = _state_factory(task, task.model(cfg, run), opt, cfg, seed, mesh)
+    per_device = next(iter(batch_shapes.values())).shape[0] // mesh.devices.size
+    rungs = budget.ladders(cfg, run, grad_accum_steps, seq_len=cfg.max_len, batch_size=per_device)
+
+    def plan_total(setting):
+        knobs = {k: setting[k] for k in budget.RUN_KNOBS}
+        model = task.model(cfg, dataclasses.replace(run, **knobs))
+        step = _jit_train_step(task, model, opt, lr, seed, setting["grad_accum_steps"], mesh)
+        total = budget.compiled_bytes(step.lower(state, batch_shapes).compile())
+        if total is None:
+            raise TrainingError(
+                f"train.memory_budget: the {jax.devices()[0].platform} backend gives no "
+                "compiled memory analysis to plan with; leave memory_budget unset."
+            )
+        return total
+
+    try:
+        choice = budget.search(rungs, limit, plan_total)
+    except budget.BudgetError as e:
+        raise TrainingError(f"train.memory_budget: {e}") from None
+    log.info("train.memory_budget: %s", choice.summary())
+    return choice.run_settings(run), choice.settings["grad_accum_steps"]
 
 
 def _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh):
