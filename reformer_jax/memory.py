@@ -227,25 +227,21 @@ def main(argv) -> None:
         print(format_plan(result, cfg, batch_size, seq_len, optimizer))
 
 
-def fit(
+def choose(
     cfg: ReformerConfig,
     run: RunSettings,
     grad_accum_steps: int | str,
-    fit_budget: str,
-    min_chunk: int,
-    as_json: bool,
+    limit: int,
     *,
     batch_size: int,
     seq_len: int,
-    optimizer: str,
-) -> None:
-    """--fit: the fastest setting of the "auto" knobs whose plan fits `fit_budget`, printed."""
-    if min_chunk < 1:
-        raise cli.UsageError(f"--min_chunk must be an int >= 1, got {min_chunk}.")
-    try:
-        limit = budget.budget_bytes(fit_budget)
-    except budget.BudgetError as e:
-        raise cli.UsageError(str(e)) from None
+    optimizer: str = "adam",
+    min_chunk: int = budget.MIN_CHUNK,
+) -> tuple[budget.Choice, dict[str, int]]:
+    """The fastest setting of the "auto" knobs whose plan fits `limit` bytes, and its plan.
+
+    Raises budget.BudgetError when even the leanest setting does not fit.
+    """
     rungs = budget.ladders(
         cfg, run, grad_accum_steps, seq_len=seq_len, batch_size=batch_size, min_chunk=min_chunk
     )
@@ -270,11 +266,39 @@ def fit(
         plans[tuple(sorted(setting.items()))] = result
         return result["total_bytes"]
 
+    choice = budget.search(rungs, limit, plan_total)
+    return choice, plans[tuple(sorted(choice.settings.items()))]
+
+
+def fit(
+    cfg: ReformerConfig,
+    run: RunSettings,
+    grad_accum_steps: int | str,
+    fit_budget: str,
+    min_chunk: int,
+    as_json: bool,
+    *,
+    batch_size: int,
+    seq_len: int,
+    optimizer: str,
+) -> None:
+    """--fit: the fastest setting of the "auto" knobs whose plan fits `fit_budget`, printed."""
+    if min_chunk < 1:
+        raise cli.UsageError(f"--min_chunk must be an int >= 1, got {min_chunk}.")
     try:
-        choice = budget.search(rungs, limit, plan_total)
+        limit = budget.budget_bytes(fit_budget)
+        choice, result = choose(
+            cfg,
+            run,
+            grad_accum_steps,
+            limit,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            optimizer=optimizer,
+            min_chunk=min_chunk,
+        )
     except budget.BudgetError as e:
         raise cli.UsageError(str(e)) from None
-    result = plans[tuple(sorted(choice.settings.items()))]
     if as_json:
         report = {"budget_bytes": limit, "settings": choice.settings, "plans": choice.plans}
         print(json.dumps({**report, "bindings": choice.bindings(), **result}))

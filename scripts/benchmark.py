@@ -6,7 +6,7 @@ Usage:
         [--dtype float32|bfloat16] [--repeats 5] [--memory-budget-gib G] [--max-seconds 60]
         [--json results.json] [--plot fig5.png]
     python scripts/benchmark.py step --gin_file=configs/enwik8.gin [--gin_param=...]
-        [--batch_size 1] [--steps 5] [--peak_tflops T] [--json step.json]
+        [--batch_size 1] [--steps 5] [--peak_tflops T] [--fit BUDGET] [--json step.json]
         (compile time, time per step, peak RSS, planner figure, MFU)
     python scripts/benchmark.py depth --gin_file=configs/enwik8.gin [--layers 4 8 12 24]
     python scripts/benchmark.py sample --gin_file=configs/imagenet64.gin [--gin_param=...]
@@ -49,6 +49,7 @@ LSH (same rotations), with the mean absolute log-probability difference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -292,12 +293,22 @@ def bench_depth(args: argparse.Namespace) -> None:
 
 def bench_step(args: argparse.Namespace) -> None:
     """One real training step of a gin config: time, MFU, planner vs. measured peak memory."""
-    from reformer_jax import cli, memory
+    from reformer_jax import budget, cli, memory
 
     cli.parse_gin(args.gin_file, args.gin_param)
     cfg = cli.model_config()
     batch_size = args.batch_size
-    grad_accum = min(cli.query("train.grad_accum_steps", 1), batch_size)
+    run = cli.run_settings()
+    grad_accum = cli.query("train.grad_accum_steps", "auto")
+    choice = None
+    if args.fit:  # the "auto" knobs from the planner's search (python -m reformer_jax.memory --fit)
+        limit = budget.budget_bytes(args.fit)
+        choice, _ = memory.choose(
+            cfg, run, grad_accum, limit, batch_size=batch_size, seq_len=cfg.max_len
+        )
+        run, grad_accum = choice.run_settings(run), choice.settings["grad_accum_steps"]
+    run = run.resolved(cfg.max_len)
+    grad_accum = min(1 if grad_accum == "auto" else grad_accum, batch_size)
     device = jax.devices()[0]
     result: dict[str, Any] = {
         "gin_file": args.gin_file,
@@ -309,9 +320,10 @@ def bench_step(args: argparse.Namespace) -> None:
         "seq_len": cfg.max_len,
         "grad_accum_steps": grad_accum,
         "dtype": cfg.dtype,
+        "run_settings": dataclasses.asdict(run),
     }
-    run = cli.run_settings()
-    result["attention_impl"] = run.attention_impl
+    if choice is not None:
+        result["fit"] = {"budget": args.fit, "bindings": choice.bindings(), "plans": choice.plans}
     print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
     plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
     result["planner_total_gib"] = plan["total_bytes"] / GIB
@@ -576,6 +588,11 @@ def main(argv: list[str] | None = None) -> None:
         "--peak_tflops", type=float, default=None, help="default: a measured matmul peak"
     )
     stp.add_argument("--json", metavar="PATH")
+    stp.add_argument(
+        "--fit",
+        metavar="BUDGET",
+        help='choose the "auto" run settings for BUDGET ("40GiB", "device") before timing',
+    )
     stp.set_defaults(func=bench_step)
 
     depth = sub.add_parser("depth", help="compiled train-step memory vs. layers (no run)")
