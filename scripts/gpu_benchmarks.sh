@@ -11,7 +11,11 @@
 # 600 s, for a 15-minute lease that includes the machine's start.
 # SECONDS_SCALE (default 1) multiplies every part's time limit.
 # Needs the package importable (pip install -e . or PYTHONPATH=.), and torch +
-# transformers for the peer comparison (pip install -e '.[peers]').
+# transformers for the peer comparison (pip install -e '.[peers]'). On a GPU
+# machine without network, download the wheels it lacks here first,
+#     pip download -d gpu_wheels gin-config tensorboardX sentencepiece sacrebleu
+# (and tensorflow-datasets with its dependencies), carry gpu_wheels/ (ignored by
+# git) with the tree: the script installs from it when it is there.
 set -u
 out=${1:?usage: bash scripts/gpu_benchmarks.sh OUT_DIR [SECONDS_SCALE]}
 scale=${2:-1}
@@ -29,6 +33,10 @@ part() {  # part NAME SECONDS COMMAND...: run COMMAND under a time limit, log it
   echo "=== $name: exit $? after $((SECONDS - t0))s"
 }
 
+if [ -d gpu_wheels ]; then
+  "$py" -m pip install --quiet --no-index --find-links gpu_wheels gin-config tensorboardX \
+    sentencepiece sacrebleu || echo "warning: installing from gpu_wheels failed"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 "$py" -c 'import jax; print("jax", jax.__version__, jax.devices())'
 
