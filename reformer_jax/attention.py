@@ -20,7 +20,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import kernels, lsh
+from reformer_jax import lsh
+from reformer_jax.kernels import window
 
 # Additive logit penalties (docs/algorithm.md §1.7). Finite on purpose: a query whose only
 # admissible key is itself still attends to itself instead of producing NaN.
@@ -343,12 +344,12 @@ def resolve_impl(impl: str, chunk_len: int, d: int, e: int) -> str:
     """The implementation `_attend` runs for a requested `impl`: "xla", "pallas" or "interpret".
 
     "auto" is the fused kernel on a GPU when it takes chunk length c and head
-    dims d, e (`kernels.supports`), the jnp path otherwise; "pallas" insists
+    dims d, e (`window.supports`), the jnp path otherwise; "pallas" insists
     on the kernel and names the size it cannot take.
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown attention_impl {impl!r}; use one of {IMPLS}.")
-    reason = kernels.supports(chunk_len, d, e)
+    reason = window.supports(chunk_len, d, e)
     if impl == "auto":
         return "pallas" if jax.default_backend() == "gpu" and reason is None else "xla"
     if impl == "pallas" and reason is not None:
@@ -412,8 +413,8 @@ def _attend(
     b, h, u, c = q.shape[:4]
     impl = resolve_impl(impl, c, q.shape[-1], v.shape[-1])
     if impl != "xla":
-        windows, window_ok = kernels.window_table(u, before, after, wrap)
-        return kernels.chunk_attention(
+        windows, window_ok = window.window_table(u, before, after, wrap)
+        return window.chunk_attention(
             q,
             normalize_keys(q) if k is None else k,
             v,
