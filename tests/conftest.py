@@ -130,6 +130,21 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: takes tens of seconds (`make test-fast` leaves these out)"
     )
+    # With `-n 2` (make test), xdist's load scheduler hands each worker a first
+    # chunk of an eighth of the suite; with the slow tests first (below), one
+    # worker would get them all. One test at a time keeps the two busy until the end.
+    if getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
+def pytest_collection_modifyitems(config, items):
+    """Runs the tests marked slow first (a stable sort: the order is otherwise kept).
+
+    The suite's wall time on two workers is decided by its end: a minute-long
+    test that starts last keeps one worker busy while the other idles. Started
+    first, the long tests overlap and the many short ones fill in behind them.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,10 @@ def _tokens(seed, shape, vocab=40):
     return jax.random.randint(jax.random.key(seed), shape, 0, vocab)
 
 
+# Models are initialised under jax.jit: an eager init runs the whole forward op by op,
+# several times slower than compiling it once.
+
+
 # ------------------------------------------------------------------ feed-forward
 
 
@@ -88,7 +92,7 @@ def test_axial_positions_concatenate_per_axis_tables():
 def test_model_uses_the_configured_axial_shape():
     # trax after Jan 2021 ignored axial_pos_shape unless pos_type was set (docs/algorithm.md §5).
     cfg = _cfg(axial_shape=(8, 8), axial_dims=(20, 12))
-    params = ReformerLM(cfg).init(jax.random.key(0), _tokens(0, (1, 64)))["params"]
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(0), _tokens(0, (1, 64)))["params"]
     assert params["axial_pos"]["axis_0"].shape == (8, 20)
     assert params["axial_pos"]["axis_1"].shape == (8, 12)
     # The positions reach the output: perturbing one axis table changes it.
@@ -143,7 +147,7 @@ def test_model_is_causal(kinds, chunk):
     # for LSH's masking with fixed buckets in test_attention.py.
     cfg = _cfg(attention_kinds=kinds, chunk_len=chunk, local_chunk_len=8, n_layers=2)
     tokens = _tokens(0, (2, 64))
-    params = ReformerLM(cfg).init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(1), tokens)["params"]
     run = jax.jit(lambda t: ReformerLM(cfg).apply({"params": params}, t))
     base = run(tokens)
     for j in (0, 9, 31, 62):
@@ -162,7 +166,7 @@ def test_log_probs_normalised_and_loss_matches_them():
     tokens = _tokens(0, (2, 64))
     weights = jax.random.uniform(jax.random.key(1), (2, 64))
     model = ReformerLM(cfg, RunSettings(loss_chunk_size=24))
-    params = model.init(jax.random.key(2), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(2), tokens)["params"]
     logp = model.apply({"params": params}, tokens)
     assert logp.shape == (2, 64, 40) and logp.dtype == jnp.float32
     np.testing.assert_allclose(jnp.sum(jnp.exp(logp), -1), 1.0, rtol=1e-5)
@@ -182,7 +186,7 @@ def test_log_probs_normalised_and_loss_matches_them():
 def test_n_hashes_and_attention_kind_at_call_time():
     cfg = _cfg(n_hashes=2)
     tokens = _tokens(0, (1, 64))
-    params = ReformerLM(cfg).init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(1), tokens)["params"]
     run = lambda c, **kw: ReformerLM(c).apply({"params": params}, tokens, **kw)
     two, four = run(cfg), run(cfg, n_hashes=4)
     assert float(jnp.max(jnp.abs(two - four))) > 1e-4
@@ -195,7 +199,7 @@ def test_n_hashes_and_attention_kind_at_call_time():
 def test_attention_in_head_groups_equals_all_heads():
     cfg = _cfg(attention_kinds=("local", "full"), n_heads=4, d_head=8)
     tokens = _tokens(0, (2, 64))
-    params = ReformerLM(cfg).init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(1), tokens)["params"]
     whole = ReformerLM(cfg).apply({"params": params}, tokens)
     in_chunks = ReformerLM(cfg, RunSettings(attention_head_chunk=2))
     np.testing.assert_allclose(
@@ -208,7 +212,7 @@ def test_attention_in_head_groups_equals_all_heads():
 def test_bfloat16_activations_float32_parameters():
     tokens = _tokens(0, (2, 64))
     cfg32 = _cfg(attention_kinds=("local", "lsh"))
-    params = ReformerLM(cfg32).init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(ReformerLM(cfg32).init)(jax.random.key(1), tokens)["params"]
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
     loss = lambda c: ReformerLM(c).apply({"params": params}, tokens, output="loss")["nll"]
     l32, l16 = loss(cfg32), loss(cfg32.replace(dtype="bfloat16"))
@@ -228,7 +232,7 @@ def test_bfloat16_activations_float32_parameters():
 
 def test_loss_step_compiles_once():
     cfg = _cfg(dropout=0.1)
-    params = ReformerLM(cfg).init(jax.random.key(0), _tokens(0, (2, 64)))["params"]
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(0), _tokens(0, (2, 64)))["params"]
 
     @jax.jit
     @chex.assert_max_traces(n=1)
@@ -330,7 +334,7 @@ def test_buckets_out_and_back_in_reproduce_the_call():
     cfg = _cfg(attention_kinds=("local", "lsh"), n_layers=4)
     tokens = _tokens(0, (2, 32))
     model = ReformerLM(cfg)
-    params = model.init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]
     out, buckets = model.apply(
         {"params": params}, tokens, key=jax.random.key(2), return_buckets=True
     )
@@ -347,7 +351,7 @@ def test_buckets_for_some_lsh_layers_only_is_refused():
     cfg = _cfg(n_layers=2)
     tokens = _tokens(0, (1, 16))
     model = ReformerLM(cfg)
-    params = model.init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]
     with pytest.raises(ValueError, match=r"LSH layers are \[0, 1\]"):
         model.apply({"params": params}, tokens, buckets={0: jnp.zeros((1, 2, 2, 16), int)})
     with pytest.raises(ValueError, match=r"buckets\[1\] has shape"):
@@ -360,7 +364,7 @@ def test_hash_seed_fixes_rotations_per_layer():
     cfg = _cfg(n_layers=2, hash_seed=7)
     tokens = _tokens(0, (1, 32))
     model = ReformerLM(cfg)
-    params = model.init(jax.random.key(1), tokens)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), tokens)["params"]
     call = lambda k: model.apply({"params": params}, tokens, key=k, return_buckets=True)
     (out_a, b_a), (out_b, b_b) = call(jax.random.key(2)), call(jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(b_a[0]), np.asarray(b_b[0]))

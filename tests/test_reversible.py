@@ -89,15 +89,22 @@ def _run(**kw):
     return RunSettings(**{"ff_chunk_size": 32, "loss_chunk_size": 32, **kw})
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("head_chunk", [None, 1])
-def test_model_gradients_equal_plain_autodiff(head_chunk):
-    cfg, run = _model_cfg(), _run(attention_head_chunk=head_chunk)
+@pytest.fixture(scope="module")
+def model_inputs():
+    """Tokens, loss weights and parameters of the reversible tiny model, shared by the
+    model-level gradient tests (the settings they vary change no parameter shape)."""
+    cfg = _model_cfg()
     tokens = jax.random.randint(jax.random.key(0), (2, 96), 0, cfg.vocab_size)
     weights = jax.random.uniform(jax.random.key(1), (2, 96))
-    params = ReformerLM(cfg).init(jax.random.key(2), tokens)["params"]
+    # Jitted: an eager init runs the whole forward op by op (several times slower).
+    params = jax.jit(ReformerLM(cfg).init)(jax.random.key(2), tokens)["params"]
+    return tokens, weights, params
 
-    def loss(params, rev):
+
+def _loss_fn(cfg, run, tokens, weights):
+    """loss(params, rev, buckets=None): the mean next-token loss with dropout on."""
+
+    def loss(params, rev, buckets=None):
         sums = ReformerLM(cfg.replace(reversible=rev), run).apply(
             {"params": params},
             tokens,
@@ -105,9 +112,18 @@ def test_model_gradients_equal_plain_autodiff(head_chunk):
             deterministic=False,
             weights=weights,
             output="loss",
+            buckets=buckets,
         )
         return sums["nll"] / sums["weight"]
 
+    return loss
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head_chunk", [None, 1])
+def test_model_gradients_equal_plain_autodiff(head_chunk, model_inputs):
+    tokens, weights, params = model_inputs
+    loss = _loss_fn(_model_cfg(), _run(attention_head_chunk=head_chunk), tokens, weights)
     (l_rev, g_rev), (l_ref, g_ref) = (
         jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, rev) for rev in (True, False)
     )
@@ -156,36 +172,35 @@ def test_dropout_masks_replay_with_the_layer_key():
 
 
 @pytest.mark.slow
-def test_model_gradients_with_injected_buckets_and_hf_settings():
+def test_model_gradients_with_injected_buckets_and_hf_settings(model_inputs):
     """Injected buckets, a hash seed and HF's conventions go through the custom backward pass."""
     cfg = _model_cfg(hash_seed=3, shift_inputs=False, layer_norm_eps=1e-12, local_n_chunks_before=0)
-    run = _run()
-    tokens = jax.random.randint(jax.random.key(0), (2, 96), 0, cfg.vocab_size)
-    weights = jax.random.uniform(jax.random.key(1), (2, 96))
-    params = ReformerLM(cfg).init(jax.random.key(2), tokens)["params"]
-    _, buckets = ReformerLM(cfg).apply(
-        {"params": params}, tokens, key=jax.random.key(4), return_buckets=True
-    )
-    # Different buckets from the ones the hash seed gives: injection must win.
-    buckets = {i: (b + 1) % 6 for i, b in buckets.items()}
+    tokens, weights, params = model_inputs
+    loss = _loss_fn(cfg, _run(), tokens, weights)
 
-    def loss(params, rev, inject=True):
-        sums = ReformerLM(cfg.replace(reversible=rev), run).apply(
+    # The loss without injection, and the buckets its hashing chose.
+    @jax.jit
+    def hashed(params):
+        sums, buckets = ReformerLM(cfg, _run()).apply(
             {"params": params},
             tokens,
             key=jax.random.key(3),
             deterministic=False,
             weights=weights,
             output="loss",
-            buckets=buckets if inject else None,
+            return_buckets=True,
         )
-        return sums["nll"] / sums["weight"]
+        return sums["nll"] / sums["weight"], buckets
 
+    l_hashed, buckets = hashed(params)
+    # Different buckets from the ones the hash seed gives: injection must win.
+    buckets = {i: (b + 1) % 6 for i, b in buckets.items()}
     (l_rev, g_rev), (l_ref, g_ref) = (
-        jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, rev) for rev in (True, False)
+        jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, rev, buckets)
+        for rev in (True, False)
     )
     np.testing.assert_allclose(l_rev, l_ref, rtol=1e-6)
-    assert abs(float(loss(params, True, inject=False)) - float(l_rev)) > 1e-4
+    assert abs(float(l_hashed) - float(l_rev)) > 1e-4
     leaves = zip(jax.tree_util.tree_leaves(g_ref), jax.tree_util.tree_leaves(g_rev), strict=True)
     for want, got in leaves:
         scale = float(jnp.max(jnp.abs(want)))
