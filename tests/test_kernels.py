@@ -15,7 +15,7 @@ from jax import export
 
 from reformer_jax import attention, cli, profiling
 from reformer_jax.config import RunSettings
-from reformer_jax.kernels import window
+from reformer_jax.kernels import programs, window
 from reformer_jax.model import ReformerLM
 from tests.conftest import tiny_config
 
@@ -216,11 +216,11 @@ def _dropout_reference(q, k, v, pos, valid, windows, ok, rate, seed):
     k_ok = k_ok.reshape(b, h, u, n_win * c)
     logits = jnp.einsum("bhucd,bhuwd->bhucw", q, win_k)
     admissible = k_ok[..., None, :] & (k_pos[..., None, :] <= pos[..., :, None])
-    logits = logits + jnp.where(admissible, 0.0, -window.MASK_PENALTY)
+    logits = logits + jnp.where(admissible, 0.0, -programs.MASK_PENALTY)
     probs = jax.nn.softmax(logits, axis=-1)
     rows = jnp.arange(b * h * u * c, dtype=jnp.uint32).reshape(b, h, u, c)[..., None]
     cols = jnp.arange(n_win * c, dtype=jnp.uint32)
-    keep = window.dropout_keep(seed[0], seed[1], rows, cols, threshold)
+    keep = programs.dropout_keep(seed[0], seed[1], rows, cols, threshold)
     probs = jnp.where(keep, probs * 2**16 / (2**16 - threshold), 0.0)
     return jnp.einsum("bhucw,bhuwe->bhuce", probs, win_v), keep
 

@@ -1,17 +1,18 @@
 """Fused chunk attention: a Pallas kernel for the window attention of LSH and local layers.
 
-One program per (batch x head, query chunk) computes the chunk's attention
-over its window of key chunks in one pass: logits, the masks (built inside
-the kernel from int32 original positions), an online float32 softmax, the
-dropout of the probabilities and the weighted sum of values. Nothing of
-size [chunk, window] reaches HBM; the output and the float32 log-sum-exp
-come back, so LSH's hash rounds combine outside the kernel as in the jnp
-path (paper eq. 14). The backward pass is two kernels, as FlashAttention-2's:
-both recompute each window's probabilities (normalised by the saved row
-maximum and sum rather than the log-sum-exp, see `_gradients`); one writes
-dq, the other, per window slot, the dk and dv a query chunk sends to that
-key chunk, which an XLA scatter-add sums into dk and dv. No program adds
-into memory another program (or itself) writes.
+One program per (batch x head, query chunk, block of its queries) computes
+their attention over the chunk's window of key chunks in one pass: logits,
+the masks (built inside the kernel from int32 original positions), an
+online float32 softmax, the dropout of the probabilities and the weighted
+sum of values. Nothing of size [chunk, window] reaches HBM; the output and
+the float32 log-sum-exp come back, so LSH's hash rounds combine outside the
+kernel as in the jnp path (paper eq. 14). The backward pass is two kernels,
+as FlashAttention-2's: both recompute each window's probabilities
+(normalised by the saved row maximum and sum rather than the log-sum-exp,
+see `programs._gradients`); one writes dq, the other, per window slot, the
+dk and dv a query chunk sends to that key chunk, which an XLA scatter-add
+sums into dk and dv. No program adds into memory another program (or
+itself) writes.
 
 Shapes use the package's einsum legend: b batch, h heads, u chunks, c chunk
 length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
@@ -23,13 +24,13 @@ length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
     supports(c, d, e) -> None or the reason the GPU kernel cannot take these sizes
     window_table(u, before, after, wrap) -> windows, window_ok: the windows `_attend` gathers
     block_sizes(c, d) -> the query and key blocks a program walks a chunk in
-    dropout_keep(seed0, seed1, rows, cols, threshold) -> bool: the kernel's dropout mask
 
 It computes exactly what reformer_jax.attention._attend_block does on each
 window (same additive masks, same softmax), so the jnp path is its reference;
 only the dropout bits differ (the kernel hashes positions, see
-`dropout_keep`). On the GPU the kernel lowers through Pallas's Triton
-backend; `interpret=True` runs it anywhere (the CPU tests).
+`programs.dropout_keep`). What runs inside a program is in
+reformer_jax/kernels/programs.py. On the GPU the kernel lowers through
+Pallas's Triton backend; `interpret=True` runs it anywhere (the CPU tests).
 """
 
 from __future__ import annotations
@@ -42,10 +43,7 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-# The jnp path's additive penalties (docs/algorithm.md §1.7), repeated here so
-# this module does not import reformer_jax.attention (which dispatches to it).
-MASK_PENALTY = 1e9
-SELF_PENALTY = 1e5
+from reformer_jax.kernels import programs
 
 
 def supports(c: int, d: int, e: int) -> str | None:
@@ -57,304 +55,6 @@ def supports(c: int, d: int, e: int) -> str | None:
         if n < 16 or n & (n - 1):
             return f"its {name} is {n}; the kernel needs a power of two >= 16"
     return None
-
-
-# ----------------------------------------------------------------------------- dropout bits
-
-
-def _mix(x):
-    """murmur3's 32-bit finaliser: a bijection of uint32 whose output bits all depend on x."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def dropout_keep(seed0, seed1, rows, cols, threshold: int):
-    """True where the kernel keeps a probability: a pure function of (seed, row, column).
-
-    seed0, seed1: uint32 scalars (the seed); rows: uint32 global query slot
-    ids (B * u * c of them); cols: uint32 window slots (0..w-1),
-    broadcastable against rows. An element
-    is kept when the top 16 bits of its hash are >= threshold, so the rate is
-    threshold / 2^16 as in `attention.apply_dropout`. A hash of positions,
-    not a stored mask: the backward kernel (and the reversible stack's replay
-    of a layer) draws the same bits again.
-    """
-    h = _mix(_mix(rows ^ seed0) ^ (cols + seed1))
-    return (h >> 16) >= jnp.uint32(threshold)
-
-
-def _dropout_scale(threshold: int) -> float:
-    return 2.0**16 / (2.0**16 - threshold)
-
-
-# ----------------------------------------------------------------------------- the kernels
-
-
-def _dot(a, b):
-    """a @ b with float32 accumulation (Triton's tensor-core dot)."""
-    return jnp.dot(a, b, preferred_element_type=jnp.float32)
-
-
-def _logits(q, k, q_pos, k_pos, k_ok, *, causal, self_penalty):
-    """[m, d] x [n, d] -> float32 [m, n] masked logits, as `attention._attend_block`."""
-    s = _dot(q, k.T)
-    admissible = k_ok[None, :]
-    if causal:
-        admissible = admissible & (k_pos[None, :] <= q_pos[:, None])
-    s = s + jnp.where(admissible, 0.0, -MASK_PENALTY)
-    if self_penalty:
-        s = s - jnp.where(k_pos[None, :] == q_pos[:, None], SELF_PENALTY, 0.0)
-    return s
-
-
-def _keep(seed_ref, rows, cols, threshold):
-    """The dropout mask of query slots `rows` [m] against window slots `cols` [n]: [m, n]."""
-    seed0, seed1 = seed_ref[0].astype(jnp.uint32), seed_ref[1].astype(jnp.uint32)
-    rows, cols = rows.astype(jnp.uint32)[:, None], cols.astype(jnp.uint32)[None, :]
-    return dropout_keep(seed0, seed1, rows, cols, threshold)
-
-
-class _Window:
-    """Key block kb of window slot j of query chunk t: where its keys are and how they mask.
-
-    A chunk's window is n_win key chunks of c keys; the kernels walk it in
-    blocks of `block_k` keys (step = j * (c // block_k) + kb).
-    """
-
-    def __init__(self, refs, t, step, *, n_win, c, block_k):
-        windows_ref, ok_ref, k_pos_ref, k_valid_ref = refs
-        per_chunk = c // block_k
-        # lax's truncating div/rem (step >= 0): the Triton lowering of jnp's
-        # floor-mod mistypes its sign fix-up.
-        n = jnp.int32(per_chunk)
-        j, kb = jax.lax.div(step, n), jax.lax.rem(step, n)
-        chunk = windows_ref[t * n_win + j]
-        self.rows = pl.ds(pl.multiple_of(chunk * c + kb * block_k, block_k), block_k)
-        self.cols = pl.ds(pl.multiple_of(j * c + kb * block_k, block_k), block_k)  # in [0, w)
-        self.pos = k_pos_ref[self.rows]
-        self.ok = (k_valid_ref[self.rows] != 0) & (ok_ref[t * n_win + j] != 0)
-        self.col_ids = j * c + kb * block_k + jnp.arange(block_k, dtype=jnp.int32)
-
-
-def _forward_kernel(
-    q_ref,
-    k_ref,
-    v_ref,
-    q_pos_ref,
-    k_pos_ref,
-    k_valid_ref,
-    windows_ref,
-    ok_ref,
-    bias_ref,
-    seed_ref,
-    out_ref,
-    peak_ref,
-    total_ref,
-    *,
-    n_win,
-    c,
-    block_k,
-    causal,
-    self_penalty,
-    threshold,
-):
-    """Grid (B, u, c // block_q): block_q queries of chunk t against its whole window."""
-    bh, t, qb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    block_q = q_ref.shape[0]
-    u = windows_ref.shape[0] // n_win
-    q = q_ref[...]
-    q_pos = q_pos_ref[...]
-    row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
-    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
-
-    def step(i, carry):  # one block of keys: FlashAttention's online softmax
-        peak, total, acc = carry
-        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
-        s = _logits(
-            q, k_ref[win.rows, :], q_pos, win.pos, win.ok, causal=causal, self_penalty=self_penalty
-        )
-        if bias_ref is not None:
-            s = s + bias_ref[:, win.cols]
-        new_peak = jnp.maximum(peak, jnp.max(s, axis=1))
-        rescale = jnp.exp(peak - new_peak)
-        p = jnp.exp(s - new_peak[:, None])
-        total = total * rescale + jnp.sum(p, axis=1)
-        if threshold:
-            keep = _keep(seed_ref, row_ids, win.col_ids, threshold)
-            p = jnp.where(keep, p * _dropout_scale(threshold), 0.0)
-        v = v_ref[win.rows, :]
-        acc = acc * rescale[:, None] + _dot(p.astype(v.dtype), v)
-        return new_peak, total, acc
-
-    init = (
-        jnp.full((block_q,), -jnp.inf, jnp.float32),
-        jnp.zeros((block_q,), jnp.float32),
-        jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
-    )
-    peak, total, acc = jax.lax.fori_loop(0, n_win * (c // block_k), step, init)
-    out_ref[...] = (acc / total[:, None]).astype(out_ref.dtype)
-    peak_ref[...] = peak
-    total_ref[...] = total
-
-
-def _gradients(q, dout, q_pos, peak, total, delta, k, v, win, bias, keep, *, causal, self_penalty):
-    """One [m queries, n keys] tile of the backward pass: (dropped probabilities, d logits).
-
-    The forward's probabilities are recomputed and normalised by the saved row
-    maximum and sum, as the jnp path normalises: exp(s - lse) would be off
-    where only self-penalised or masked keys are admissible (logits near -1e5
-    or -1e9, where a float32 lse has lost its last digits). `keep`: None, or
-    (mask, scale) of the tile's dropout.
-    """
-    s = _logits(q, k, q_pos, win.pos, win.ok, causal=causal, self_penalty=self_penalty)
-    if bias is not None:
-        s = s + bias
-    p = jnp.exp(s - peak[:, None]) / total[:, None]
-    dp = _dot(dout, v.T)  # d(dropped probabilities)
-    p_drop = p
-    if keep is not None:
-        mask, scale = keep
-        p_drop = jnp.where(mask, p * scale, 0.0)
-        dp = jnp.where(mask, dp * scale, 0.0)
-    # Softmax's Jacobian, with delta = rowsum(dout * out) - d(lse).
-    return p_drop, p * (dp - delta[:, None])
-
-
-def _dq_kernel(
-    q_ref,
-    k_ref,
-    v_ref,
-    q_pos_ref,
-    k_pos_ref,
-    k_valid_ref,
-    windows_ref,
-    ok_ref,
-    bias_ref,
-    seed_ref,
-    peak_ref,
-    total_ref,
-    delta_ref,
-    dout_ref,
-    dq_ref,
-    *,
-    n_win,
-    c,
-    block_k,
-    causal,
-    self_penalty,
-    threshold,
-):
-    """Grid (B, u, c // block_q): dq of block_q queries of chunk t, over its window."""
-    bh, t, qb = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    block_q = q_ref.shape[0]
-    u = windows_ref.shape[0] // n_win
-    q, dout, q_pos = q_ref[...], dout_ref[...], q_pos_ref[...]
-    peak, total, delta = peak_ref[...], total_ref[...], delta_ref[...]
-    row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
-    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
-
-    def step(i, dq):
-        win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
-        k = k_ref[win.rows, :]
-        keep = None
-        if threshold:
-            keep = (_keep(seed_ref, row_ids, win.col_ids, threshold), _dropout_scale(threshold))
-        bias = None if bias_ref is None else bias_ref[:, win.cols]
-        _, ds = _gradients(
-            q,
-            dout,
-            q_pos,
-            peak,
-            total,
-            delta,
-            k,
-            v_ref[win.rows, :],
-            win,
-            bias,
-            keep,
-            causal=causal,
-            self_penalty=self_penalty,
-        )
-        return dq + _dot(ds.astype(k.dtype), k)
-
-    dq = jax.lax.fori_loop(0, n_win * (c // block_k), step, jnp.zeros(q.shape, jnp.float32))
-    dq_ref[...] = dq.astype(dq_ref.dtype)
-
-
-def _dkv_kernel(
-    q_ref,
-    k_ref,
-    v_ref,
-    q_pos_ref,
-    k_pos_ref,
-    k_valid_ref,
-    windows_ref,
-    ok_ref,
-    bias_ref,
-    seed_ref,
-    peak_ref,
-    total_ref,
-    delta_ref,
-    dout_ref,
-    dk_ref,
-    dv_ref,
-    *,
-    n_win,
-    c,
-    block_q,
-    causal,
-    self_penalty,
-    threshold,
-):
-    """Grid (B, u, n_win * c // block_k): what chunk t's queries send to one block of
-    its window's keys (dk and dv of that block, summed over the chunk's query blocks).
-    q, dout and the row statistics are whole rows of bh; bias is chunk t's [c, w]."""
-    bh, t, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
-    block_k = dk_ref.shape[0]
-    u = windows_ref.shape[0] // n_win
-    refs = (windows_ref, ok_ref, k_pos_ref, k_valid_ref)
-    win = _Window(refs, t, i, n_win=n_win, c=c, block_k=block_k)
-    k, v = k_ref[win.rows, :], v_ref[win.rows, :]
-
-    def query_block(qb, carry):
-        dk, dv = carry
-        local = pl.ds(pl.multiple_of(qb * block_q, block_q), block_q)  # rows of the chunk
-        rows = pl.ds(pl.multiple_of(t * c + qb * block_q, block_q), block_q)  # rows of bh
-        q, dout = q_ref[rows, :], dout_ref[rows, :]
-        keep = None
-        if threshold:
-            row_ids = (bh * u + t) * c + qb * block_q + jnp.arange(block_q, dtype=jnp.int32)
-            keep = (_keep(seed_ref, row_ids, win.col_ids, threshold), _dropout_scale(threshold))
-        bias = None if bias_ref is None else bias_ref[local, win.cols]
-        p_drop, ds = _gradients(
-            q,
-            dout,
-            q_pos_ref[rows],
-            peak_ref[rows],
-            total_ref[rows],
-            delta_ref[rows],
-            k,
-            v,
-            win,
-            bias,
-            keep,
-            causal=causal,
-            self_penalty=self_penalty,
-        )
-        dk = dk + _dot(ds.T.astype(q.dtype), q)
-        dv = dv + _dot(p_drop.T.astype(dout.dtype), dout)
-        return dk, dv
-
-    init = (
-        jnp.zeros((block_k, k_ref.shape[-1]), jnp.float32),
-        jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
-    )
-    dk, dv = jax.lax.fori_loop(0, c // block_q, query_block, init)
-    dk_ref[...] = dk.astype(dk_ref.dtype)
-    dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
 # ----------------------------------------------------------------------------- pallas_call
@@ -400,7 +100,7 @@ def _forward(args, static):
     block_q, block_k, _ = block_sizes(c, d)
     nq = c // block_q
     kernel = functools.partial(
-        _forward_kernel,
+        programs.forward_program,
         n_win=n_win,
         c=c,
         block_k=block_k,
@@ -472,7 +172,7 @@ def _fused_bwd(static, residuals, cotangents):
     rows = lambda i, t, qb: (i, t * nq + qb)
     rows3 = lambda i, t, qb: (i, t * nq + qb, 0)
     dq = pl.pallas_call(
-        functools.partial(_dq_kernel, block_k=block_k, **static_kw),
+        functools.partial(programs.dq_program, block_k=block_k, **static_kw),
         grid=(B, u, nq),
         in_specs=[pl.BlockSpec((None, block_q, d), rows3), *kv, pl.BlockSpec((None, block_q), rows)]
         + rest
@@ -497,7 +197,7 @@ def _fused_bwd(static, residuals, cotangents):
     row3 = lambda i, t, j: (i, 0, 0)
     part = lambda i, t, j: (i, t, j, 0)
     dk_parts, dv_parts = pl.pallas_call(
-        functools.partial(_dkv_kernel, block_q=block_q, **static_kw),
+        functools.partial(programs.dkv_program, block_q=block_q, **static_kw),
         grid=(B, u, n_win * c // block_k),
         in_specs=[pl.BlockSpec((None, L, d), row3), *kv, pl.BlockSpec((None, L), row2)]
         + rest
