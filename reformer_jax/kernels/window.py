@@ -90,13 +90,17 @@ def _compiler_params(d):
     return pltriton.CompilerParams(num_warps=4 if d <= 64 else 8, num_stages=2)
 
 
+def _sizes(args, n_win):
+    """(B, L, d, e, u, c) of the flattened arguments: rows, row length, head dims, chunks."""
+    q, v, windows = args[0], args[2], args[6]
+    u = windows.shape[1] // n_win
+    return (*q.shape, v.shape[-1], u, q.shape[1] // u)
+
+
 def _forward(args, static):
     q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed = args
     n_win, causal, self_penalty, threshold, interpret = static
-    B, L, d = q.shape
-    e = v.shape[-1]
-    u = windows.shape[1] // n_win
-    c = L // u
+    B, L, d, e, u, c = _sizes(args, n_win)
     block_q, block_k, _ = block_sizes(c, d)
     nq = c // block_q
     kernel = functools.partial(
@@ -151,10 +155,7 @@ def _fused_bwd(static, residuals, cotangents):
     g_out, g_lse = cotangents
     q, k, v, q_pos, k_pos, k_valid, windows, ok, bias, seed = args
     n_win, causal, self_penalty, threshold, interpret = static
-    B, L, d = q.shape
-    e = v.shape[-1]
-    u = windows.shape[1] // n_win
-    c = L // u
+    B, L, d, e, u, c = _sizes(args, n_win)
     _, block_k, block_q = block_sizes(c, d)
     # delta_i = sum_e dout * out - d(lse)_i: the softmax Jacobian's row term,
     # with the log-sum-exp's own cotangent (LSH weights rounds by it).
