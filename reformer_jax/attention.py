@@ -130,7 +130,7 @@ def lsh_attention(
         fused GPU kernel, reformer_jax/kernels), "auto" (the kernel on a GPU
         when it takes these sizes, else jnp) or "interpret" (the kernel in
         Pallas's interpret mode: any backend, slow; for checks). See
-        `resolve_impl`.
+        `kernels.window.resolve_impl`.
 
     Returns:
       (out [b, h, l, e] in v's dtype, buckets int32 [b, h, r, l]).
@@ -337,29 +337,6 @@ def full_attention(
     return out[:, :, 0]
 
 
-IMPLS = ("xla", "pallas", "auto", "interpret")
-
-
-def resolve_impl(impl: str, chunk_len: int, d: int, e: int) -> str:
-    """The implementation `_attend` runs for a requested `impl`: "xla", "pallas" or "interpret".
-
-    "auto" is the fused kernel on a GPU when it takes chunk length c and head
-    dims d, e (`window.supports`), the jnp path otherwise; "pallas" insists
-    on the kernel and names the size it cannot take.
-    """
-    if impl not in IMPLS:
-        raise ValueError(f"unknown attention_impl {impl!r}; use one of {IMPLS}.")
-    reason = window.supports(chunk_len, d, e)
-    if impl == "auto":
-        return "pallas" if jax.default_backend() == "gpu" and reason is None else "xla"
-    if impl == "pallas" and reason is not None:
-        raise ValueError(
-            f"attention_impl='pallas' cannot run this attention: {reason}. Change the chunk "
-            "length or head size, or use attention_impl='auto' (the jnp path for these sizes)."
-        )
-    return impl
-
-
 # `_attend` runs the chunks in blocks of at most this many elements of
 # [b, h, chunks, c, w] logits (16 MiB of float32 per block), once all the
 # logits would fill at least 4 blocks: below that, the blocks' stacked copies
@@ -406,12 +383,12 @@ def _attend(
     is made. Block j draws its dropout mask with fold_in(dropout_key, j); a
     single block uses dropout_key itself.
 
-    `impl` (see `resolve_impl`) may hand the whole computation to the fused
+    `impl` (see `kernels.window.resolve_impl`) may hand the whole computation to the fused
     kernel (reformer_jax/kernels/window.py), which computes the same masks and
     softmax; its dropout draws different bits (a hash of positions).
     """
     b, h, u, c = q.shape[:4]
-    impl = resolve_impl(impl, c, q.shape[-1], v.shape[-1])
+    impl = window.resolve_impl(impl, c, q.shape[-1], v.shape[-1])
     if impl != "xla":
         windows, window_ok = window.window_table(u, before, after, wrap)
         return window.chunk_attention(

@@ -18,7 +18,7 @@ import dataclasses
 import jax
 
 from reformer_jax import kinds, lsh
-from reformer_jax.attention import IMPLS as ATTENTION_IMPLS
+from reformer_jax.kernels.window import IMPLS as ATTENTION_IMPLS
 from reformer_jax.positions import check_axial
 
 ACTIVATIONS = ("relu", "gelu", "gelu_exact", "silu")

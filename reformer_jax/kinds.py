@@ -194,7 +194,7 @@ class AttentionKind(abc.ABC):
         """q, k (None if shared_qk), v: [b, h, l, .] -> (out [b, h, l, e], LSH buckets or None).
 
         `impl` (RunSettings.attention_impl) picks the chunked kinds' kernel
-        (`attention.resolve_impl`); the full kinds have no chunks and ignore it.
+        (`kernels.window.resolve_impl`); the full kinds have no chunks and ignore it.
         """
 
     # -- decoding --------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def default_memory_budget() -> float:
 
 
 def make_step(method: str, n_hashes: int, length: int, chunk: int, impl: str = "xla"):
-    """A jitted forward+backward step; `impl` is LSH's (attention.resolve_impl)."""
+    """A jitted forward+backward step; `impl` is LSH's (kernels.window.resolve_impl)."""
     if method == "full":
 
         def loss(q, k, v):

@@ -347,17 +347,17 @@ def test_shipped_configs_lower_for_cuda_with_the_kernel(gin_file):
 
 
 def test_implementation_choice():
-    assert attention.resolve_impl("auto", 64, 64, 64) == (
+    assert window.resolve_impl("auto", 64, 64, 64) == (
         "pallas" if jax.default_backend() == "gpu" else "xla"
     )
-    assert attention.resolve_impl("auto", 48, 64, 64) == "xla"  # not a power of two
-    assert attention.resolve_impl("interpret", 5, 3, 3) == "interpret"  # any size
+    assert window.resolve_impl("auto", 48, 64, 64) == "xla"  # not a power of two
+    assert window.resolve_impl("interpret", 5, 3, 3) == "interpret"  # any size
     with pytest.raises(ValueError, match="chunk length is 48; the kernel needs a power of two"):
-        attention.resolve_impl("pallas", 48, 64, 64)
+        window.resolve_impl("pallas", 48, 64, 64)
     with pytest.raises(ValueError, match="key dim is 8"):
-        attention.resolve_impl("pallas", 64, 8, 8)
+        window.resolve_impl("pallas", 64, 8, 8)
     with pytest.raises(ValueError, match="unknown attention_impl 'triton'"):
-        attention.resolve_impl("triton", 64, 64, 64)
+        window.resolve_impl("triton", 64, 64, 64)
     with pytest.raises(ValueError, match="RunSettings.attention_impl must be one of"):
         RunSettings(attention_impl="gpu")
     assert window.supports(128, 64, 64) is None

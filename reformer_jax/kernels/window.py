@@ -22,6 +22,7 @@ length, d key dim, e value dim, w window length (n_win * c); `B` is b * h.
                     dropout_key=None, interpret=False)
         -> out [b, h, u, c, e], lse float32 [b, h, u, c]
     supports(c, d, e) -> None or the reason the GPU kernel cannot take these sizes
+    resolve_impl(impl, c, d, e) -> "xla" | "pallas" | "interpret": what attention_impl runs
     window_table(u, before, after, wrap) -> windows, window_ok: the windows `_attend` gathers
     block_sizes(c, d) -> the query and key blocks a program walks a chunk in
 
@@ -58,6 +59,29 @@ def supports(c: int, d: int, e: int) -> str | None:
 
 
 # ----------------------------------------------------------------------------- pallas_call
+
+
+IMPLS = ("xla", "pallas", "auto", "interpret")
+
+
+def resolve_impl(impl: str, chunk_len: int, d: int, e: int) -> str:
+    """The implementation `_attend` runs for a requested `impl`: "xla", "pallas" or "interpret".
+
+    "auto" is the fused kernel on a GPU when it takes chunk length c and head
+    dims d, e (`supports`), the jnp path otherwise; "pallas" insists
+    on the kernel and names the size it cannot take.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention_impl {impl!r}; use one of {IMPLS}.")
+    reason = supports(chunk_len, d, e)
+    if impl == "auto":
+        return "pallas" if jax.default_backend() == "gpu" and reason is None else "xla"
+    if impl == "pallas" and reason is not None:
+        raise ValueError(
+            f"attention_impl='pallas' cannot run this attention: {reason}. Change the chunk "
+            "length or head size, or use attention_impl='auto' (the jnp path for these sizes)."
+        )
+    return impl
 
 
 def block_sizes(c: int, d: int) -> tuple[int, int, int]:
