@@ -38,7 +38,7 @@ we lack, a regression or multi-label classifier, a missing tensor, a wrong
 shape) is a `ConversionError` whose one line names the file and field,
 rather than a silently different model.
 
-What differs from HF by design (docs in README "Pretrained HF checkpoints"):
+What differs from HF by design (docs/conversion.md, "Differences from HF worth knowing"):
 - hash_seed: HF reseeds torch's generator; we draw fixed rotations from
   jax.random.key(hash_seed). Both are fixed per layer, but not equal: to
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).

@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> None:
         "--impl",
         choices=["xla", "pallas", "auto", "interpret"],
         default="xla",
-        help="LSH's chunk attention: jnp (xla) or the fused kernel (pallas); see README",
+        help="LSH's chunk attention: jnp (xla) or the fused kernel (pallas); docs/algorithm.md",
     )
     att.add_argument("--heads", type=int, default=4)
     att.add_argument("--dim", type=int, default=64, help="head dim (of q, k and v)")

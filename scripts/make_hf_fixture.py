@@ -62,11 +62,12 @@ Why float64: with two or more hash rounds, a query whose only admissible keys
 are copies of itself (position 0, causally) has every logit at HF's self-mask
 value -1e5, where a float32 log-sum-exp is off by up to 4e-3, so HF's float32
 probabilities there do not sum to 1 and its float32 logits move by ~4e-3.
-The float64 run is HF's model without that rounding (README, "Pretrained HF
-checkpoints"). --report converts each fixture with reformer_jax and prints the
-largest difference from HF run in float64 and in float32 (each with its own
-buckets injected) of the log-probabilities, or of the class or span logits
-at the real positions: the figures in docs/benchmarks.md. It needs
+The float64 run is HF's model without that rounding (docs/conversion.md,
+"Differences from HF worth knowing"). --report converts each fixture with
+reformer_jax and prints the largest difference from HF run in float64 and in
+float32 (each with its own buckets injected) of the log-probabilities, or of
+the class or span logits at the real positions: the figures in
+docs/benchmarks.md. It needs
 reformer_jax importable beside torch.
 """
 
