@@ -4,8 +4,11 @@
 
 Each notebook runs top to bottom in a fresh kernel on this interpreter
 (sys.executable, through a kernel spec written to a temporary directory, so
-no installed Jupyter kernel is picked up by mistake), with cwd = notebooks/
-and this checkout first on PYTHONPATH, so it imports this checkout's package.
+no installed Jupyter kernel is picked up by mistake), with cwd = the
+notebook's directory and this checkout first on PYTHONPATH, so it imports this
+checkout's package. execute(..., python=P) runs the kernel on interpreter P
+instead, with no checkout on its path: the notebook imports the package
+installed there, as on Colab (tests/test_install.py).
 By default REFORMER_NOTEBOOK_SMOKE=1 (the small setting that finishes in
 about two minutes on a 2-core CPU); --full runs the real setting (sized for a
 Colab GPU). --inplace writes the executed notebook, outputs included, back
@@ -14,7 +17,8 @@ stops with the notebook's name and the failing cell.
 
 Public functions (tests/test_notebooks.py uses them):
     notebook_paths() -> list[Path]              every notebooks/*.ipynb, sorted
-    execute(path, *, smoke, timeout) -> nb      the executed nbformat.NotebookNode
+    execute(path, *, smoke, timeout, python, env) -> nb
+                                                the executed nbformat.NotebookNode
     count_images(nb) -> int                     image/png outputs in nb
 """
 
@@ -37,28 +41,45 @@ def notebook_paths() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
-def _write_kernel_spec(directory: Path, *, smoke: bool) -> None:
-    """A kernel spec that starts ipykernel on this interpreter with the notebook env."""
-    python_path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+def _write_kernel_spec(directory: Path, *, smoke: bool, python: str | None) -> None:
+    """A kernel spec that starts ipykernel with the notebook env.
+
+    python None: this interpreter, with this checkout first on PYTHONPATH;
+    otherwise that interpreter, with nothing added to its path.
+    """
+    env = {
+        "REFORMER_NOTEBOOK_SMOKE": "1" if smoke else "0",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    if python is None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p
+        )
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "reformer_jax (this interpreter)",
+        "argv": [python or sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "reformer_jax (notebook kernel)",
         "language": "python",
-        "env": {
-            "PYTHONPATH": python_path,
-            "REFORMER_NOTEBOOK_SMOKE": "1" if smoke else "0",
-            "MPLBACKEND": "module://matplotlib_inline.backend_inline",
-        },
+        "env": env,
     }
     (directory / KERNEL_NAME).mkdir(parents=True, exist_ok=True)
     (directory / KERNEL_NAME / "kernel.json").write_text(json.dumps(spec, indent=1))
 
 
-def execute(path: Path, *, smoke: bool = True, timeout: int | None = 600):
+def execute(
+    path: Path,
+    *,
+    smoke: bool = True,
+    timeout: int | None = 600,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+):
     """Runs every cell of `path` in a fresh kernel; returns the executed notebook.
 
-    timeout: seconds allowed per cell (None: no limit). Raises
-    nbclient.exceptions.CellExecutionError on the first failing cell.
+    timeout: seconds allowed per cell (None: no limit). python: the kernel's
+    interpreter, which must have ipykernel (None: this one, importing this
+    checkout). env: the kernel's environment before the notebook settings
+    (None: this process's). Raises nbclient.exceptions.CellExecutionError on
+    the first failing cell.
     """
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
@@ -67,7 +88,7 @@ def execute(path: Path, *, smoke: bool = True, timeout: int | None = 600):
 
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory() as tmp:
-        _write_kernel_spec(Path(tmp), smoke=smoke)
+        _write_kernel_spec(Path(tmp), smoke=smoke, python=python)
         km = KernelManager(
             kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[tmp])
         )
@@ -79,7 +100,7 @@ def execute(path: Path, *, smoke: bool = True, timeout: int | None = 600):
             resources={"metadata": {"path": str(path.parent)}},
         )
         try:
-            client.execute()
+            client.execute(**({} if env is None else {"env": env}))
         finally:
             # nbclient shuts down only kernels it created itself; this one is ours.
             if km.has_kernel:
