@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import gin
 import jax
 
-from reformer_jax import checkpoints, tasks, trainer
+from reformer_jax import checkpoints, tasks, trainer, user_files
 from reformer_jax.config import LEGACY_RUN_FIELDS, ReformerConfig, RunSettings
 from reformer_jax.data import (
     DatasetError,
@@ -42,6 +42,7 @@ from reformer_jax.data import (
     spans,
     stdlib,
     synthetic,
+    tokenizers,
     wmt14,
 )
 
@@ -181,10 +182,10 @@ def _modernise_file(path: str) -> str:
     """`path`, or a rewritten copy of it when it binds ReformerConfig's former run settings
     (a run's config.gin written before RunSettings existed)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
-    except OSError:
-        return path  # gin reports it
+    except (OSError, UnicodeDecodeError):
+        return path  # gin reports it (parse_gin turns it into one line)
     new = _modernise(text, path)
     if new == text:
         return path
@@ -218,7 +219,12 @@ def task() -> tasks.Task:
     Runs written before tasks existed bind none: they are language models.
     """
     ref = query("train.task")
-    return tasks.LanguageModelTask() if ref is None else ref.scoped_configurable_fn()
+    if ref is None:
+        return tasks.LanguageModelTask()
+    try:
+        return ref.scoped_configurable_fn()
+    except TypeError as e:
+        raise UsageError(f"bad configuration: {_missing_binding(e) or _first_line(e)}") from None
 
 
 def query(binding: str, default=None):
@@ -249,8 +255,40 @@ def call_train(**kwargs):
         return gin.get_configurable("train")(**kwargs)
     except (trainer.TrainingError, checkpoints.CheckpointError, DatasetError) as e:
         raise UsageError(_first_line(e)) from None
-    except (ValueError, TypeError) as e:
+    except TypeError as e:
+        raise UsageError(f"bad configuration: {_missing_binding(e) or _first_line(e)}") from None
+    except ValueError as e:
         raise UsageError(f"bad configuration: {_first_line(e)}") from None
+
+
+# Python's words for a call without a required argument, e.g.
+# "ClassificationTask.__init__() missing 1 required positional argument: 'n_classes'".
+_MISSING = re.compile(
+    r"^(?P<fn>[\w.]+)\(\) missing \d+ required (?:positional|keyword-only) arguments?: "
+    r"(?P<names>.+)$"
+)
+
+
+def _missing_binding(e: TypeError) -> str | None:
+    """For a configurable called without a required argument, the bindings to add; else None.
+
+    "ClassificationTask needs n_classes: bind ClassificationTask.n_classes = ... (in the gin
+    file, or --gin_param='ClassificationTask.n_classes = ...')".
+    """
+    match = _MISSING.match(_first_line(e))
+    if match is None:
+        return None
+    name = match["fn"].removesuffix(".__init__")
+    try:
+        gin.get_configurable(name)
+    except ValueError:  # not something a user binds
+        return None
+    args = re.findall(r"'(\w+)'", match["names"])
+    bindings = " and ".join(f"{name}.{a} = ..." for a in args)
+    return (
+        f"{name} needs {' and '.join(args)}: bind {bindings} (in the gin file, or "
+        f"--gin_param='{name}.{args[0]} = ...')"
+    )
 
 
 class _StderrHandler(logging.Handler):
@@ -338,6 +376,22 @@ def dataset_name() -> str | None:
     return None if ref is None else ref.configurable.name
 
 
+def dataset_factory():
+    """The dataset factory bound to `train.dataset_fn` (the function itself), or None."""
+    ref = query("train.dataset_fn")
+    return None if ref is None else ref.configurable.wrapped
+
+
+def run_tokenizer(workdir: str) -> tokenizers.Tokenizer | None:
+    """The tokenizer of the run in `workdir` whose config is parsed (`parse_gin`): the one
+    its dataset factory declares, or its workdir's spiece.model (`tokenizers.for_run`);
+    None for data without text. A vocabulary file that cannot be read is a UsageError."""
+    try:
+        return tokenizers.for_run(workdir, dataset_factory())
+    except tokenizers.TokenizerError as e:
+        raise UsageError(str(e).rstrip(".")) from None
+
+
 def store_vocabulary(workdir: str) -> None:
     """Copies the dataset's SentencePiece vocabulary into the workdir (process 0).
 
@@ -348,8 +402,6 @@ def store_vocabulary(workdir: str) -> None:
     """
     if dataset_name() != "wmt14_dataset" or jax.process_index() != 0:
         return
-    from reformer_jax.data import tokenizers
-
     source = query("wmt14_dataset.vocab_file") or wmt14.default_vocab_file()
     if not os.path.isfile(source):
         return  # the dataset names the fix when it opens
@@ -373,10 +425,11 @@ def split_paths(value: str) -> list[str]:
 
 
 def run_main(main, argv: Sequence[str] | None = None) -> None:
-    """Runs main(argv); a UsageError becomes one line on stderr and exit status 2."""
+    """Runs main(argv); a UsageError, or a bad file the user named (reformer_jax/user_files.py),
+    becomes one line on stderr and exit status 2."""
     try:
         main(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
+    except (UsageError, user_files.FileError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

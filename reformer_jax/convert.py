@@ -77,7 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax import kinds, lsh
+from reformer_jax import kinds, lsh, user_files
 from reformer_jax.config import ReformerConfig, RunSettings
 from reformer_jax.data import tokenizers, write_then_rename
 from reformer_jax.encoders import ReformerClassifier, ReformerMLM, ReformerSpanModel
@@ -509,19 +509,20 @@ def _check_tree(params: dict, model: nn.Module) -> None:
 def read_hf_tensors(path: str) -> tuple[dict[str, np.ndarray], str]:
     """The tensors of an HF checkpoint directory as numpy arrays, and the file read."""
     st, index, binary = (os.path.join(path, n) for n in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN))
-    if os.path.isfile(st):
+    if os.path.exists(st):
         return _read_safetensors([st]), SAFETENSORS
-    if os.path.isfile(index):
+    if os.path.exists(index):
+        text = user_files.read_text(index, holding="the safetensors index's JSON")
         try:
-            with open(index) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError) as e:
+            shards = sorted(set(json.loads(text)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ConversionError(f"{index} is not a safetensors index: {e}") from None
         missing = [s for s in shards if not os.path.isfile(os.path.join(path, s))]
         if missing:
             raise ConversionError(f"{index} names {missing[0]}, which is not in {path}.")
         return _read_safetensors([os.path.join(path, s) for s in shards]), SAFETENSORS_INDEX
-    if os.path.isfile(binary):
+    if os.path.exists(binary):
+        user_files.check_file(binary, holding="the checkpoint's weights")
         try:
             import torch
         except ImportError:
@@ -543,6 +544,7 @@ def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
 
     tensors = {}
     for file in files:
+        user_files.check_file(file, holding="the checkpoint's weights")
         try:
             tensors.update(load_file(file))
         except (SafetensorError, OSError, ValueError, TypeError) as e:
@@ -554,16 +556,21 @@ def _read_safetensors(files: list[str]) -> dict[str, np.ndarray]:
 
 
 def read_hf_config(path: str) -> dict[str, Any]:
-    """config.json of an HF checkpoint directory, as a dict."""
+    """config.json of an HF checkpoint directory, as a dict.
+
+    A config.json that cannot be read (a directory, empty, not UTF-8) raises
+    user_files.FileError, as every checkpoint file here does; one that is
+    not JSON, ConversionError.
+    """
     if not os.path.isdir(path):
         raise ConversionError(f"{path} is not a directory: give an HF checkpoint directory.")
     config_path = os.path.join(path, CONFIG)
-    if not os.path.isfile(config_path):
+    if not os.path.exists(config_path):
         raise ConversionError(f"{path} has no {CONFIG}: download it with the weights.")
+    text = user_files.read_text(config_path, holding="the checkpoint's JSON config")
     try:
-        with open(config_path) as f:
-            hf_config = json.load(f)
-    except (OSError, ValueError) as e:
+        hf_config = json.loads(text)
+    except ValueError as e:
         raise ConversionError(f"{config_path} is not readable JSON: {e}") from None
     return hf_config
 

@@ -179,7 +179,7 @@ def main(argv: Sequence[str]) -> None:
 def _decoded_metrics(args, params, cfg, task, dataset_fn, kw) -> dict:
     """Decodes the split's sources (greedy or beam) and scores them (translation.py)."""
     from reformer_jax import tasks, translation
-    from reformer_jax.data import tokenizers, wmt14
+    from reformer_jax.data import wmt14
 
     if not isinstance(task, tasks.Seq2SeqTask):
         raise cli.UsageError(
@@ -200,13 +200,9 @@ def _decoded_metrics(args, params, cfg, task, dataset_fn, kw) -> dict:
         num_tokens=args.num_tokens,
         max_batches=max_batches,
     )
-    dataset_name = cli.dataset_name()
-    try:
-        tokenizer = tokenizers.for_run(args.workdir, dataset_name)
-    except tokenizers.TokenizerError as e:
-        raise cli.UsageError(str(e)) from None
+    tokenizer = cli.run_tokenizer(args.workdir)
     references = None
-    if dataset_name == "wmt14_dataset" and max_batches is None:
+    if cli.dataset_name() == "wmt14_dataset" and max_batches is None:
         _, references = wmt14.wmt14_references(
             args.split,
             cli.query("wmt14_dataset.data_dir"),

@@ -4,11 +4,14 @@
         [--step=N] [--batch_size=8] [--gin_param=...] [--mask_text=[MASK]]
 
 Each input line is one JSON object, {"text": "..."} (encoded with the run's
-tokenizer: its workdir's SentencePiece vocabulary, spiece.model, when it has
-one, else the dataset's: bytes for enwik8 and the stdlib corpus, ListOps'
-vocabulary) or
-{"ids": [...]} (token ids); other keys are copied to the output. Each output
-line is the input's prediction, in the input's order:
+tokenizer, the one its dataset declares, reformer_jax/data/tokenizers.py:
+bytes + 2 for enwik8 and the stdlib corpus, ListOps' vocabulary, or the
+workdir's SentencePiece vocabulary, spiece.model, when it has one) or
+{"ids": [...]} (token ids); other keys are copied to the output. The file is
+UTF-8 text, read whole before the model loads (a byte-order mark at its
+start is dropped; a file that is missing, empty or not UTF-8 is one line:
+reformer_jax/user_files.py). Each output line is the input's prediction, in
+the input's order:
 
     classification   {"label": 3, "probs": [...]}
     spans            {"start": 17, "end": 21, "ids": [...], "text": "..."}
@@ -21,8 +24,8 @@ changes nothing (docs/algorithm.md, "Padding"), so an input gets the
 prediction it would get alone, and the model compiles once. LSH hashes with
 a fixed key, so predictions are reproducible.
 
-A bad line (not JSON, empty, ids outside the vocabulary, longer than the
-model) stops the command with one line naming the line number; the lines
+A bad line (not JSON, not UTF-8, empty, ids outside the vocabulary, longer
+than the model) stops the command with one line naming the line number; the lines
 before it are predicted and written first, so nothing already read is lost.
 """
 
@@ -38,8 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reformer_jax import checkpoints, cli, tasks
-from reformer_jax.data import tokenizers
+from reformer_jax import checkpoints, cli, tasks, user_files
 
 
 def _config_bindings(cfg) -> list[str]:
@@ -122,8 +124,8 @@ def main(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise cli.UsageError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not os.path.isfile(args.input):
-        raise cli.UsageError(f"--input={args.input}: no such file")
+    # Read whole before the model loads: a file that is no UTF-8 text fails at once.
+    lines = list(user_files.text_lines(args.input, "--input", "one JSON object a line"))
     cli.log_to_stderr()
     config = os.path.join(args.workdir, "config.gin")
     if not os.path.isfile(config):
@@ -145,13 +147,7 @@ def main(argv: Sequence[str]) -> None:
             "reformer_jax.sample --source_file=FILE (one source a line)"
         )
     model = task.model(cfg, cli.run_settings())
-    dataset = cli.query("train.dataset_fn")
-    try:
-        tokenizer = tokenizers.for_run(
-            args.workdir, None if dataset is None else dataset.configurable.name
-        )
-    except tokenizers.TokenizerError as e:
-        raise cli.UsageError(str(e).rstrip(".")) from None
+    tokenizer = cli.run_tokenizer(args.workdir)
     mask_id = task.resolved_mask_id(cfg) if isinstance(task, tasks.MaskedLMTask) else None
     key = jax.random.key(0)
 
@@ -179,26 +175,24 @@ def main(argv: Sequence[str]) -> None:
         pending.clear()
 
     try:
-        with open(args.input, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    pending.append(
-                        parse_line(
-                            line,
-                            f"{args.input}:{number}",
-                            vocab_size=cfg.vocab_size,
-                            max_len=cfg.max_len,
-                            tokenizer=tokenizer,
-                            mask_text=args.mask_text,
-                            mask_id=mask_id,
-                        )
-                    )
-                except InputError:
-                    flush()  # the lines before the bad one are not lost
-                    raise
-                if len(pending) == args.batch_size:
-                    flush()
+        for number, line in enumerate(lines, 1):
+            pending.append(
+                parse_line(
+                    line,
+                    f"{args.input}:{number}",
+                    vocab_size=cfg.vocab_size,
+                    max_len=cfg.max_len,
+                    tokenizer=tokenizer,
+                    mask_text=args.mask_text,
+                    mask_id=mask_id,
+                )
+            )
+            if len(pending) == args.batch_size:
+                flush()
         flush()
+    except InputError:
+        flush()  # the lines before the bad one are not lost
+        raise
     finally:
         if out is not sys.stdout:
             out.close()

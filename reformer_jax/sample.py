@@ -13,12 +13,14 @@ config (e.g. 'ReformerConfig.attention_kinds = ("full_shared",)' to decode an
 LSH model with full attention). Sampling is reformer_jax.sampling.generate:
 cached decoding, one compiled program per sample batch.
 
-- --prompt=TEXT: prints each sample's prompt and continuation as text. A run
-  whose workdir holds a SentencePiece vocabulary (spiece.model, from
-  `python -m reformer_jax.tokenizer` or copied by `convert`, e.g.
-  google/reformer-crime-and-punishment's) encodes and decodes with it
-  (reformer_jax.data.tokenizers.for_run); otherwise the model must be
-  byte-level (enwik8: ids = byte + 2).
+- --prompt=TEXT: prints each sample's prompt and continuation as text,
+  encoded and decoded with the run's tokenizer
+  (reformer_jax.data.tokenizers.for_run): the one its dataset declares in
+  its config.gin (enwik8 and the stdlib corpus: ids = byte + 2), or its
+  workdir's SentencePiece vocabulary (spiece.model, from `python -m
+  reformer_jax.tokenizer` or copied by `convert`, e.g.
+  google/reformer-crime-and-punishment's). A run without either has no text:
+  use --prompt_ids.
 - --prompt_ids=0,5,9: any model; prints the generated ids (and text for text
   models).
 - --image_prompt=PNG --prompt_rows=N (Imagenet64 models: 64x64 RGB, 12,288
@@ -36,9 +38,10 @@ cached decoding, one compiled program per sample batch.
 Encoder-decoder runs (Seq2SeqTask; reformer_jax.sampling.translate and
 translate_beam) take a source instead of a prompt:
 
-- --source=TEXT, or --source_file=FILE (one source a line), encoded with the
-  run's SentencePiece vocabulary; --source_ids=5,9 for runs without text
-  (the generated tasks). An EOS (id 1) is appended as in training.
+- --source=TEXT, or --source_file=FILE (one source a line, UTF-8; blank
+  lines skipped), encoded with the run's SentencePiece vocabulary;
+  --source_ids=5,9 for runs without text (the generated tasks). An EOS (id 1)
+  is appended as in training.
 - prints one target a line (text, or ids), greedy with --greedy, sampled
   otherwise, or the best of --beam_size=K beams (--length_penalty, default
   0.6); targets end at EOS and have at most --num_tokens ids (default
@@ -55,11 +58,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from reformer_jax import cli, sampling
-from reformer_jax.data import enwik8, imagenet64, tokenizers
+from reformer_jax import cli, sampling, user_files
+from reformer_jax.data import imagenet64, tokenizers
 from reformer_jax.encdec import EOS_ID
-
-BYTE_VOCAB = 256 + enwik8.BYTE_OFFSET
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -72,9 +73,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--gin_param", action="append", default=[], help="override a binding of the run's config"
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--prompt", help="text prompt (a run with spiece.model, or a byte-level model)"
-    )
+    source.add_argument("--prompt", help="text prompt (a run whose data is text)")
     source.add_argument("--prompt_ids", help="comma-separated token ids, e.g. 0,5,9")
     source.add_argument("--image_prompt", help="a 64x64 RGB PNG (Imagenet64 models)")
     source.add_argument("--source", help="encoder-decoders: the text to translate")
@@ -188,14 +187,7 @@ def _sources(args, tokenizer) -> list[tuple[str, np.ndarray]]:
                 f"--source text needs the run's SentencePiece vocabulary "
                 f"(WORKDIR/{tokenizers.SPIECE_FILE}), which this workdir lacks: use --source_ids"
             )
-        if args.source is not None:
-            lines = [args.source]
-        else:
-            try:
-                with open(args.source_file, encoding="utf-8") as f:
-                    lines = [ln.rstrip("\n") for ln in f if ln.strip()]
-            except OSError as e:
-                raise cli.UsageError(f"--source_file: {e}") from None
+        lines = [args.source] if args.source is not None else args.source_lines
         texts = [(line, tokenizer.encode(line)) for line in lines]
     if not texts or any(len(ids) == 0 for _, ids in texts):
         raise cli.UsageError("every source needs at least one token")
@@ -307,18 +299,15 @@ def _read_image(path: str) -> np.ndarray:
 def _prompt(args, cfg, tokenizer) -> tuple[np.ndarray, np.ndarray | None]:
     """(prompt ids [p], the original image [64, 64, 3] or None) from the prompt flags."""
     if args.prompt is not None:
-        if tokenizer is not None:
-            return tokenizer.encode(args.prompt), None
-        if cfg.vocab_size < BYTE_VOCAB:
+        if tokenizer is None:
             raise cli.UsageError(
-                f"--prompt needs a byte-level model (vocab >= {BYTE_VOCAB}, ids = byte + "
-                f"{enwik8.BYTE_OFFSET}) or a SentencePiece vocabulary "
-                f"(WORKDIR/{tokenizers.SPIECE_FILE}); this model's vocab is {cfg.vocab_size} "
-                "and its workdir has none: use --prompt_ids, or train one with "
-                "python -m reformer_jax.tokenizer"
+                f"--prompt needs a run whose data is text: this run's dataset "
+                f"({cli.dataset_name() or 'none in WORKDIR/config.gin'}) declares no tokenizer "
+                f"and WORKDIR/{tokenizers.SPIECE_FILE} does not exist; use --prompt_ids, bind "
+                "the run's dataset (e.g. --gin_param='train.dataset_fn = @enwik8_dataset'), "
+                "or train a vocabulary with python -m reformer_jax.tokenizer"
             )
-        data = np.frombuffer(args.prompt.encode("utf-8"), np.uint8)
-        return data.astype(np.int32) + enwik8.BYTE_OFFSET, None
+        return tokenizer.encode(args.prompt), None
     if args.prompt_ids is not None:
         try:
             ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
@@ -343,23 +332,17 @@ def _prompt(args, cfg, tokenizer) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _tokenizer(workdir: str, cfg) -> tokenizers.Tokenizer | None:
-    """The run's SentencePiece vocabulary (WORKDIR/spiece.model), or None without one."""
-    try:
-        tokenizer = tokenizers.for_run(workdir)
-    except tokenizers.TokenizerError as e:
-        raise cli.UsageError(str(e).rstrip(".")) from None
+    """The run's tokenizer (`cli.run_tokenizer`; config parsed), or None for data without text."""
+    tokenizer = cli.run_tokenizer(workdir)
     if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        spiece = os.path.join(workdir, tokenizers.SPIECE_FILE)
+        source = spiece if os.path.exists(spiece) else f"the dataset's {tokenizer.name} vocabulary"
         raise cli.UsageError(
-            f"{os.path.join(workdir, tokenizers.SPIECE_FILE)} has {tokenizer.vocab_size} pieces, "
-            f"more than the model's vocabulary of {cfg.vocab_size}: it is not this model's "
-            "vocabulary; put the run's own spiece.model there"
+            f"{source} has {tokenizer.vocab_size} ids, more than the model's vocabulary of "
+            f"{cfg.vocab_size}: it is not this model's vocabulary; put the run's own "
+            f"{tokenizers.SPIECE_FILE} in its workdir, or bind the dataset it was trained on"
         )
     return tokenizer
-
-
-def _byte_text(ids) -> str:
-    data = bytes(int(i) - enwik8.BYTE_OFFSET for i in ids if i >= enwik8.BYTE_OFFSET)
-    return data.decode("utf-8", errors="replace")
 
 
 def _image_grid(prompt: np.ndarray, samples: np.ndarray, original: np.ndarray, path: str) -> None:
@@ -397,6 +380,9 @@ def main(argv: Sequence[str]) -> None:
     _check_beam_args(args)
     if args.image_prompt is not None:
         _read_image(args.image_prompt)  # a bad image fails before the model loads
+    if args.source_file is not None:  # and so does a bad file of sources
+        lines = user_files.text_lines(args.source_file, "--source_file", "one source a line")
+        args.source_lines = [ln.rstrip("\n") for ln in lines if ln.strip()]
     from reformer_jax import checkpoints  # the orbax stack, only once the flags are sane
 
     try:
@@ -404,9 +390,11 @@ def main(argv: Sequence[str]) -> None:
     except checkpoints.CheckpointError as e:
         raise cli.UsageError(str(e)) from None
     cfg = run.config
+    # The run's config.gin names its dataset, and with it the tokenizer.
+    config = os.path.join(args.workdir, "config.gin")
+    bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
+    cli.parse_gin([config] if os.path.isfile(config) else [], bindings + args.gin_param)
     if args.gin_param:
-        bindings = [f"ReformerConfig.{k} = {v!r}" for k, v in vars(cfg).items()]
-        cli.parse_gin([], bindings + args.gin_param)
         cfg = cli.model_config()
     tokenizer = _tokenizer(args.workdir, cfg)
     is_source = args.source is not None or args.source_file is not None or args.source_ids
@@ -426,9 +414,7 @@ def main(argv: Sequence[str]) -> None:
             raise cli.UsageError("give --num_tokens (how many ids to generate)")
         num_tokens = imagenet64.SEQ_LEN - len(prompt)
     batch = np.tile(prompt.reshape(1, -1), (args.n_samples, 1))
-    text_of = _byte_text if cfg.vocab_size == BYTE_VOCAB else None
-    if tokenizer is not None:
-        text_of = tokenizer.decode
+    text_of = None if tokenizer is None else tokenizer.decode
     if args.beam_size is not None:
         return _print_beams(args, run, cfg, prompt, batch, num_tokens, text_of)
     try:

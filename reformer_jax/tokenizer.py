@@ -22,10 +22,11 @@ and one more branch in `texts_from_args`, returning an iterable of strings.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
-from reformer_jax import cli
+from reformer_jax import cli, user_files
 from reformer_jax.data import stdlib, tokenizers
 
 NORMALIZATIONS = ("nmt_nfkc", "nfkc", "nmt_nfkc_cf", "nfkc_cf", "identity")
@@ -54,24 +55,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _file_lines(path: str) -> Iterator[str]:
-    with open(path, encoding="utf-8") as f:
-        try:
-            yield from f
-        except UnicodeDecodeError:
-            raise cli.UsageError(
-                f"--text_file={path} is not UTF-8 text; convert it to UTF-8 first"
-            ) from None
-
-
 def texts_from_args(args: argparse.Namespace) -> Iterable[str]:
-    """The text the flags name, as an iterable of strings (read lazily)."""
+    """The text the flags name, as an iterable of strings (read lazily).
+
+    Every --text_file is checked now (reformer_jax/user_files.py: it exists, is a
+    readable file, not empty); a line that is not UTF-8 stops the training with
+    one line naming FILE:LINE when it is read.
+    """
     if args.stdlib:
         return [stdlib.stdlib_text("train")]
-    for path in args.text_file:
-        if not os.path.isfile(path):
-            raise cli.UsageError(f"--text_file={path}: no such file")
-    return (line for path in args.text_file for line in _file_lines(path))
+    files = [user_files.text_lines(p, "--text_file", "one sentence a line") for p in args.text_file]
+    return itertools.chain.from_iterable(files)
 
 
 def main(argv: Sequence[str]) -> None:

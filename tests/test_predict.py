@@ -140,7 +140,7 @@ def test_bad_lines_are_named(bad, match):
             "in.jsonl:7",
             vocab_size=16,
             max_len=32,
-            tokenizer=tokenizers.LISTOPS,
+            tokenizer=listops.TOKENIZER,
             mask_text="[MASK]",
             mask_id=None,
         )
@@ -162,14 +162,18 @@ def test_masked_lm_fills_the_masked_positions(tmp_path, mlm_run):
     assert error is None
     (g,) = got
     task, row = _direct(mlm_run, predict._encode(text, tokenizers.BYTES, "[MASK]", 258))
+    assert predict._encode("a[MASK]", tokenizers.BYTES, "[MASK]", 258).tolist() == [99, 258]
     positions = [f["position"] for f in g["filled"]]
     assert positions == [len("def f(x):\n    return "), len(text) - 2 * len("[MASK]") + 1]
     for f in g["filled"]:
         assert f["id"] == int(row["ids"][f["position"]]) and f["id"] != 258
         np.testing.assert_allclose(f["prob"], row["prob"][f["position"]], atol=2e-6)
-    # Everything else is the input as given.
+    # Everything else is the input as given, in stdlib_dataset's ids: byte + 2.
     unmasked = [i for p, i in enumerate(g["ids"]) if p not in positions]
-    assert bytes(unmasked).decode() == text.replace("[MASK]", "")
+    assert bytes(i - 2 for i in unmasked).decode() == text.replace("[MASK]", "")
+    # The text is the ids decoded: the input's characters where they were given.
+    assert g["text"] == tokenizers.BYTES.decode(g["ids"])
+    assert g["text"].startswith("def f(x):\n    return ")
     assert isinstance(task, tasks.MaskedLMTask)
 
 

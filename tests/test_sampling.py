@@ -324,6 +324,8 @@ def test_cli_text_prompt_prints_text_and_json_ids(tmp_path):
     from .inprocess import run
 
     workdir, cfg, params = _saved_run(tmp_path, vocab_size=258, max_len=64, axial_shape=(8, 8))
+    # A byte-level run: its config names a dataset whose text is bytes + 2.
+    (tmp_path / "run" / "config.gin").write_text("train.dataset_fn = @enwik8_dataset\n")
     args = [f"--workdir={workdir}", "--prompt=ab", "--num_tokens=5", "--seed=3", "--n_samples=2"]
     result = run(sample.main, *args, "--json")
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ import sentencepiece
 
 from reformer_jax import checkpoints, convert, sample, sampling
 from reformer_jax import tokenizer as tokenizer_cli
-from reformer_jax.data import stdlib, tokenizers
+from reformer_jax.data import enwik8, listops, stdlib, synthetic, tokenizers, wmt14
 from reformer_jax.model import ReformerLM
 from tests import inprocess
 
@@ -136,13 +136,20 @@ def test_bad_settings_and_files_are_one_line(corpus, tmp_path):
 
 def test_for_run_prefers_the_workdirs_vocabulary(trained, tmp_path):
     assert tokenizers.for_run(str(tmp_path)) is None
-    assert tokenizers.for_run(str(tmp_path), "listops_dataset") is tokenizers.LISTOPS
-    assert tokenizers.for_run(str(tmp_path), "duplication_dataset") is None
+    assert tokenizers.for_run(str(tmp_path), listops.listops_dataset) is listops.TOKENIZER
+    assert tokenizers.for_run(str(tmp_path), enwik8.enwik8_dataset) is tokenizers.BYTES
+    assert tokenizers.for_run(str(tmp_path), stdlib.stdlib_dataset) is tokenizers.BYTES
+    assert tokenizers.for_run(str(tmp_path), synthetic.duplication_dataset) is None
+    # wmt14 declares the run's own vocabulary, which this workdir lacks.
+    with pytest.raises(tokenizers.TokenizerError, match="spiece.model: no such file"):
+        tokenizers.for_run(str(tmp_path), wmt14.wmt14_dataset)
     (tmp_path / tokenizers.SPIECE_FILE).write_bytes(open(trained[0], "rb").read())
-    tok = tokenizers.for_run(str(tmp_path), "enwik8_dataset")
-    assert tok.name == "sentencepiece"
-    np.testing.assert_array_equal(tok.encode("import os"), trained[1].encode("import os"))
-    assert tokenizers.BYTES.eos_id is None and tokenizers.LISTOPS.pad_id is None
+    for factory in (enwik8.enwik8_dataset, wmt14.wmt14_dataset, None):
+        tok = tokenizers.for_run(str(tmp_path), factory)
+        assert tok.name == "sentencepiece"
+        np.testing.assert_array_equal(tok.encode("import os"), trained[1].encode("import os"))
+    assert (tokenizers.BYTES.pad_id, tokenizers.BYTES.eos_id) == (0, 1)
+    assert (listops.TOKENIZER.pad_id, listops.TOKENIZER.eos_id) == (0, None)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -194,7 +201,11 @@ def test_command_errors(tmp_path):
     binary.write_bytes(bytes(range(128, 256)) * 4)
     run = lambda *a: inprocess.run(tokenizer_cli.main, f"--workdir={tmp_path}/w", *a)
     result = run("--vocab_size=100", f"--text_file={binary}")
-    assert result.returncode == 2 and "is not UTF-8 text" in result.last_line
+    assert result.returncode == 2
+    assert result.last_line == (
+        f"error: --text_file={binary}:1: not UTF-8 (byte 0x80 at byte 1 of the line); "
+        "save the file as UTF-8"
+    )
     result = run("--vocab_size=100", "--stdlib", "--character_coverage=0")
     assert result.returncode == 2 and "--character_coverage must be in (0, 1]" in result.last_line
     assert not os.path.exists(tmp_path / "w" / tokenizers.SPIECE_FILE)
@@ -297,7 +308,7 @@ def test_bad_or_foreign_vocabularies_are_one_line(converted, trained, tmp_path):
     argv = (f"--workdir={workdir}", "--prompt=x", "--num_tokens=1")
     result = inprocess.run(sample.main, *argv)
     assert result.returncode == 2
-    assert "has 300 pieces, more than the model's vocabulary of 128" in result.last_line
+    assert "spiece.model has 300 ids, more than the model's vocabulary of 128" in result.last_line
     (workdir / tokenizers.SPIECE_FILE).write_bytes(b"garbage")
     result = inprocess.run(sample.main, *argv)
     assert result.returncode == 2 and "is not a SentencePiece model" in result.last_line

@@ -33,7 +33,7 @@ def test_eval_splits_cover_their_bytes_once_after_the_train_split():
         )
         tokens = np.concatenate([b["tokens"].reshape(-1) for b in batches])
         weights = np.concatenate([b["weights"].reshape(-1) for b in batches])
-        seen.append((tokens[weights > 0] - enwik8.BYTE_OFFSET).astype(np.uint8))
+        seen.append((tokens[weights > 0] - 2).astype(np.uint8))
     # 90% train, then validation and test: together exactly the last 10%.
     assert np.array_equal(np.concatenate(seen), data[BUDGET * 9 // 10 :])
     assert len(seen[0]) == len(seen[1]) == BUDGET // 20
@@ -46,7 +46,7 @@ def test_train_windows_come_from_the_train_split_and_replay_from_the_seed():
     batch = next(first)
     assert batch["weights"].shape == (4, 64) and np.all(batch["weights"] == 1.0)
     for row in batch["tokens"]:
-        assert bytes((row - enwik8.BYTE_OFFSET).astype(np.uint8)) in train
+        assert bytes((row - 2).astype(np.uint8)) in train
     again = stdlib.stdlib_dataset(split="train", batch_size=4, seq_len=64, seed=3, max_bytes=BUDGET)
     assert np.array_equal(next(again)["tokens"], batch["tokens"])
 

@@ -8,7 +8,8 @@ corrupt zip or a file of the wrong size is a DatasetError, never trained on.
 
 Splits follow tensor2tensor: the first 90M bytes train, the next 5M
 validation, the last 5M test. Token ids are byte + 2 (0 pad, 1 EOS), so the
-vocabulary has 258 symbols. The bytes are memory-mapped, never copied whole.
+vocabulary has 258 symbols: the text is encoded with
+reformer_jax/data/tokenizers.py's BYTES, which the factory declares. The bytes are memory-mapped, never copied whole.
 
 Train batches are windows at random offsets, a pure function of
 (seed, batch index). Eval batches are consecutive non-overlapping windows that
@@ -29,16 +30,21 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator, one_line, write_then_rename
+from reformer_jax.data import (
+    DatasetError,
+    IndexedIterator,
+    one_line,
+    tokenizers,
+    write_then_rename,
+)
 
 DATA_URL = "http://mattmahoney.net/dc/enwik8.zip"
 RAW_NAME = "enwik8"  # the zip's one member, and the extracted file's name
 ZIP_NAME = "enwik8.zip"
 TOTAL_BYTES = 100_000_000
-VOCAB_SIZE = 258
-PAD_ID = 0
-EOS_ID = 1
-BYTE_OFFSET = 2  # token id = byte + BYTE_OFFSET
+VOCAB_SIZE = tokenizers.BYTES.vocab_size  # 258: ids = byte + 2 (tokenizers.byte_ids)
+PAD_ID = tokenizers.BYTES.pad_id
+EOS_ID = tokenizers.BYTES.eos_id
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
     "train": "train",
@@ -232,8 +238,8 @@ class TrainWindows:
         """Batch number `index`: {"tokens": int32 [b, L], "weights": float32 [b, L]}."""
         tokens = np.empty((self.batch_size, self.seq_len), np.int32)
         for row, start in enumerate(self.offsets(index)):
-            tokens[row] = self.data[start : start + self.seq_len]  # reads only these pages
-        tokens += BYTE_OFFSET
+            # Reads only these pages.
+            tokens[row] = tokenizers.byte_ids(self.data[start : start + self.seq_len])
         return {"tokens": tokens, "weights": np.ones(tokens.shape, np.float32)}
 
 
@@ -273,7 +279,7 @@ class EvalWindows(Iterator[dict[str, np.ndarray]]):
             if start >= len(self.data):
                 break
             window = self.data[start : start + self.seq_len]
-            tokens[row, : len(window)] = window.astype(np.int32) + BYTE_OFFSET
+            tokens[row, : len(window)] = tokenizers.byte_ids(window)
             weights[row, : len(window)] = 1.0
         self.position += self.batch_size
         return {"tokens": tokens, "weights": weights}
@@ -292,6 +298,7 @@ def _check_shape(batch_size: int, seq_len: int) -> None:
         raise ValueError(f"enwik8: batch_size must be positive, got {batch_size}.")
 
 
+@tokenizers.declare(tokenizers.BYTES)
 def enwik8_dataset(
     *,
     split: str,

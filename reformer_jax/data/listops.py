@@ -72,6 +72,7 @@ from reformer_jax.data import (
     IndexedIterator,
     SinglePassIterator,
     one_line,
+    tokenizers,
     write_then_rename,
 )
 from reformer_jax.data.enwik8 import default_data_dir
@@ -242,8 +243,12 @@ def encode(text: str) -> np.ndarray:
 
 
 def decode(ids: Iterable[int]) -> str:
-    """The text of token ids, padding (id 0) dropped."""
-    return " ".join(VOCAB[int(i)] for i in ids if int(i) != PAD_ID)
+    """The text of token ids, padding (id 0) and ids outside the vocabulary dropped."""
+    return " ".join(VOCAB[int(i)] for i in ids if PAD_ID < int(i) < VOCAB_SIZE)
+
+
+# The vocabulary as the tokenizer the dataset factory declares (predict reads "text" with it).
+TOKENIZER = tokenizers.Tokenizer("listops", VOCAB_SIZE, encode, decode, pad_id=PAD_ID)
 
 
 def evaluate(text: str) -> int:
@@ -615,6 +620,7 @@ class OrderedExamples:
         return _batch(self.data, examples, self.batch_size, self.seq_len)
 
 
+@tokenizers.declare(TOKENIZER)
 def listops_dataset(
     *,
     split: str,

@@ -10,7 +10,8 @@ corpus is ordinary, current Python source.
 
 Splits are contiguous ranges as for enwik8 (reformer_jax/data/enwik8.py):
 the first 90% train, the next 5% validation, the last 5% test. Token ids
-are byte + 2 (0 pad, 1 EOS; vocabulary 258), and the batches are enwik8's:
+are byte + 2 (0 pad, 1 EOS; vocabulary 258: tokenizers.BYTES, which the
+factory declares), and the batches are enwik8's:
 random windows for training (`TrainWindows`), one ordered pass of
 non-overlapping windows for evaluation (`EvalWindows`).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, IndexedIterator
+from reformer_jax.data import DatasetError, IndexedIterator, tokenizers
 from reformer_jax.data.enwik8 import EvalWindows, TrainWindows, split_bounds
 
 # The packages whose modules make the corpus; "" is the standard library's top level.
@@ -91,6 +92,7 @@ def stdlib_text(split: str = "train", max_bytes: int = DEFAULT_MAX_BYTES) -> str
     return data[start:end].tobytes().decode("utf-8", errors="replace")
 
 
+@tokenizers.declare(tokenizers.BYTES)
 def stdlib_dataset(
     *,
     split: str,
@@ -104,7 +106,7 @@ def stdlib_dataset(
     split: "train" (random windows from seed), "eval"/"validation" or "test"
     (one ordered pass over the split, then StopIteration; seed unused).
     Batches: {"tokens": int32 [batch_size, seq_len], "weights": float32
-    [batch_size, seq_len]}, token id = byte + 2.
+    [batch_size, seq_len]}, token ids tokenizers.BYTES's (byte + 2).
     """
     if split not in _SPLITS:
         raise ValueError(f"stdlib corpus: split must be one of {sorted(_SPLITS)}, got {split!r}.")

@@ -1,19 +1,30 @@
-"""Text <-> token ids for the commands that read or write text (predict, sample).
+"""Text <-> token ids: each text dataset's tokenizer, declared on its factory.
 
 Tokenizer                      encode(text) -> ids, decode(ids) -> text, vocab_size,
                                eos_id / pad_id (None where the vocabulary has none)
-BYTES                          UTF-8 bytes, ids 0..255 (enwik8, the stdlib corpus)
-LISTOPS                        reformer_jax/data/listops.py's 16-token vocabulary
-for_dataset(name) -> Tokenizer | None
-                               the tokenizer of a dataset factory's gin name;
-                               None where the data has no text (ids only)
+BYTE_OFFSET                    2: byte b is id b + 2; ids 0 (pad) and 1 (eos) come first
+byte_ids(data uint8 [...]) -> int32 [...]
+                               bytes as the ids enwik8's and the stdlib corpus's batches hold
+BYTES                          UTF-8 text as byte_ids (vocabulary 258: pad 0, eos 1)
+RUN_SENTENCEPIECE              what a dataset declares whose text is encoded with the
+                               run's own SentencePiece model (WORKDIR/spiece.model): wmt14
+declare(tokenizer)             decorator: a dataset factory's text encoding
+for_dataset(factory) -> Tokenizer | RUN_SENTENCEPIECE | None
+                               what a factory declared; None where its data has no text
 SPIECE_FILE                    "spiece.model": a run's SentencePiece vocabulary,
                                in its workdir (as HF checkpoints name it)
 load_sentencepiece(path) -> Tokenizer
 train_sentencepiece(texts, path, *, vocab_size, ...) -> Tokenizer
                                a new vocabulary: ids pad 0, eos 1, unk 2, no bos
-for_run(workdir, dataset_name=None) -> Tokenizer | None
-                               workdir/spiece.model if present, else for_dataset
+for_run(workdir, factory=None) -> Tokenizer | None
+                               workdir/spiece.model if present, else the factory's
+
+Each text dataset's factory declares how its text becomes ids
+(`@tokenizers.declare(BYTES)` on enwik8_dataset and stdlib_dataset,
+listops.TOKENIZER on listops_dataset, RUN_SENTENCEPIECE on wmt14_dataset),
+and its batches are built with that tokenizer's functions, so train,
+evaluate, predict and sample, which all ask `for_run`, read and write the
+ids the model was trained on.
 
 SentencePiece (Kudo & Richardson 2018) is the subword vocabulary of the
 Reformer paper's text experiments beyond enwik8 (§5: WMT 2014 English-German)
@@ -28,10 +39,17 @@ import dataclasses
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
-from reformer_jax.data import DatasetError, listops, one_line, write_then_rename
+from reformer_jax import user_files
+from reformer_jax.data import DatasetError, one_line, write_then_rename
+
+# The ids every vocabulary here gives padding and end of sequence: the batches'
+# padding (0) and the sequence-to-sequence code's EOS (1). Our SentencePiece
+# vocabularies add unk 2; the byte vocabulary puts byte 0 at 2.
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +57,9 @@ class Tokenizer:
     """A named pair of functions between text and int32 token ids.
 
     eos_id / pad_id: the vocabulary's end-of-sequence and padding ids, None
-    where it has none (bytes, ListOps). `encode` never appends eos.
+    where it has none. `encode` never appends eos; `decode` drops the ids
+    that stand for no text (padding, eos, other control ids, ids outside the
+    vocabulary such as a masked LM's mask id).
     """
 
     name: str
@@ -54,37 +74,68 @@ class TokenizerError(DatasetError):
     """A vocabulary file missing or unreadable; the one-line message says what to do."""
 
 
+# ----------------------------------------------------------------------------- bytes + 2
+
+BYTE_OFFSET = EOS_ID + 1  # byte b is id b + BYTE_OFFSET: pad and eos come first
+_BYTE_VOCAB = 256 + BYTE_OFFSET  # 258 ids
+
+
+def byte_ids(data: np.ndarray) -> np.ndarray:
+    """Bytes (uint8 [...]) -> their token ids (int32 [...]): byte + BYTE_OFFSET."""
+    return np.asarray(data, np.uint8).astype(np.int32) + BYTE_OFFSET
+
+
 def _encode_bytes(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32)
+    return byte_ids(np.frombuffer(text.encode("utf-8"), np.uint8))
 
 
 def _decode_bytes(ids: Sequence[int]) -> str:
-    return bytes(int(i) & 0xFF for i in ids).decode("utf-8", errors="replace")
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    data = ids[(ids >= BYTE_OFFSET) & (ids < _BYTE_VOCAB)] - BYTE_OFFSET
+    return data.astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
 
-BYTES = Tokenizer("bytes", 256, _encode_bytes, _decode_bytes)
-LISTOPS = Tokenizer("listops", listops.VOCAB_SIZE, listops.encode, listops.decode)
-
-# Dataset factories (by their gin names) whose examples are text.
-_BY_DATASET = {
-    "enwik8_dataset": BYTES,
-    "stdlib_dataset": BYTES,
-    "listops_dataset": LISTOPS,
-    # A run's own SentencePiece model (spiece.model), not a fixed vocabulary.
-    "wmt14_dataset": None,
-}
+BYTES = Tokenizer("bytes", _BYTE_VOCAB, _encode_bytes, _decode_bytes, EOS_ID, PAD_ID)
 
 
-def for_dataset(name: str) -> Tokenizer | None:
-    """The tokenizer of the dataset factory called `name` in gin, or None (ids only)."""
-    return _BY_DATASET.get(name)
+# ----------------------------------------------------------------------------- declarations
+
+
+class _RunSentencePiece:
+    def __repr__(self) -> str:
+        return "RUN_SENTENCEPIECE"
+
+
+# A dataset whose text is encoded with the run's own SentencePiece model: the
+# vocabulary it was trained with is the workdir's spiece.model (python -m
+# reformer_jax.train copies it there, reformer_jax/cli.py `store_vocabulary`).
+RUN_SENTENCEPIECE = _RunSentencePiece()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def declare(tokenizer: Tokenizer | _RunSentencePiece) -> Callable[[F], F]:
+    """Decorator: the decorated dataset factory's text becomes ids with `tokenizer`.
+
+    The factory keeps it as its `tokenizer` attribute, which `for_dataset`
+    reads; the factory's batches must hold the ids `tokenizer.encode` gives.
+    """
+
+    def mark(factory: F) -> F:
+        factory.tokenizer = tokenizer
+        return factory
+
+    return mark
+
+
+def for_dataset(factory: Callable | None) -> Tokenizer | _RunSentencePiece | None:
+    """What a dataset factory declared (`declare`), or None: its data has no text (ids only)."""
+    return getattr(factory, "tokenizer", None)
 
 
 # ----------------------------------------------------------------------------- SentencePiece
 
 SPIECE_FILE = "spiece.model"
-# Ids of a vocabulary we train: 0 pads and starts a decoder, 1 ends a sequence.
-PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 MODEL_TYPES = ("unigram", "bpe", "char", "word")
 # sentencepiece's trainer splits its work over this many threads, and the
 # result depends on the split (and records it), so it is fixed, not the
@@ -142,15 +193,15 @@ def load_sentencepiece(path: str) -> Tokenizer:
     """A SentencePiece model file (e.g. a workdir's spiece.model) -> Tokenizer.
 
     Raises TokenizerError (one line) when the file is missing or is not a
-    SentencePiece model.
+    SentencePiece model, user_files.FileError when it cannot be read (a
+    directory, no permission, empty).
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise TokenizerError(
             f"{path}: no such file; copy the checkpoint's {SPIECE_FILE} there, or train one "
             "with python -m reformer_jax.tokenizer."
         )
-    with open(path, "rb") as f:
-        return _from_proto(f.read(), path)
+    return _from_proto(user_files.read_bytes(path), path)
 
 
 def _sentences(texts: Iterable[str]) -> Iterator[str]:
@@ -258,11 +309,17 @@ def train_sentencepiece(
     return tokenizer
 
 
-def for_run(workdir: str, dataset_name: str | None = None) -> Tokenizer | None:
-    """The tokenizer of a run: its workdir's spiece.model when there is one (trained by
-    python -m reformer_jax.tokenizer, or copied by convert), else `for_dataset(dataset_name)`
-    (None without a dataset name, or for data without text)."""
+def for_run(workdir: str, factory: Callable | None = None) -> Tokenizer | None:
+    """The tokenizer of a run whose dataset factory is `factory` (None: not known).
+
+    Its workdir's spiece.model when there is one (trained by python -m
+    reformer_jax.tokenizer, copied by convert or by train from the dataset's
+    vocabulary), else what the factory declared (`for_dataset`): None for
+    data without text. A factory that declared RUN_SENTENCEPIECE needs the
+    workdir's spiece.model: TokenizerError (one line) without it.
+    """
     path = os.path.join(workdir, SPIECE_FILE)
-    if os.path.exists(path):
+    declared = for_dataset(factory)
+    if os.path.exists(path) or declared is RUN_SENTENCEPIECE:
         return load_sentencepiece(path)
-    return None if dataset_name is None else for_dataset(dataset_name)
+    return declared

@@ -290,6 +290,7 @@ class OrderedPairs:
         return make_batch(pairs, self.batch_size, self.seq_len)
 
 
+@tokenizers.declare(tokenizers.RUN_SENTENCEPIECE)
 def wmt14_dataset(
     *,
     split: str,
