@@ -71,3 +71,42 @@ def test_sweep_then_evaluate(tmp_path):
     assert 0.0 <= out["results"]["LSH-4"]["accuracy"] <= 1.0
     missing = _run("-m", "reformer_jax.evaluate", f"--workdir={tmp_path / 'nothing'}")
     assert missing.returncode == 2 and "config.gin not found" in missing.stderr
+
+
+def _required_task_arguments():
+    """(gin name, argument) for every argument a shipped task cannot do without."""
+    import dataclasses
+
+    from reformer_jax import tasks
+
+    names = [n for n, v in vars(tasks).items() if isinstance(v, type) and issubclass(v, tasks.Task)]
+    out = []
+    for name in names:
+        cls = getattr(tasks, name)
+        if not dataclasses.is_dataclass(cls) or cls is tasks.Task:
+            continue
+        for f in dataclasses.fields(cls):
+            no_default = f.default is dataclasses.MISSING
+            if f.init and no_default and f.default_factory is dataclasses.MISSING:
+                out.append((name, f.name))
+    return out
+
+
+def test_every_required_task_argument_is_named_as_a_binding(tmp_path):
+    """train.task = @X() without X's required argument says which binding to add."""
+    from reformer_jax import cli
+
+    from . import inprocess
+
+    required = _required_task_arguments()
+    assert ("ClassificationTask", "n_classes") in required
+    for name, arg in required:
+        result = inprocess.run(
+            cli.train_main,
+            f"--gin_file={TINY}",
+            f"--workdir={tmp_path / name}",
+            f"--gin_param=train.task = @{name}()",
+        )
+        assert result.returncode == 2, result.stderr
+        assert f"{name} needs {arg}: bind {name}.{arg} = ..." in result.last_line, result.stderr
+        assert "missing" not in result.last_line
