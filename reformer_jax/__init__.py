@@ -19,8 +19,8 @@ whose parameters are stacked and scanned together.
 
 Modules, bottom to top:
 
-    lsh, attention, kernels          pure functions: hashing, sorting, the jnp attention
-                                     and its fused Pallas kernel
+    lsh, dropout, attention,         pure functions: hashing, sorting, dropout, the jnp
+    kernels                          attention and its fused Pallas kernel
     kinds                            one object per attention kind (the registry)
     positions, config, chunked       positional encodings; ReformerConfig and
                                      RunSettings; the chunk loops' custom VJPs

@@ -15,63 +15,17 @@ path.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from reformer_jax import lsh
+from reformer_jax.dropout import apply_dropout
 from reformer_jax.kernels import window
 
 # Additive logit penalties (docs/algorithm.md §1.7). Finite on purpose: a query whose only
 # admissible key is itself still attends to itself instead of producing NaN.
 MASK_PENALTY = 1e9
 SELF_PENALTY = 1e5
-
-
-def apply_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
-    """Inverted dropout: zeroes each element with probability ~`rate`, scales the rest.
-
-    The random bits come from XLA's counter-based generator (RngBitGenerator,
-    JAX's "rbg" key type) seeded by 128 bits drawn from `key`, 16 bits per
-    element: threefry on CPU is lowered as a loop that materialises several
-    u32 arrays of x's shape (2 GiB for one [65536, 1024] activation), the rbg
-    bits are a single u16 array. An element is kept when its bits u satisfy
-    u >= t, t = round(rate * 2^16), so the rate is t / 2^16 (0.2 -> 0.199997)
-    and the kept elements are scaled by 1 / (1 - t / 2^16): the expectation is
-    exactly x. The mask is a pure function of (key, x.shape): the backward pass
-    (a custom VJP) draws it again instead of keeping it, and the reversible
-    backward pass regenerates the forward's mask.
-    """
-    threshold = min(round(rate * 2**16), 2**16 - 1)
-    return _dropout(x, key, threshold)
-
-
-def _keep_scale(key, shape, dtype, threshold):
-    """The dropout multiplier: 0 where dropped, 1 / P(keep) where kept."""
-    seed = jax.random.bits(key, (4,), jnp.uint32)
-    bits = jax.random.bits(jax.random.wrap_key_data(seed, impl="rbg"), shape, jnp.uint16)
-    scale = jnp.asarray(2**16 / (2**16 - threshold), dtype)
-    return jnp.where(bits >= jnp.uint16(threshold), scale, jnp.zeros((), dtype))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dropout(x, key, threshold):
-    return (x * _keep_scale(key, x.shape, x.dtype, threshold)).astype(x.dtype)
-
-
-def _dropout_fwd(x, key, threshold):
-    return _dropout(x, key, threshold), key
-
-
-def _dropout_bwd(threshold, key, g):
-    # Tied to g, so XLA neither merges this draw with the forward's (keeping
-    # the bits alive in between) nor makes it before it is needed.
-    key, _ = jax.lax.optimization_barrier((key, g))
-    return (g * _keep_scale(key, g.shape, g.dtype, threshold)).astype(g.dtype), None
-
-
-_dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 
 def normalize_keys(q: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -102,6 +56,8 @@ def lsh_attention(
     buckets: jax.Array | None = None,
     per_example_rotations: bool = False,
     impl: str = "xla",
+    window_rule: str = "reformer",
+    hf_length: jax.Array | int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Shared-QK LSH self-attention (docs/algorithm.md §1, paper §2).
 
@@ -131,10 +87,18 @@ def lsh_attention(
         when it takes these sizes, else jnp) or "interpret" (the kernel in
         Pallas's interpret mode: any backend, slow; for checks). See
         `kernels.window.resolve_impl`.
+      window_rule: "reformer" (the windows above) or "hf", HF transformers'
+        (docs/algorithm.md, "Window rules"): each sequence runs at length
+        `hf_length` (int32 [b] or an int; default: up to its last real token,
+        rounded up to a multiple of c), whose padding sorts into an extra
+        bucket of every round; the windows wrap around all r * hf_length / c
+        chunks and hold a chunk as often as HF's rolled copies do; a
+        sequence of hf_length <= c is full shared-QK attention. No dedup.
 
     Returns:
       (out [b, h, l, e] in v's dtype, buckets int32 [b, h, r, l]).
     """
+    hf = _check_window_rule(window_rule) == "hf"
     lsh._check_rank(qk, 4, "qk")
     lsh._check_rank(v, 4, "v")
     _check_same_prefix(qk, v, "qk", "v")
@@ -167,10 +131,26 @@ def lsh_attention(
     buckets_p = lsh.pad_length(buckets, padded, axis=3)
     valid_p = lsh.pad_length(valid, padded, axis=1, value=False)
 
+    if hf:
+        if dedup:
+            raise ValueError("window_rule='hf' has no dedup (HF transformers counts every copy).")
+        seq_len = lsh.hf_default_length(mask, length, chunk_len) if hf_length is None else hf_length
+        full = _hf_standard(qk, v, mask, causal, chunk_len, seq_len, dropout_rate, dropout_key)
+        if length <= chunk_len:  # every sequence fits one chunk: HF's full attention
+            return full, buckets
+
     padding = mask is not None or padded != length
-    perm, inv = lsh.sort_by_bucket(buckets_p, n_total, valid_p if padding else None)  # [b, h, n]
+    perm, inv = lsh.sort_by_bucket(
+        buckets_p,
+        n_total,
+        valid_p if padding or hf else None,
+        seq_len if hf else None,
+    )  # [b, h, n]
     n_chunks = n_hashes * padded // chunk_len
-    if mask is None:  # the chunks of real tokens: a static count
+    if hf:  # HF's chunks: those of r * seq_len sorted slots, pads included
+        wrap = lsh.chunk_count(n_hashes * seq_len, chunk_len)
+        before, after = n_chunks_before, n_chunks_after
+    elif mask is None:  # the chunks of real tokens: a static count
         wrap = -(-n_hashes * length // chunk_len)
         before, after = lsh.window_sizes(wrap, n_chunks_before, n_chunks_after)
     else:  # per example, int32 [b]; `_attend` narrows each example's window
@@ -188,7 +168,7 @@ def lsh_attention(
     bias = None
     if dedup:
         k_pos = lsh.look_around(s_pos, before, after, wrap)
-        counts = _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap)
+        counts = lsh.duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap)
         bias = -jnp.log(counts)
 
     s_out, s_lse = _attend(
@@ -207,6 +187,7 @@ def lsh_attention(
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
         impl=impl,
+        window_rule=window_rule,
     )
     # Undo the sort: another gather, with the inverse permutation.
     n = n_hashes * padded
@@ -216,8 +197,10 @@ def lsh_attention(
     lse = lse.reshape(bsz, heads, n_hashes, padded)  # [b, h, r, l]
     # Combine rounds with weights softmax_r(lse_r) (paper eq. 14).
     weights = jax.nn.softmax(lse, axis=2)[..., None]
-    out = jnp.sum(out.astype(jnp.float32) * weights, axis=2)
-    return out[:, :, :length].astype(v.dtype), buckets
+    out = jnp.sum(out.astype(jnp.float32) * weights, axis=2)[:, :, :length].astype(v.dtype)
+    if hf and jnp.ndim(seq_len):  # the sequences that fit one chunk take HF's full attention
+        out = jnp.where((seq_len <= chunk_len)[:, None, None, None], full, out)
+    return out, buckets
 
 
 def local_attention(
@@ -233,6 +216,8 @@ def local_attention(
     dropout_rate: float = 0.0,
     dropout_key: jax.Array | None = None,
     impl: str = "xla",
+    window_rule: str = "reformer",
+    hf_length: jax.Array | int | None = None,
 ) -> jax.Array:
     """Chunked local attention in the original order (docs/algorithm.md §2).
 
@@ -243,7 +228,13 @@ def local_attention(
     q, k: [b, h, l, d]; v: [b, h, l, e]; mask: optional bool [b, l] (True =
     real token). Returns [b, h, l, e] in v's dtype. Any l works (padded to a
     multiple of c internally). `impl` as in `lsh_attention`.
+
+    window_rule="hf": HF transformers' windows (docs/algorithm.md, "Window
+    rules"): they wrap around the hf_length / c chunks of each sequence
+    (`hf_length` as in `lsh_attention`), so the first chunk sees the last, and
+    hold a chunk as often as HF's rolled copies do.
     """
+    hf = _check_window_rule(window_rule) == "hf"
     for name, x in (("q", q), ("k", k), ("v", v)):
         lsh._check_rank(x, 4, name)
     _check_same_prefix(q, k, "q", "k")
@@ -258,6 +249,11 @@ def local_attention(
     # Without wrapping a window cannot repeat a chunk: only cap it at the sequence.
     lsh.window_sizes(n_chunks, n_chunks_before, n_chunks_after)  # checks the counts
     before, after = min(n_chunks_before, n_chunks - 1), min(n_chunks_after, n_chunks - 1)
+    wrap = None  # the first chunk has no previous chunk
+    if hf:  # a sequence of one chunk sees only that chunk (its copies): HF's full attention
+        seq_len = lsh.hf_default_length(mask, length, chunk_len) if hf_length is None else hf_length
+        before, after = n_chunks_before, n_chunks_after
+        wrap = lsh.chunk_count(seq_len, chunk_len)
 
     def chunks(x):  # [b, h, l, ...] -> [b, h, u, c, ...]
         return lsh.chunk(lsh.pad_length(x, padded, axis=2), chunk_len)
@@ -273,12 +269,13 @@ def local_attention(
         chunks(lsh.pad_length(valid, padded, axis=1, value=False)[:, None]),
         before=before,
         after=after,
-        wrap=None,  # the first chunk has no previous chunk
+        wrap=wrap,
         causal=causal,
         self_penalty=False,
         dropout_rate=dropout_rate,
         dropout_key=dropout_key,
         impl=impl,
+        window_rule=window_rule,
     )
     b, h = out.shape[:2]
     return out.reshape(b, h, padded, -1)[:, :, :length]
@@ -361,6 +358,7 @@ def _attend(
     dropout_rate=0.0,
     dropout_key=None,
     impl="xla",
+    window_rule="reformer",
 ):
     """Each chunk of queries against the window of chunks around it.
 
@@ -373,8 +371,11 @@ def _attend(
     int W: the chunk indices wrap around the first W chunks (LSH's sorted
     order, whose real tokens fill the first W chunks). `wrap` an int32 [b]:
     W per example, and each example's window is narrowed with
-    `lsh.window_sizes(W)` so it never holds a chunk twice. Returns out
-    [b, h, u, c, e] and the float32 log-sum-exp [b, h, u, c].
+    `lsh.window_sizes(W)` so it never holds a chunk twice. `window_rule`
+    "hf" (wrap an int or int32 [b]): HF transformers' windows,
+    `lsh.hf_window_table`, which may hold a chunk more than once and are
+    never narrowed. Returns out [b, h, u, c, e] and the float32 log-sum-exp
+    [b, h, u, c].
 
     The chunks run in blocks, under `jax.checkpoint` when there are several,
     and each block gathers its own windows from the per-chunk keys and values:
@@ -389,8 +390,12 @@ def _attend(
     """
     b, h, u, c = q.shape[:4]
     impl = window.resolve_impl(impl, c, q.shape[-1], v.shape[-1])
+    hf_table = None if window_rule == "reformer" else lsh.hf_window_table(u, before, after, wrap)
     if impl != "xla":
-        windows, window_ok = window.window_table(u, before, after, wrap)
+        if hf_table is None:
+            windows, window_ok = window.window_table(u, before, after, wrap)
+        else:
+            windows, window_ok = hf_table, jnp.ones(hf_table.shape, bool)
         return window.chunk_attention(
             q,
             normalize_keys(q) if k is None else k,
@@ -412,7 +417,7 @@ def _attend(
     blk = max([n for n in range(1, u + 1) if u % n == 0 and n * per_chunk <= BLOCK_ELEMENTS] or [1])
     kw = dict(causal=causal, self_penalty=self_penalty, dropout_rate=dropout_rate)
     shared = k is None
-    per_example = wrap is not None and jnp.ndim(wrap) == 1
+    per_example = wrap is not None and jnp.ndim(wrap) == 1 and hf_table is None
     if per_example:
         # Window offsets -before..after each example keeps: [b, w].
         narrow_before = jnp.minimum(before, wrap - 1)
@@ -430,22 +435,36 @@ def _attend(
             parts = [jax.lax.slice_in_dim(ext, j, j + size, axis=axis) for j in range(n_win)]
             return jnp.concatenate(parts, axis=axis + 1) if n_win > 1 else ext
 
-        if per_example:  # [b, m] chunk indices; every array here is [b, h, u, ...]
-            idx = raw[None] % wrap[:, None]
-            take = lambda x: jnp.take_along_axis(
-                x, idx.reshape(b, 1, -1, *(1,) * (x.ndim - 3)), axis=2
-            )
+        if hf_table is not None:  # HF's windows: the table's chunks, in window order
+            idx = jax.lax.dynamic_slice_in_dim(hf_table, i * size, size, axis=1)
+
+            def windows(x):  # [B, H, u, c, ...] -> [B, H, size, w, ...]
+                if idx.shape[0] == 1:
+                    out = jnp.take(x, idx.reshape(-1), axis=2)
+                else:
+                    x = jnp.broadcast_to(x, (b, *x.shape[1:]))
+                    flat = idx.reshape(b, 1, -1, *(1,) * (x.ndim - 3))
+                    out = jnp.take_along_axis(x, flat, axis=2)
+                return out.reshape(*out.shape[:2], size, n_win * c, *x.shape[4:])
+
+            k_valid_i = windows(k_valid)
         else:
-            idx = raw % (u if wrap is None else wrap)
-            take = lambda x: jnp.take(x, idx, axis=2)
-        # [B, H, u, c, ...] -> [B, H, size, w, ...]
-        windows = lambda x: runs(take(x), 2)
-        k_valid_i = windows(k_valid)
-        if wrap is None:
-            in_range = jnp.broadcast_to(((raw >= 0) & (raw < u))[:, None], (raw.shape[0], c))
-            k_valid_i = k_valid_i & runs(in_range, 0)
-        elif per_example:
-            k_valid_i = k_valid_i & window_mask[:, None, None, :]
+            if per_example:  # [b, m] chunk indices; every array here is [b, h, u, ...]
+                idx = raw[None] % wrap[:, None]
+                take = lambda x: jnp.take_along_axis(
+                    x, idx.reshape(b, 1, -1, *(1,) * (x.ndim - 3)), axis=2
+                )
+            else:
+                idx = raw % (u if wrap is None else wrap)
+                take = lambda x: jnp.take(x, idx, axis=2)
+            # [B, H, u, c, ...] -> [B, H, size, w, ...]
+            windows = lambda x: runs(take(x), 2)
+            k_valid_i = windows(k_valid)
+            if wrap is None:
+                in_range = jnp.broadcast_to(((raw >= 0) & (raw < u))[:, None], (raw.shape[0], c))
+                k_valid_i = k_valid_i & runs(in_range, 0)
+            elif per_example:
+                k_valid_i = k_valid_i & window_mask[:, None, None, :]
         win_k = normalize_keys(windows(q)) if shared else windows(k)
         return _attend_block(
             q_i,
@@ -527,36 +546,6 @@ def _attend_block(
     return out.astype(v.dtype), lse
 
 
-def _duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap):
-    """N_ij of the paper's App. A for every (query slot, window slot) pair.
-
-    N_ij = number of (round r of query copy, round r' of key copy) such that the
-    chunk holding key j's copy r' lies in the window of the chunk holding query
-    i's copy r, the windows wrapping around the first `wrap` chunks (an int,
-    or int32 [b] narrowed per example as in `_attend`). Returns float32
-    [b, h, u, c, w], each entry >= 1 (padding keys, masked anyway, count 1).
-    """
-    b, h, n = inv.shape
-    padded = n // n_hashes
-    n_chunks = n // chunk_len
-    # chunk_of[b, h, t, r]: the sorted chunk of position t's copy in round r.
-    chunk_of = (inv // chunk_len).reshape(b, h, n_hashes, padded).transpose(0, 1, 3, 2)
-    q_chunks = jnp.take_along_axis(chunk_of, s_pos.reshape(b, h, n)[..., None], axis=2)
-    q_chunks = q_chunks.reshape(b, h, n_chunks, chunk_len, n_hashes)  # [b, h, u, c, r]
-    k_chunks = jnp.take_along_axis(chunk_of, k_pos.reshape(b, h, -1)[..., None], axis=2)
-    k_chunks = k_chunks.reshape(b, h, n_chunks, -1, n_hashes)  # [b, h, u, w, r]
-    if jnp.ndim(wrap) == 1:  # per example: [b, 1, 1, 1, 1]
-        wrap = wrap.reshape(b, 1, 1, 1, 1)
-        before = jnp.minimum(before, wrap - 1)
-        after = jnp.minimum(after, wrap - 1 - before)
-    counts = jnp.zeros(q_chunks.shape[:-1] + k_chunks.shape[-2:-1], jnp.int32)
-    for r in range(n_hashes):
-        for r2 in range(n_hashes):
-            offset = (k_chunks[..., None, :, r2] - q_chunks[..., :, None, r]) % wrap
-            counts += ((offset <= after) | (offset >= wrap - before)).astype(jnp.int32)
-    return jax.lax.stop_gradient(jnp.maximum(counts, 1).astype(jnp.float32))
-
-
 def _key_validity(mask, bsz, length):
     if mask is None:
         return jnp.ones((bsz, length), bool)
@@ -579,3 +568,32 @@ def _check_same_prefix(a, b, name_a, name_b):
 def _check_chunk_len(chunk_len):
     if isinstance(chunk_len, bool) or not isinstance(chunk_len, int) or chunk_len <= 0:
         raise ValueError(f"chunk_len must be a positive int, got {chunk_len!r}.")
+
+
+def _check_window_rule(rule):
+    if rule not in lsh.WINDOW_RULES:
+        raise ValueError(f"window_rule={rule!r}; use one of {lsh.WINDOW_RULES}.")
+    return rule
+
+
+def _hf_standard(qk, v, mask, causal, chunk_len, seq_len, dropout_rate, dropout_key):
+    """HF's LSH attention of the sequences of seq_len <= chunk_len: full shared-QK attention.
+
+    Their real tokens lie in the first min(c, l) positions, so it runs over
+    those: out [b, h, l, e] (zeros past them), or None when no sequence fits.
+    """
+    length = qk.shape[2]
+    if jnp.ndim(seq_len) == 0 and seq_len > chunk_len:
+        return None
+    m = min(chunk_len, length)
+    out = full_attention(
+        qk[:, :, :m],
+        None,
+        v[:, :, :m],
+        causal=causal,
+        mask=None if mask is None else mask[:, :m],
+        shared_qk=True,
+        dropout_rate=dropout_rate,
+        dropout_key=dropout_key,
+    )
+    return lsh.pad_length(out, length, axis=2)

@@ -42,7 +42,9 @@ class ReformerConfig:
     instead of rotations drawn from the call's key); shift_inputs (False: the
     model reads tokens as given, so position t predicts token t + 1, as HF's
     ReformerModelWithLMHead does); local_n_chunks_before/after (the local
-    layers' window when it differs from the LSH layers'; None = the same).
+    layers' window when it differs from the LSH layers'; None = the same);
+    window_rule ("hf": HF transformers' windows and padding in the LSH and
+    local layers, see the field's comment).
     """
 
     # Shape.
@@ -78,6 +80,12 @@ class ReformerConfig:
     local_chunk_len: int = 128
     local_n_chunks_before: int | None = None
     local_n_chunks_after: int | None = None
+    # The windows of both chunked kinds (docs/algorithm.md, "Window rules"): "reformer", this
+    # package's (LSH windows hold each chunk once; local windows do not wrap around), or "hf",
+    # HF transformers' (every window wraps around all of a sequence's chunks, holds a chunk as
+    # often as HF's rolled copies do, and padding sorts as HF sorts it), which
+    # reformer_jax.convert sets so that a converted checkpoint computes what it was trained to.
+    window_rule: str = "reformer"
     # Positions (docs/algorithm.md §5).
     pos_encoding: str = "auto"  # "axial" | "sinusoidal" | "none"; "auto": axial if axial_shape
     axial_shape: tuple[int, ...] | None = None
@@ -180,6 +188,16 @@ class ReformerConfig:
         ):
             raise ValueError(
                 f"hash_seed must be an int (fixed LSH rotations) or None, got {self.hash_seed!r}."
+            )
+        if self.window_rule not in lsh.WINDOW_RULES:
+            raise ValueError(
+                f"window_rule={self.window_rule!r}; use one of {lsh.WINDOW_RULES} ('hf': HF "
+                "transformers' windows, as reformer_jax.convert sets for its checkpoints)."
+            )
+        if self.window_rule == "hf" and self.dedup:
+            raise ValueError(
+                "dedup=True needs window_rule='reformer': HF transformers' windows count every "
+                "copy of a key, and App. A's correction is defined for ours."
             )
         for name in ("n_chunks_before", "n_chunks_after") + tuple(
             f"local_{n}" for n in ("n_chunks_before", "n_chunks_after")

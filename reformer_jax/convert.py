@@ -22,7 +22,7 @@ Public functions:
         head's under `head` (HF's final LayerNorm is the head's `norm`).
     load_hf_reformer(path) -> (ReformerConfig, params): load_hf's.
     architecture_from_hf(hf_config: dict) -> the HF class name
-    config_from_hf(hf_config: dict) -> ReformerConfig
+    config_from_hf(hf_config: dict) -> ReformerConfig (window_rule "hf": HF's windows)
     params_from_hf(tensors: {name: np.ndarray}, cfg, source, architecture, n_labels) -> params
     buckets_from_hf(buckets: {layer: [b, h, r, L]}, cfg, length) -> the same
         with HF's per-round offsets removed and cut to `length`: the form
@@ -44,18 +44,15 @@ What differs from HF by design (docs/conversion.md, "Differences from HF worth k
   compare with HF numerically, pass HF's buckets (`buckets_from_hf`).
 - num_buckets=None: HF picks a power of two from the first sequence it sees;
   we use the paper's 2L/c per call.
-- padding: HF pads an input whose length is not a multiple of the chunk
-  lengths' lcm up to that multiple and hashes the pads (and an attention
-  mask's) into an extra bucket at the end of every round; we sort padding
-  after all rounds. The outputs at real positions agree when nothing is
-  padded (multiples of the lcm, lengths up to the smaller chunk) and, with
-  one hash round, when each row has fewer pads than the LSH chunk length;
-  with two or more rounds and padding they differ.
-- bidirectional models: HF's LSH and local windows wrap around every chunk,
-  so with fewer chunks than a window spans HF counts a chunk twice, and its
-  local attention's first chunk sees the last one; our LSH windows hold each
-  chunk once and our local windows do not wrap (`config_from_hf` warns when
-  an encoder's local layers look beyond their chunk).
+- windows and padding: HF's chunked layers pad a sequence to a multiple of
+  the chunk lengths' lcm, hash padding into an extra bucket of every round,
+  wrap every window around all the sequence's chunks (the first local chunk
+  sees the last) and, with few chunks, count a chunk twice. Ours do none of
+  that, so the converted config sets window_rule="hf", under which our LSH
+  and local layers do all of it (docs/algorithm.md, "Window rules"). One
+  difference stays: a padded batch gives each sequence what HF gives it
+  alone, where HF's own result for a sequence in a batch padded past its
+  next multiple of the lcm depends on how much padding the batch holds.
 - dropout: one attention-dropout rate for both kinds of layer; when HF's LSH
   and local rates differ we take the local rate (see `config_from_hf`).
   Evaluation and sampling are unaffected.
@@ -262,14 +259,6 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
         )
     lsh_window = (get("lsh_num_chunks_before"), get("lsh_num_chunks_after"))
     local_window = (get("local_num_chunks_before"), get("local_num_chunks_after"))
-    if not causal and "local" in hf_kinds and sum(local_window):
-        log.warning(
-            "%s: HF's bidirectional local attention wraps around (its first chunk sees the "
-            "last one and the last sees the first); ours does not, so the converted model "
-            "gives HF's outputs only at lengths up to local_attn_chunk_length=%s",
-            source,
-            get("local_attn_chunk_length"),
-        )
     try:
         return ReformerConfig(
             vocab_size=get("vocab_size"),
@@ -297,6 +286,7 @@ def config_from_hf(hf: dict[str, Any], source: str = CONFIG) -> ReformerConfig:
             hash_seed=get("hash_seed"),
             shift_inputs=False,
             causal=causal,
+            window_rule="hf",  # the windows and padding HF's layers were trained with
         )
     except ValueError as e:
         raise ConversionError(f"{source}: {e}") from None
@@ -638,10 +628,12 @@ def buckets_from_hf(
     batch holds padding (an attention mask's zeros, or its own round-up of
     the length): the padding then sits in an extra bucket, n_buckets, of
     every round, which tells the two cases apart. The padding's buckets
-    become 0 (our LSH never reads them: padding sorts after every round).
+    become 0 (our LSH never reads them: the mask tells it the padding).
     length: the input's length, when HF rounded it up (the hooks of an LSH
     layer see L >= length; its cache holds `length` already).
     """
+    if not buckets:  # a model without LSH layers, or inputs that fit one chunk
+        return {}
     if cfg.n_buckets is None:
         raise ValueError("buckets_from_hf needs cfg.n_buckets (HF's num_buckets) to be set.")
     n_total = lsh.total_buckets(cfg.n_buckets)

@@ -11,6 +11,8 @@ layer-group axis (one slice per layer of that cycle position).
     lsh_decode_attention(q, k, v, buckets, pos, *, n_buckets, window, dedup)
                                         the LSH kind's decode-time rule
                                         (docs/algorithm.md, "LSH at decode time")
+    hf_lengths(cfg, length, mask)       the lengths HF transformers runs the chunked
+                                        kinds at (cfg.window_rule "hf")
 
 An `AttentionKind` has
 
@@ -22,6 +24,7 @@ An `AttentionKind` has
     init_cache(cfg, batch, ...)         the decoding cache of one cycle position
     prefill(cfg, q, k, v, entry, g)     attention over a prompt, filling layer g's cache
     decode(cfg, q, k, v, entry, g, pos) attention of one new position against the cache
+    chunk_length(cfg)                   a chunked kind's chunk length (else None)
     flops(cfg, batch, length)           matmul FLOPs of the attention half's forward
     variant(name)                       the kind this layer takes in an evaluation
                                         column of the paper's Table 2 ("full", "lsh-N")
@@ -158,6 +161,40 @@ def _window_threshold(rank: Array, window: int, bound: int) -> Array:
     return lo[..., None]
 
 
+# ----------------------------------------------------------------------------- HF's lengths
+
+
+def hf_lengths(cfg, length: int, mask: Array | None) -> tuple[int, int | Array]:
+    """The lengths HF transformers runs cfg's chunked layers at (window_rule "hf").
+
+    HF rounds a sequence up to a multiple of the lcm of its layers' chunk
+    lengths unless it fits the smallest chunk; here a sequence ends at its
+    last real token (mask: bool [b, l]), so the padding past it changes
+    nothing. Returns (the static length a batch of `length` runs at, each
+    sequence's length: that int without a mask, else int32 [b]).
+    """
+    chunks = [n for n in (get(name).chunk_length(cfg) for name in cfg.attention_kinds) if n]
+    lcm, smallest = math.lcm(*chunks), min(chunks)
+    padded = length if length % lcm == 0 or length <= smallest else lsh.round_up(length, lcm)
+    if mask is None:
+        return padded, padded
+    last = lsh.sequence_ends(mask)
+    return padded, jnp.where((last % lcm == 0) | (last <= smallest), last, -(-last // lcm) * lcm)
+
+
+def _hf_inputs(cfg, mask, arrays, axes):
+    """mask and arrays (length on `axes`) padded to HF's length (`hf_lengths`), which
+    the mask marks as padding; returns (mask, arrays, each sequence's length)."""
+    length = arrays[0].shape[2]
+    padded, seq_len = hf_lengths(cfg, length, mask)
+    if padded > length:
+        mask = jnp.ones((arrays[0].shape[0], length), bool) if mask is None else mask
+        mask = lsh.pad_length(mask, padded, axis=1, value=False)
+        pad = lambda a, axis: a if a is None else lsh.pad_length(a, padded, axis)
+        arrays = [pad(a, axis) for a, axis in zip(arrays, axes, strict=True)]
+    return mask, arrays, seq_len
+
+
 # ----------------------------------------------------------------------------- the kinds
 
 
@@ -248,6 +285,10 @@ class AttentionKind(abc.ABC):
         """Keys each query's logits are computed against (masked or not)."""
         return length
 
+    def chunk_length(self, cfg) -> int | None:
+        """The chunk length of a chunked kind (its windows follow cfg.window_rule), else None."""
+        return None
+
     def flops(self, cfg, batch: int, length: int) -> float:
         """Matmul FLOPs of the attention half's forward: projections and attention."""
         n_proj = 3 if self.shared_qk else 4  # q (= k), v, o (+ k)
@@ -315,6 +356,10 @@ class LocalAttention(AttentionKind):
         **_,
     ):
         before, after = cfg.local_window(causal)
+        length, rule = q.shape[2], {}
+        if cfg.window_rule == "hf":
+            mask, (q, k, v), seq_len = _hf_inputs(cfg, mask, (q, k, v), (2, 2, 2))
+            rule = dict(window_rule="hf", hf_length=seq_len)
         out = attention.local_attention(
             q,
             k,
@@ -327,8 +372,24 @@ class LocalAttention(AttentionKind):
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
             impl=impl,
+            **rule,
         )
-        return out, None
+        return out[:, :, :length], None
+
+    def chunk_length(self, cfg):
+        return cfg.local_chunk_len
+
+    def init_cache(self, cfg, batch, *, n_hashes, layers, key=None):
+        before = cfg.local_window(causal=True)[0]
+        if cfg.window_rule == "hf" and before > 1:
+            # HF's window holds a chunk twice while the sequence has at most `before` chunks;
+            # the ring cache holds each position once, so decoding would not be the forward.
+            raise ValueError(
+                f"cached decoding cannot reproduce window_rule='hf' with {before} chunks "
+                "before in the local layers (HF's windows count a chunk twice in sequences of "
+                f"up to {before} chunks); score whole sequences instead, e.g. with evaluate"
+            )
+        return super().init_cache(cfg, batch, n_hashes=n_hashes, layers=layers, key=key)
 
     def cache_len(self, cfg) -> int:
         # A ring of the last (before + 1) chunks: all a causal query can see.
@@ -390,7 +451,11 @@ class LSHAttention(AttentionKind):
         dropout_key=None,
         impl="xla",
     ):
-        return attention.lsh_attention(
+        length, rule = q.shape[2], {}
+        if cfg.window_rule == "hf":
+            mask, (q, v, buckets), seq_len = _hf_inputs(cfg, mask, (q, v, buckets), (2, 2, 3))
+            rule = dict(window_rule="hf", hf_length=seq_len)
+        out, buckets = attention.lsh_attention(
             q,
             v,
             key=hash_key,
@@ -406,7 +471,12 @@ class LSHAttention(AttentionKind):
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
             impl=impl,
+            **rule,
         )
+        return out[:, :, :length], buckets[..., :length]
+
+    def chunk_length(self, cfg):
+        return cfg.chunk_len
 
     @staticmethod
     def decode_factors(cfg) -> tuple[int, ...]:

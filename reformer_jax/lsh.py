@@ -7,7 +7,9 @@ Shapes use the package's einsum legend (reformer_jax/__init__.py): here
 
 Everything here follows docs/algorithm.md §1 (paper §2.1-2.2): angular LSH by random
 rotations, a round-major sort by (round, bucket, position), and chunking of the
-sorted sequence with a look-back window.
+sorted sequence with a look-back window. `hf_window_table`, `hf_default_length` and
+`sort_by_bucket(hf_length=...)` are HF transformers' windows, lengths and order (the
+"hf" window rule, docs/algorithm.md "Window rules"); `duplicate_counts` is App. A's N_ij.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import jax
 import jax.numpy as jnp
 
 BucketSpec = int | Sequence[int]
+
+# How a chunked layer's windows are formed (ReformerConfig.window_rule, docs/algorithm.md,
+# "Window rules"): "reformer", this package's; "hf", HF transformers' (`hf_window_table`).
+WINDOW_RULES = ("reformer", "hf")
 
 
 def bucket_factors(n_buckets: BucketSpec) -> tuple[int, ...]:
@@ -111,7 +117,10 @@ def hash_with_rotations(x: jax.Array, rotations: jax.Array, factors: tuple[int, 
 
 
 def sort_by_bucket(
-    buckets: jax.Array, n_buckets_total: int, valid: jax.Array | None = None
+    buckets: jax.Array,
+    n_buckets_total: int,
+    valid: jax.Array | None = None,
+    hf_length: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """Round-major sort of hashed positions.
 
@@ -126,11 +135,23 @@ def sort_by_bucket(
     extra bucket after every round's buckets, so the real tokens fill the
     first r * (real count) slots exactly as they would without the padding
     (docs/algorithm.md, "Padding").
+
+    hf_length: optional int32 [b] or an int (needs `valid`): HF transformers' order
+    (docs/algorithm.md, "Window rules"): positions before hf_length that are
+    not valid go into an extra bucket of their own round, after that round's
+    real tokens, and only the positions from hf_length on sort after every
+    round. Each example's first r * hf_length slots are then HF's sorted order.
     """
     b, h, r, l = buckets.shape
     rounds = jnp.arange(r, dtype=jnp.int32)[:, None]
     keys = rounds * n_buckets_total + buckets  # [b, h, r, l]
-    if valid is not None:
+    if hf_length is not None:
+        keys = rounds * (n_buckets_total + 1) + jnp.where(
+            valid[:, None, None, :], buckets, n_buckets_total
+        )
+        inside = jnp.arange(l) < jnp.reshape(jnp.asarray(hf_length), (-1, 1))  # [b or 1, l]
+        keys = jnp.where(inside[:, None, None, :], keys, r * (n_buckets_total + 1))
+    elif valid is not None:
         keys = jnp.where(valid[:, None, None, :], keys, r * n_buckets_total)
     keys = keys.reshape(b, h, r * l)
     perm = jnp.argsort(keys, axis=-1, stable=True).astype(jnp.int32)
@@ -232,6 +253,74 @@ def window_sizes(n_chunks: int, before: int, after: int) -> tuple[int, int]:
     before = min(before, n_chunks - 1)
     after = min(after, n_chunks - 1 - before)
     return before, after
+
+
+def hf_window_table(n_chunks: int, before: int, after: int, wrap) -> jax.Array:
+    """HF transformers' windows: int32 [b or 1, n_chunks, before + 1 + after] key chunks.
+
+    The window of chunk t holds chunks (t + j) mod W for j = -before, ..., after,
+    W = `wrap` (an int, or int32 [b] per example). HF concatenates copies of
+    the chunks rolled by j, so with few chunks a window holds a chunk more than
+    once, and a roll by |j| >= W leaves the chunks in place: such a j counts
+    as 0 (docs/algorithm.md, "Window rules").
+    """
+    offsets = jnp.arange(-before, after + 1, dtype=jnp.int32)  # [n_win]
+    wrap = jnp.reshape(jnp.asarray(wrap, jnp.int32), (-1, 1, 1))  # [b or 1, 1, 1]
+    offsets = jnp.where(jnp.abs(offsets) < wrap, offsets, 0)  # [b or 1, 1, n_win]
+    t = jnp.arange(n_chunks, dtype=jnp.int32)[None, :, None]
+    return (t + offsets) % wrap
+
+
+def hf_default_length(mask: jax.Array | None, length: int, chunk_len: int) -> int | jax.Array:
+    """The length HF transformers runs each sequence at when its chunks are all of chunk_len:
+    up to its last real token (mask: bool [b, l]), rounded up to a multiple of chunk_len.
+    An int without a mask, else int32 [b]."""
+    if mask is None:
+        return round_up(length, chunk_len)
+    return -(-sequence_ends(mask) // chunk_len) * chunk_len
+
+
+def sequence_ends(mask: jax.Array) -> jax.Array:
+    """mask: bool [b, l] -> int32 [b], one past each sequence's last real token (0 if none)."""
+    positions = jnp.arange(1, mask.shape[1] + 1, dtype=jnp.int32)
+    return jnp.max(jnp.where(mask, positions, 0), axis=1)
+
+
+def chunk_count(slots: int | jax.Array, chunk_len: int) -> int | jax.Array:
+    """ceil(slots / chunk_len), at least 1: an int for an int, else int32 [b]."""
+    if jnp.ndim(slots) == 0:
+        return max(-(-int(slots) // chunk_len), 1)
+    return jnp.maximum(-(-slots // chunk_len), 1).astype(jnp.int32)
+
+
+def duplicate_counts(inv, s_pos, k_pos, n_hashes, chunk_len, before, after, wrap):
+    """N_ij of the paper's App. A for every (query slot, window slot) pair.
+
+    N_ij = number of (round r of query copy, round r' of key copy) such that the
+    chunk holding key j's copy r' lies in the window of the chunk holding query
+    i's copy r, the windows wrapping around the first `wrap` chunks (an int,
+    or int32 [b] narrowed per example as in `attention._attend`). Returns float32
+    [b, h, u, c, w], each entry >= 1 (padding keys, masked anyway, count 1).
+    """
+    b, h, n = inv.shape
+    padded = n // n_hashes
+    n_chunks = n // chunk_len
+    # chunk_of[b, h, t, r]: the sorted chunk of position t's copy in round r.
+    chunk_of = (inv // chunk_len).reshape(b, h, n_hashes, padded).transpose(0, 1, 3, 2)
+    q_chunks = jnp.take_along_axis(chunk_of, s_pos.reshape(b, h, n)[..., None], axis=2)
+    q_chunks = q_chunks.reshape(b, h, n_chunks, chunk_len, n_hashes)  # [b, h, u, c, r]
+    k_chunks = jnp.take_along_axis(chunk_of, k_pos.reshape(b, h, -1)[..., None], axis=2)
+    k_chunks = k_chunks.reshape(b, h, n_chunks, -1, n_hashes)  # [b, h, u, w, r]
+    if jnp.ndim(wrap) == 1:  # per example: [b, 1, 1, 1, 1]
+        wrap = wrap.reshape(b, 1, 1, 1, 1)
+        before = jnp.minimum(before, wrap - 1)
+        after = jnp.minimum(after, wrap - 1 - before)
+    counts = jnp.zeros(q_chunks.shape[:-1] + k_chunks.shape[-2:-1], jnp.int32)
+    for r in range(n_hashes):
+        for r2 in range(n_hashes):
+            offset = (k_chunks[..., None, :, r2] - q_chunks[..., :, None, r]) % wrap
+            counts += ((offset <= after) | (offset >= wrap - before)).astype(jnp.int32)
+    return jax.lax.stop_gradient(jnp.maximum(counts, 1).astype(jnp.float32))
 
 
 def pad_length(x: jax.Array, length: int, axis: int, value=0) -> jax.Array:

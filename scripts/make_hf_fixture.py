@@ -23,22 +23,21 @@ real token), the head's outputs in float64 (see `OUTPUTS`) and the buckets
 of every LSH layer as its forward pass returns them: [b, h, r, L] over HF's
 own padded length L (a multiple of the chunk lengths' lcm), pads in HF's
 extra bucket, so round r is offset by r * (n_buckets + 1) when the batch
-holds padding and by r * n_buckets otherwise.
+holds padding and by r * n_buckets otherwise. A case with `alone` runs each
+row through HF by itself, unpadded (its real tokens only, no
+attention_mask), as a user runs inputs of different lengths one at a time:
+its outputs are HF's for each input alone, and its rows are padded only in
+expected.npz, for reformer_jax to read as one batch.
 
-Which encoder inputs HF and reformer_jax agree on, position for position at
-the real tokens (`check_agreement` refuses any other case): HF hashes the
-padding (its mask's and its own round-up's) into an extra bucket of each
-round, so in the sorted order every round ends with its pads and the windows
-wrap around all HF's chunks; reformer_jax sorts the pads after every round
-and wraps the windows around the chunks of real tokens only. The two orders
-are the same when there is one hash round and each row has fewer pads than
-the LSH chunk length (and always when nothing is padded). HF's windows also
-wrap around fewer chunks than a window spans, counting a chunk twice, where
-ours hold each chunk once; and HF's bidirectional local attention wraps
-around (the first chunk sees the last one), where ours does not. So the
-encoder cases use one hash round when they pad, at least 1 + before + after
-LSH chunks, and local layers either as long as the input or with no
-neighbouring chunks.
+Converted checkpoints use HF's window rule (ReformerConfig.window_rule
+"hf", docs/algorithm.md "Window rules"): windows that wrap around all of a
+sequence's chunks, pads included, and repeat a chunk as HF's rolled copies
+do; padding in an extra bucket of each round. Under it a padded batch gives
+each sequence what HF gives that sequence alone (up to its last real token,
+rounded up to a multiple of the chunk lengths' lcm). HF on a padded batch
+gives the same only when every row rounds up to the batch's own length;
+`check_agreement` refuses a case whose rows do not, since HF's result for
+such a row depends on how much padding the batch holds.
 
 SPM_CASES are language models with a SentencePiece vocabulary, like
 google/reformer-crime-and-punishment (local and LSH layers, axial positions,
@@ -222,12 +221,14 @@ SPM_SENTENCES = (
 
 @dataclasses.dataclass(frozen=True)
 class EncoderCase:
-    """A bidirectional HF model and its input: `padding[row]` = (pads in front, pads at the end)."""
+    """A bidirectional HF model and its input: `padding[row]` = (pads in front, pads at the end)
+    of each of the batch's rows. `alone`: HF runs each row by itself, without its pads."""
 
     architecture: type
     overrides: dict
     length: int
     padding: tuple[tuple[int, int], ...]
+    alone: bool = False
 
 
 # The head's outputs each architecture's expected.npz holds.
@@ -312,6 +313,85 @@ ENCODER_CASES = {
         32,
         ((0, 0), (0, 6)),
     ),
+    # HF's windows in both kinds, with padding and two hash rounds: local layers of 2 chunks
+    # looking one back and one ahead (both are the other chunk: HF counts it twice) and LSH
+    # layers over 4 sorted chunks, each round's pads in its own extra bucket.
+    "mlm_windows": EncoderCase(
+        ReformerForMaskedLM,
+        dict(
+            attn_layers=["local", "lsh"],
+            lsh_attn_chunk_length=8,
+            local_attn_chunk_length=8,
+            local_num_chunks_before=1,
+            local_num_chunks_after=1,
+            num_buckets=4,
+            num_hashes=2,
+            lsh_num_chunks_after=1,
+            axial_pos_shape=[4, 4],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=16,
+        ),
+        16,
+        ((0, 0), (0, 3)),
+    ),
+    # LSH windows that repeat a chunk: 2 sorted chunks, 3 back (rolls by 3 and 2 of 2 chunks
+    # leave them in place, so a window holds its own chunk 3 times and the other once);
+    # padded in front and at the end.
+    "mlm_lsh_repeat": EncoderCase(
+        ReformerForMaskedLM,
+        dict(
+            attn_layers=["lsh", "lsh"],
+            lsh_attn_chunk_length=8,
+            num_buckets=4,
+            num_hashes=1,
+            lsh_num_chunks_before=3,
+            lsh_num_chunks_after=0,
+            axial_pos_shape=[4, 4],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=16,
+        ),
+        16,
+        ((2, 0), (0, 3)),
+    ),
+    # The classifier users convert and run through predict: local attention in chunks of
+    # 16, one chunk before and after, inputs of 32 to 64 tokens that HF runs one at a time
+    # (padded by HF itself to 32, 48, 48, 64 and 64: windows over 2, 3 and 4 chunks).
+    "classifier_local": EncoderCase(
+        ReformerForSequenceClassification,
+        dict(
+            num_labels=3,
+            attn_layers=["local", "local"],
+            local_attn_chunk_length=16,
+            local_num_chunks_before=1,
+            local_num_chunks_after=1,
+            axial_pos_shape=[8, 8],
+            axial_pos_embds_dim=[6, 10],
+            max_position_embeddings=64,
+        ),
+        64,
+        ((0, 32), (0, 24), (0, 17), (0, 7), (0, 0)),
+        alone=True,
+    ),
+    # Start and end logits; local layers of 4 chunks looking both ways, LSH layers with two
+    # hash rounds over 4 sorted chunks; padded in front and at the end.
+    "span_windows": EncoderCase(
+        ReformerForQuestionAnswering,
+        dict(
+            attn_layers=["local", "lsh"],
+            lsh_attn_chunk_length=16,
+            local_attn_chunk_length=8,
+            local_num_chunks_before=1,
+            local_num_chunks_after=1,
+            num_buckets=4,
+            num_hashes=2,
+            lsh_num_chunks_after=1,
+            axial_pos_shape=[4, 8],
+            axial_pos_embds_dim=[8, 8],
+            max_position_embeddings=32,
+        ),
+        32,
+        ((1, 0), (0, 9)),
+    ),
     # Start and end logits; five LSH chunks, tanh GELU.
     "span": EncoderCase(
         ReformerForQuestionAnswering,
@@ -372,19 +452,41 @@ def hf_padded_length(config: ReformerConfig, length: int) -> int:
 
 
 def check_agreement(name: str, config: ReformerConfig, mask: np.ndarray) -> None:
-    """Refuses an encoder case where HF's padding or windows make it differ from reformer_jax
-    (module docstring)."""
+    """Refuses a padded batch on which HF gives a row other than what it gives the row alone
+    (module docstring): each row, up to its last real token, must round up to the batch's
+    own length."""
     length = hf_padded_length(config, mask.shape[1])
-    pads = length - mask.sum(1)
-    if "lsh" in config.attn_layers and length > config.lsh_attn_chunk_length:
-        c = config.lsh_attn_chunk_length
-        if pads.max() and (config.num_hashes != 1 or pads.max() >= c):
-            raise ValueError(f"{name}: HF pads need one hash round and fewer than {c} per row.")
-        if length // c < 1 + config.lsh_num_chunks_before + config.lsh_num_chunks_after:
-            raise ValueError(f"{name}: HF's LSH window would repeat a chunk.")
-    window = config.local_num_chunks_before + config.local_num_chunks_after
-    if "local" in config.attn_layers and length > config.local_attn_chunk_length and window:
-        raise ValueError(f"{name}: HF's bidirectional local windows wrap around; ours do not.")
+    for row, real in enumerate(mask.astype(bool)):
+        end = int(np.flatnonzero(real).max()) + 1
+        if hf_padded_length(config, end) != length:
+            raise ValueError(
+                f"{name}: row {row} ends at {end}, which HF runs alone at length "
+                f"{hf_padded_length(config, end)}, but in this batch at {length}."
+            )
+
+
+def hf_outputs(model: torch.nn.Module, case: EncoderCase, ids: torch.Tensor, mask: torch.Tensor):
+    """HF's outputs ({field: array}) and LSH buckets ({layer: [b, h, r, L]}) for the batch: one
+    forward pass with the attention_mask, or, for an `alone` case, one per row without its pads
+    (its outputs padded with zeros to the batch's length)."""
+    if not case.alone:
+        with torch.no_grad(), captured_buckets(model) as buckets:
+            out = model(input_ids=ids, attention_mask=mask)
+        return {f: getattr(out, f).numpy() for f in OUTPUTS[case.architecture]}, buckets
+    rows = []
+    for row, (front, back) in enumerate(case.padding):
+        assert front == 0, "an `alone` row is its first tokens"
+        with torch.no_grad(), captured_buckets(model) as buckets:
+            out = model(input_ids=ids[row : row + 1, : case.length - back])
+        assert not buckets, "an `alone` case has no LSH layers (their buckets differ per row)"
+        rows.append({f: getattr(out, f).numpy() for f in OUTPUTS[case.architecture]})
+
+    def pad(x):  # a row's outputs per position [1, n, ...] -> [1, length, ...]
+        if case.architecture is ReformerForSequenceClassification:
+            return x
+        return np.pad(x, [(0, 0), (0, case.length - x.shape[1])] + [(0, 0)] * (x.ndim - 2))
+
+    return {f: np.concatenate([pad(r[f]) for r in rows]) for f in OUTPUTS[case.architecture]}, {}
 
 
 @contextlib.contextmanager
@@ -431,7 +533,7 @@ def report(name: str, model: torch.nn.Module, ids: torch.Tensor, case_dir: str) 
 
 
 def report_encoder(
-    name: str, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, case_dir: str
+    name: str, model: torch.nn.Module, case: EncoderCase, ids, mask, case_dir: str
 ) -> None:
     """Max |reformer_jax - HF| at the real positions against HF in float64 and float32: of
     log-probs (masked LM), class logits (every example) or start and end logits."""
@@ -446,24 +548,25 @@ def report_encoder(
     real = mask.numpy().astype(bool)
     errors = []
     for dtype in (torch.float64, torch.float32):
-        with torch.no_grad(), captured_buckets(model.to(dtype)) as hf:
-            out = model(input_ids=ids, attention_mask=mask)
-        buckets = convert.buckets_from_hf(hf, checkpoint.cfg, length=ids.shape[1])
+        hf, hf_buckets = hf_outputs(model.to(dtype), case, ids, mask)
+        buckets = hf_buckets and convert.buckets_from_hf(
+            hf_buckets, checkpoint.cfg, length=ids.shape[1]
+        )
 
-        def run(m, buckets=buckets):  # the stack with HF's buckets, then the head
+        def run(m, buckets=buckets or None):  # the stack with HF's buckets, then the head
             hidden = m.stack(jnp.asarray(ids.numpy()), mask=real, causal=False, buckets=buckets)
             return m.head(hidden) if arch == convert.MLM_ARCHITECTURE else m.head(hidden, real)
 
         ours = checkpoint.model().apply({"params": checkpoint.params}, method=run)
         if arch == convert.MLM_ARCHITECTURE:
-            diff = np.abs(np.asarray(ours, np.float64) - log_softmax(out.logits.numpy()))
+            diff = np.abs(np.asarray(ours, np.float64) - log_softmax(hf["logits"]))
             errors.append(diff.max(-1)[real].max())
         elif arch == convert.CLASSIFIER_ARCHITECTURE:
-            errors.append(np.abs(np.asarray(ours, np.float64) - out.logits.numpy()).max())
+            errors.append(np.abs(np.asarray(ours, np.float64) - hf["logits"]).max())
         else:
-            hf = (out.start_logits.numpy(), out.end_logits.numpy())
+            want = (hf["start_logits"], hf["end_logits"])
             errors.append(
-                max(np.abs(np.asarray(o) - h)[real].max() for o, h in zip(ours, hf, strict=True))
+                max(np.abs(np.asarray(o) - h)[real].max() for o, h in zip(ours, want, strict=True))
             )
     model.float()
     print(f"  {name}: vs HF float64 {errors[0]:.1e}, vs HF float32 {errors[1]:.1e}")
@@ -553,27 +656,27 @@ def build_encoder(name: str, case: EncoderCase, out_dir: str, with_report: bool)
     config = ReformerConfig(**dict(COMMON, is_decoder=False), **case.overrides)
     model = case.architecture(config).eval()
     randomize(model, generator)
-    ids = torch.randint(2, config.vocab_size, (BATCH, case.length), generator=generator)
+    ids = torch.randint(2, config.vocab_size, (len(case.padding), case.length), generator=generator)
     mask = torch.ones_like(ids)
     for row, (front, back) in enumerate(case.padding):
         mask[row, :front] = 0
         mask[row, case.length - back :] = 0
     ids = ids * mask + config.pad_token_id * (1 - mask)
-    check_agreement(name, config, mask.numpy())
-    with torch.no_grad(), captured_buckets(model) as buckets:
-        out = model.double()(input_ids=ids, attention_mask=mask)
+    if not case.alone:
+        check_agreement(name, config, mask.numpy())
+    outputs, buckets = hf_outputs(model.double(), case, ids, mask)
     model.float()
     expected = {
         "input_ids": ids.numpy().astype(np.int32),
         "attention_mask": mask.numpy().astype(np.int32),
     }
-    for field in OUTPUTS[case.architecture]:
-        expected[field] = getattr(out, field).numpy().astype(np.float64)
+    for field, value in outputs.items():
+        expected[field] = value.astype(np.float64)
     for layer, b in buckets.items():
         expected[f"buckets_{layer}"] = b.astype(np.int32)
     save(name, model, expected, out_dir)
     if with_report:
-        report_encoder(name, model, ids, mask, os.path.join(out_dir, name))
+        report_encoder(name, model, case, ids, mask, os.path.join(out_dir, name))
 
 
 def save(name: str, model: torch.nn.Module, expected: dict, out_dir: str) -> None:

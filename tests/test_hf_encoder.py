@@ -2,27 +2,29 @@
 
 The fixtures in tests/data/hf/ come from scripts/make_hf_fixture.py
 (ENCODER_CASES): tiny random HF ReformerForMaskedLM (mlm_*),
-ReformerForSequenceClassification (classifier) and
-ReformerForQuestionAnswering (span) checkpoints run in eval mode and float64
+ReformerForSequenceClassification (classifier*) and
+ReformerForQuestionAnswering (span*) checkpoints run in eval mode and float64
 on a batch whose attention_mask pads some rows, with HF's outputs and the
-buckets of each LSH layer. No torch or transformers is needed.
+buckets of each LSH layer; classifier_local's inputs HF ran one at a time,
+unpadded. No torch or transformers is needed.
 
-Which inputs we agree with HF on, at the real positions: HF hashes padding
-(the mask's and its own round-up of the length to a multiple of the chunk
-lengths' lcm) into an extra bucket of every round, so each round of its
-sorted order ends with the pads and the windows wrap around all its chunks;
-we sort the pads after every round and wrap around the chunks of real tokens
-only. The orders are the same with one hash round and fewer pads per row
-than the LSH chunk length, and with any number of rounds when nothing is
-padded; with two rounds and padding, round 1's chunks start at other tokens
-in HF than here, and the outputs differ. HF's bidirectional local attention
-also wraps around (its first chunk sees the last), ours does not, so the
-local layers here attend within their chunk or span the input. The fixture
-script refuses cases outside these rules.
+A converted config has window_rule="hf" (docs/algorithm.md, "Window rules"):
+HF rounds each sequence up to a multiple of the chunk lengths' lcm, hashes
+its padding into an extra bucket of every round, wraps every window around
+all the sequence's chunks (the first local chunk sees the last) and, with
+few chunks, lets a window hold a chunk twice; our layers do the same. A
+padded batch then gives each sequence, at its real positions, what HF gives
+it alone, and what HF gives on the padded batch wherever each row rounds up
+to the batch's own length (the fixture script refuses other batches, whose
+HF outputs depend on how much padding they hold). The cases cover local
+windows over 2, 3 and 4 chunks looking both ways, LSH windows that repeat a
+chunk, padding in front and at the end with one and two hash rounds, and
+the masked-LM, classifier and span heads.
 
 Tolerance 1e-4: HF's outputs are float64 and ours float32; float32 rounding
-through these models moves them by about 2e-6, while a wrong mask, window or
-sort moves them by more than 0.1 (`test_padding_and_window_matter`).
+through these models moves them by about 2e-6, while a wrong mask, window,
+sort or window rule moves them by more than 0.1
+(`test_padding_and_window_matter`).
 """
 
 import dataclasses
@@ -36,10 +38,12 @@ import numpy as np
 import pytest
 
 from reformer_jax import convert
+from reformer_jax.config import ReformerConfig
+from tests import inprocess
 
 HF_DIR = os.path.join(os.path.dirname(__file__), "data", "hf")
-MLM_CASES = ("mlm_lsh", "mlm_mixed", "mlm_two_hashes")
-CASES = (*MLM_CASES, "classifier", "span")
+MLM_CASES = ("mlm_lsh", "mlm_mixed", "mlm_two_hashes", "mlm_windows", "mlm_lsh_repeat")
+CASES = (*MLM_CASES, "classifier", "classifier_local", "span", "span_windows")
 
 
 def _load(case):
@@ -125,13 +129,44 @@ def test_fixtures_cover_the_encoder_cases():
     assert {c: loaded[c][0].architecture for c in CASES} == {
         **dict.fromkeys(MLM_CASES, "ReformerForMaskedLM"),
         "classifier": "ReformerForSequenceClassification",
+        "classifier_local": "ReformerForSequenceClassification",
         "span": "ReformerForQuestionAnswering",
+        "span_windows": "ReformerForQuestionAnswering",
     }
+    assert all(loaded[c][0].cfg.window_rule == "hf" for c in CASES)
 
 
-@pytest.mark.parametrize("case", ["mlm_lsh", "span"])
+def test_fixtures_cover_hf_windows():
+    """Local windows over 2, 3 and 4 chunks both ways; LSH windows repeating a chunk (and a
+    roll as long as the chunks); padded batches with two hash rounds; each head."""
+    checkpoint, tokens, mask, data, _ = _load("classifier_local")
+    cfg = checkpoint.cfg
+    assert set(cfg.attention_kinds) == {"local"} and cfg.local_window() == (1, 1)
+    lengths = mask.sum(1)
+    assert (mask == (np.arange(tokens.shape[1]) < lengths[:, None])).all()  # unpadded inputs
+    assert 32 <= lengths.min() and lengths.max() == 64 == cfg.max_len
+    assert {-(-n // cfg.local_chunk_len) for n in lengths} == {2, 3, 4}  # HF rounds up to these
+    assert data["logits"].shape == (5, 3)
+    checkpoint, tokens, mask, _, buckets = _load("mlm_windows")
+    cfg = checkpoint.cfg
+    assert cfg.local_window() == (1, 1) and tokens.shape[1] // cfg.local_chunk_len == 2
+    assert cfg.n_hashes == 2 and not mask.all() and buckets
+    checkpoint, tokens, mask, _, _ = _load("mlm_lsh_repeat")
+    cfg = checkpoint.cfg
+    assert cfg.lsh_window() == (3, 0) and cfg.n_hashes * tokens.shape[1] // cfg.chunk_len == 2
+    assert not mask[0, 0] and not mask[1, -1]
+    checkpoint, tokens, mask, _, _ = _load("span_windows")
+    cfg = checkpoint.cfg
+    assert cfg.local_window() == (1, 1) and tokens.shape[1] // cfg.local_chunk_len == 4
+    assert cfg.n_hashes == 2 and not mask[0, 0] and not mask[1, -1]
+
+
+@pytest.mark.parametrize(
+    "case", ["mlm_lsh", "span", "mlm_windows", "mlm_lsh_repeat", "classifier_local", "span_windows"]
+)
 def test_padding_and_window_matter(case):
-    """The fixtures catch a padding key that is not masked, a causal mask and a narrower window."""
+    """The fixtures catch a padding key that is not masked, a causal mask, a narrower window
+    and, where HF's windows wrap or repeat a chunk, our own window rule."""
     checkpoint, tokens, mask, data, buckets = _load(case)
     cfg = checkpoint.cfg
 
@@ -142,7 +177,13 @@ def test_padding_and_window_matter(case):
     assert error() <= 1e-4
     assert error(m=None) > 0.1
     assert error(causal=True) > 0.1
-    assert error(cfg=cfg.replace(n_chunks_after=0)) > 0.1
+    before, after = cfg.lsh_window()
+    narrower = dict(n_chunks_after=0) if after else dict(n_chunks_before=before - 1)
+    if cfg.local_window()[1]:  # the local layers' window, fixed apart from the LSH layers'
+        narrower.update(local_n_chunks_before=cfg.local_window()[0], local_n_chunks_after=0)
+    assert error(cfg=cfg.replace(**narrower)) > 0.1
+    if case not in ("mlm_lsh", "span"):
+        assert error(cfg=cfg.replace(window_rule="reformer")) > 0.1
 
 
 def test_buckets_from_hf_removes_the_pad_bucket():
@@ -196,14 +237,36 @@ def test_classifier_dropout_is_flagged(tmp_path, caplog):
     assert "classifier_dropout=0.3 differs from hidden_dropout_prob=0.05" in caplog.text
 
 
-def test_wrapping_local_windows_are_flagged(caplog):
-    """HF's bidirectional local windows wrap around and ours do not: the converter says so."""
+def test_converted_configs_take_hf_windows(caplog):
+    """convert writes HF's window rule, whatever the windows; our own configs keep ours."""
     with open(os.path.join(HF_DIR, "mlm_mixed", "config.json")) as f:
         hf = json.load(f)
-    convert.config_from_hf(hf)
+    for changes in ({}, {"local_num_chunks_before": 1, "local_num_chunks_after": 1}):
+        assert convert.config_from_hf(dict(hf, **changes)).window_rule == "hf"
     assert "wraps around" not in caplog.text
-    convert.config_from_hf(dict(hf, local_num_chunks_before=1))
-    assert "local attention wraps around" in caplog.text
+    assert ReformerConfig().window_rule == "reformer"
+
+
+def test_predict_on_a_converted_classifier_gives_hf_probabilities(tmp_path):
+    """The user's path: convert's CLI, then predict's, on inputs of 32 to 64 tokens; the class
+    probabilities are HF's for each input alone (local windows over 2, 3 and 4 chunks)."""
+    from reformer_jax import predict
+
+    data = np.load(os.path.join(HF_DIR, "classifier_local", "expected.npz"))
+    tokens, mask = data["input_ids"], data["attention_mask"].astype(bool)
+    workdir, inputs = str(tmp_path / "run"), tmp_path / "inputs.jsonl"
+    result = inprocess.run(
+        convert.main, f"--hf_dir={os.path.join(HF_DIR, 'classifier_local')}", f"--workdir={workdir}"
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.dumps({"ids": row[m].tolist()}) for row, m in zip(tokens, mask, strict=True)]
+    inputs.write_text("\n".join(lines) + "\n")
+    result = inprocess.run(predict.main, f"--workdir={workdir}", f"--input={inputs}")
+    assert result.returncode == 0, result.stderr
+    got = np.array([json.loads(line)["probs"] for line in result.stdout.splitlines()])
+    want = np.exp(_log_softmax(data["logits"]))
+    assert got.shape == want.shape == (5, 3)
+    assert np.abs(got - want).max() <= 1e-4
 
 
 @pytest.mark.parametrize(
