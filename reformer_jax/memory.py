@@ -4,12 +4,16 @@
         [--batch_size=1] [--seq_len=N] [--optimizer=adam|adafactor] [--json]
         [--fit=40GiB [--min_chunk=512]]
 
-Compiles one training step (loss, gradients, optimizer update; parameters and
-optimizer state donated) for abstract inputs, without allocating or running
-anything, and prints XLA's compiled memory analysis: parameter, optimizer-state
-and temporary bytes and their total. The figures are those of the device JAX
-compiles for (run it with the target backend for exact numbers; the CPU
-compiler's buffer assignment is a close guide for GPU/TPU).
+Compiles the training step `python -m reformer_jax.train` runs for the same
+gin config (trainer.make_step: the task `train.task` names, its batch, the
+optimizer and schedule of the train bindings; loss, gradients, optimizer
+update, the state donated) for abstract inputs on one device, without
+allocating or running anything, and prints XLA's compiled memory analysis:
+parameter, optimizer-state and temporary bytes and their total. The figures
+are those of the device JAX compiles for (run it with the target backend for
+exact numbers; the CPU compiler's buffer assignment is a close guide for
+GPU/TPU). Data parallelism over n devices holds batch_size / n rows a device:
+plan that batch.
 
 `--fit=BUDGET` searches the "auto" run settings (chunk sizes, head chunks,
 remat, micro-batches; reformer_jax/budget.py) for the fastest whose compiled
@@ -36,9 +40,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from reformer_jax import budget, cli, optim, profiling
+from reformer_jax import budget, cli, optim, profiling, trainer
 from reformer_jax.config import AUTO, ReformerConfig, RunSettings
 from reformer_jax.model import count_params
+from reformer_jax.tasks import LanguageModelTask, Task
 
 GIB = 2**30
 NO_YNN_FUSIONS = "--xla_cpu_experimental_ynn_fusion_type="
@@ -53,9 +58,16 @@ def _is_int(value) -> bool:
 
 
 def check_plan_args(
-    cfg: ReformerConfig, *, batch_size: int, seq_len: int, optimizer: str, grad_accum_steps: int
+    cfg: ReformerConfig,
+    *,
+    batch_size: int,
+    seq_len: int,
+    optimizer: str,
+    grad_accum_steps: int,
+    task: Task | None = None,
 ) -> None:
-    """One line for a `plan` argument out of range (a ValueError), before anything compiles."""
+    """One line for a `plan` argument out of range (a ValueError), before anything compiles;
+    with a task, also a model config it cannot train (tasks.TaskError, a ValueError)."""
     for name, value in (("batch_size", batch_size), ("grad_accum_steps", grad_accum_steps)):
         if not _is_int(value) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
@@ -72,6 +84,19 @@ def check_plan_args(
         )
     if optimizer not in optim.OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {optim.OPTIMIZERS}.")
+    if task is not None:
+        task.check(cfg)
+
+
+# train()'s arguments, beside the optimizer's name, that shape the step it compiles.
+TRAIN_ARGS = (*(a for a in trainer.OPTIMIZER_ARGS if a != "optimizer"), "steps", "seed")
+
+
+def gin_train_args() -> dict[str, Any]:
+    """The parsed gin config's values of TRAIN_ARGS (train.<name>; train()'s default where
+    unbound), for plan(train_args=...)."""
+    defaults = trainer.train_defaults()
+    return {name: cli.query(f"train.{name}", defaults.get(name)) for name in TRAIN_ARGS}
 
 
 def plan(
@@ -82,39 +107,54 @@ def plan(
     optimizer: str = "adam",
     grad_accum_steps: int = 1,
     run: RunSettings | None = None,
+    task: Task | None = None,
+    train_args: dict[str, Any] | None = None,
 ) -> dict[str, int]:
-    """Bytes of one compiled `trainer.train_step` of `cfg` at [batch_size, seq_len] tokens,
-    run with `run` (chunk sizes, remat)."""
+    """Bytes of one compiled training step of `task` (default: a language model) for `cfg`
+    on [batch_size, seq_len] positions (task.batch_spec), run with `run` (chunk sizes,
+    remat): the step train() compiles (trainer.make_step), on one device.
+
+    train_args: train()'s arguments in TRAIN_ARGS (schedule, clip_norm, weight_decay,
+    steps, seed, ...; gin_train_args() reads them from gin); one not given takes
+    train()'s default.
+    """
     seq_len = cfg.max_len if seq_len is None else seq_len
+    task = LanguageModelTask() if task is None else task
     check_plan_args(
         cfg,
         batch_size=batch_size,
         seq_len=seq_len,
         optimizer=optimizer,
         grad_accum_steps=grad_accum_steps,
+        task=task,
     )
-    # Shapes only: nothing is allocated or run. The learning-rate schedule does
-    # not change memory; the optimizer's state does.
-    setup = profiling.train_setup(
-        cfg,
-        batch_size=batch_size,
-        seq_len=seq_len,
+    args = {**trainer.train_defaults(), **(train_args or {})}
+    opt, lr = trainer.make_optimizer(
+        steps=args.get("steps"),
         optimizer=optimizer,
-        grad_accum_steps=grad_accum_steps,
-        abstract=True,
-        run=run,
+        **{k: args[k] for k in trainer.OPTIMIZER_ARGS if k != "optimizer"},
     )
-    setup.compile()
+    step = trainer.make_step(
+        task,
+        cfg,
+        RunSettings() if run is None else run,
+        opt,
+        lr,
+        seed=args["seed"],
+        grad_accum_steps=grad_accum_steps,
+        mesh=profiling.one_device_mesh(),
+    )
+    # Shapes only: nothing is allocated or run.
+    batch = step.batch(batch_size, seq_len)
     # The donated state aliases the new state, so the live total is arguments
     # + temporaries + outputs not aliased to an argument: xla_memory's "total".
-    mem = profiling.xla_memory(setup.fn)
-    state = setup.state
+    mem = profiling.xla_memory(step.compile(batch))
     return {
-        "n_params": count_params(state.params),
-        "params_bytes": _tree_bytes(state.params),
-        "optimizer_bytes": _tree_bytes(state.opt_state),
+        "n_params": count_params(step.state.params),
+        "params_bytes": _tree_bytes(step.state.params),
+        "optimizer_bytes": _tree_bytes(step.state.opt_state),
         "temp_bytes": mem["temp"],
-        "batch_bytes": _tree_bytes(setup.batch),
+        "batch_bytes": _tree_bytes(batch),
         "total_bytes": mem["total"],
     }
 
@@ -201,17 +241,25 @@ def main(argv) -> None:
     batch_size = cli.query("train.batch_size", 1) if args.batch_size is None else args.batch_size
     optimizer = args.optimizer or cli.query("train.optimizer", "adam")
     grad_accum_steps = cli.query("train.grad_accum_steps", AUTO)
-    try:  # values from the gin config (train.batch_size, train.grad_accum_steps, ...)
+    try:  # values from the gin config (train.task, train.batch_size, train.grad_accum_steps, ...)
+        task = cli.task()
         check_plan_args(
             cfg,
             batch_size=batch_size,
             seq_len=seq_len,
             optimizer=optimizer,
             grad_accum_steps=1 if grad_accum_steps == AUTO else grad_accum_steps,
+            task=task,
         )
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         raise cli.UsageError(f"bad configuration: {e}") from None
-    shape = dict(batch_size=batch_size, seq_len=seq_len, optimizer=optimizer)
+    shape = dict(
+        batch_size=batch_size,
+        seq_len=seq_len,
+        optimizer=optimizer,
+        task=task,
+        train_args=gin_train_args(),
+    )
     if args.fit is not None:
         fit(cfg, cli.run_settings(), grad_accum_steps, args.fit, args.min_chunk, args.json, **shape)
         return
@@ -237,8 +285,11 @@ def choose(
     seq_len: int,
     optimizer: str = "adam",
     min_chunk: int = budget.MIN_CHUNK,
+    task: Task | None = None,
+    train_args: dict[str, Any] | None = None,
 ) -> tuple[budget.Choice, dict[str, int]]:
-    """The fastest setting of the "auto" knobs whose plan fits `limit` bytes, and its plan.
+    """The fastest setting of the "auto" knobs whose plan fits `limit` bytes, and its plan
+    (of `task`'s step with `train_args`, as plan()).
 
     Raises budget.BudgetError when even the leanest setting does not fit.
     """
@@ -262,6 +313,8 @@ def choose(
             optimizer=optimizer,
             grad_accum_steps=setting["grad_accum_steps"],
             run=dataclasses.replace(run, **knobs),
+            task=task,
+            train_args=train_args,
         )
         plans[tuple(sorted(setting.items()))] = result
         return result["total_bytes"]
@@ -281,6 +334,8 @@ def fit(
     batch_size: int,
     seq_len: int,
     optimizer: str,
+    task: Task | None = None,
+    train_args: dict[str, Any] | None = None,
 ) -> None:
     """--fit: the fastest setting of the "auto" knobs whose plan fits `fit_budget`, printed."""
     if min_chunk < 1:
@@ -296,6 +351,8 @@ def fit(
             seq_len=seq_len,
             optimizer=optimizer,
             min_chunk=min_chunk,
+            task=task,
+            train_args=train_args,
         )
     except budget.BudgetError as e:
         raise cli.UsageError(str(e)) from None

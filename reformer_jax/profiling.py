@@ -5,7 +5,8 @@ steps, a ready-to-run training step, XLA's compiled memory, the matmul peak.
     rss_bytes(), peak_rss_bytes(), process_peak_rss_bytes(), reset_peak_rss()
     cpu_jiffies(), load_average()
     time_steps(fn, n) -> StepTimes(times, others_cpu_share), .median
-    train_setup(cfg, batch_size=...) -> TrainSetup: call it to run one step
+    train_setup(cfg, batch_size=..., task=...) -> TrainSetup: the trainer's step; call it
+    random_batch(task.batch_spec(...), vocab_size, seed) -> arrays
     compile_timed(jitted, *args) -> (compiled, seconds)
     xla_memory(compiled) -> {"argument", "output", "temp", "alias", "generated_code", "total"}
     matmul_peak_tflops(dtype)
@@ -207,87 +208,39 @@ def xla_memory(compiled: Any) -> dict[str, int] | None:
 # ----------------------------------------------------------------------------- training
 
 
-def jit_train_step(
-    model: Any, optimizer: Any, schedule: Any, grad_accum_steps: int = 1, task: Any = None
-) -> Any:
-    """jit of trainer.train_step(state, batch, key) for this model, optimizer and task
-    (default: the language model's), the state (argument 0) donated."""
+def one_device_mesh() -> Any:
+    """A "data" mesh of the first device alone: a step planned or timed on one device."""
     import jax
+    import numpy as np
+    from jax.sharding import Mesh
 
-    from reformer_jax import trainer
-
-    kw = {} if task is None else {"task": task}
-    return jax.jit(
-        lambda s, b, k: trainer.train_step(
-            s,
-            b,
-            k,
-            model=model,
-            optimizer=optimizer,
-            schedule=schedule,
-            grad_accum_steps=grad_accum_steps,
-            **kw,
-        ),
-        donate_argnums=0,
-    )
+    return Mesh(np.asarray(jax.devices()[:1]), ("data",))
 
 
-def init_train_state(
-    model: Any,
-    optimizer: Any,
-    seq_len: int,
-    seed: int = 0,
-    abstract: bool = False,
-    task: Any = None,
-) -> Any:
-    """TrainState.create of the model's parameters initialised from key(seed), under
-    jit; abstract=True: only its shapes (jax.eval_shape), nothing allocated. With a
-    task, its init_params (e.g. an encoder-decoder's two inputs)."""
-    import jax
-    import jax.numpy as jnp
-
-    from reformer_jax import trainer
-
-    def init():
-        if task is not None:
-            params = task.init_params(model, jax.random.key(seed), model.cfg)
-        else:
-            ids = jnp.zeros((1, seq_len), jnp.int32)
-            params = model.init(jax.random.key(seed), ids)["params"]
-        return trainer.TrainState.create(params, optimizer)
-
-    return jax.eval_shape(init) if abstract else jax.jit(init)()
-
-
-def _random_batch(cfg: Any, shape: tuple[int, int], seed: int, abstract: bool) -> dict:
-    """Uniformly random ids with unit weights: {"tokens", "weights"}, or for an
-    encoder-decoder (cfg.cross_attention) the sequence-to-sequence batch."""
-    import jax
+def random_batch(spec: dict, vocab_size: int, seed: int) -> dict:
+    """Arrays of the shapes and dtypes of `spec` ({name: ShapeDtypeStruct}, a task's
+    batch_spec): [b, l] ints uniformly random ids (numpy default_rng(seed), drawn in
+    spec order), [b] ints 0 (class 0, the span [0, 0]), bools True, floats 1. A valid
+    batch of every task, whatever its values mean."""
     import jax.numpy as jnp
     import numpy as np
 
-    if cfg.cross_attention:
-        kinds = {"source": jnp.int32, "source_mask": bool, "target": jnp.int32}
-        kinds["target_weights"] = jnp.float32
-    else:
-        kinds = {"tokens": jnp.int32, "weights": jnp.float32}
-    if abstract:
-        return {name: jax.ShapeDtypeStruct(shape, dtype) for name, dtype in kinds.items()}
     rng = np.random.default_rng(seed)
     batch = {}
-    for name, dtype in kinds.items():
-        if dtype == jnp.int32:
-            batch[name] = jnp.asarray(rng.integers(0, cfg.vocab_size, shape), jnp.int32)
+    for name, s in spec.items():
+        if jnp.issubdtype(s.dtype, jnp.integer):
+            ids = rng.integers(0, vocab_size, s.shape) if len(s.shape) == 2 else np.zeros(s.shape)
+            batch[name] = jnp.asarray(ids, s.dtype)
         else:
-            batch[name] = jnp.ones(shape, dtype)
+            batch[name] = jnp.ones(s.shape, s.dtype)
     return batch
 
 
 @dataclasses.dataclass
 class TrainSetup:
-    """A training step ready to run: `fn(state, batch, key) -> (state, metrics)`
-    (state donated), its state, batch and key. Calling it runs one step on the
-    batch, advances the state and returns the metrics."""
+    """A training step ready to run: `fn(state, batch) -> (state, metrics)` (state
+    donated; the trainer's step, trainer.make_step), its state and batch. Calling it
+    runs one step on the batch, advances the state and returns the metrics."""
 
     model: Any
     optimizer: Any
@@ -295,21 +248,21 @@ class TrainSetup:
     fn: Any
     state: Any
     batch: dict[str, Any]
-    key: Any
+    task: Any = None
     metrics: Any = None
 
     def compile(self) -> float:
-        """Compiles fn ahead of time for the state, batch and key; seconds. Afterwards
-        fn is the compiled step (for xla_memory(setup.fn))."""
-        self.fn, seconds = compile_timed(self.fn, self.state, self.batch, self.key)
+        """Compiles fn ahead of time for the state and batch; seconds. Afterwards fn is the
+        compiled step (for xla_memory(setup.fn))."""
+        self.fn, seconds = compile_timed(self.fn, self.state, self.batch)
         return seconds
 
     def __call__(self) -> Any:
-        self.state, self.metrics = self.fn(self.state, self.batch, self.key)
+        self.state, self.metrics = self.fn(self.state, self.batch)
         return self.metrics
 
     def loss(self) -> float:
-        """Mean loss per token of the last step."""
+        """Mean loss per scored item (token, example) of the last step."""
         return float(self.metrics["nll"] / self.metrics["weight"])
 
 
@@ -324,34 +277,38 @@ def train_setup(
     seed: int = 0,
     abstract: bool = False,
     run: Any = None,
+    task: Any = None,
 ) -> TrainSetup:
-    """The training step of ReformerLM(cfg, run) on [batch_size, seq_len] tokens
-    (default max_len), or of ReformerEncDec (Seq2SeqTask) when cfg.cross_attention,
-    with source and target both [batch_size, seq_len]: `optimizer` with a
-    constant `learning_rate`, the state from init_train_state(seed), uniformly
-    random ids (numpy default_rng(seed)) with unit weights, and key(1).
-    abstract=True: state, batch and key are shapes only, nothing is allocated or
-    run (compile it for xla_memory).
+    """The trainer's training step (trainer.make_step) of `task` (default: a language
+    model) on one device, for a batch of [batch_size, seq_len] positions (default
+    max_len; task.batch_spec): `optimizer` with a constant `learning_rate`, the state
+    initialised from `seed` as train() does, and random_batch(seed).
+    abstract=True: state and batch are shapes only, nothing is allocated or run
+    (compile it for xla_memory).
     """
     import jax
 
-    from reformer_jax import optim
-    from reformer_jax.model import ReformerLM, RunSettings
+    from reformer_jax import optim, trainer
+    from reformer_jax.config import RunSettings
+    from reformer_jax.tasks import LanguageModelTask
 
     seq_len = cfg.max_len if seq_len is None else seq_len
-    run = RunSettings() if run is None else run
-    task = None
-    if cfg.cross_attention:
-        from reformer_jax.tasks import Seq2SeqTask
-
-        task = Seq2SeqTask()
-        model = task.model(cfg, run)
-    else:
-        model = ReformerLM(cfg, run)
+    task = LanguageModelTask() if task is None else task
     schedule = optim.make_schedule("constant", learning_rate=learning_rate, warmup_steps=0)
     opt = optim.make_optimizer(optimizer, schedule=schedule)
-    state = init_train_state(model, opt, seq_len, seed, abstract=abstract, task=task)
-    batch = _random_batch(cfg, (batch_size, seq_len), seed, abstract)
-    key = jax.eval_shape(lambda: jax.random.key(1)) if abstract else jax.random.key(1)
-    fn = jit_train_step(model, opt, schedule, grad_accum_steps, task)
-    return TrainSetup(model, opt, schedule, fn, state, batch, key)
+    step = trainer.make_step(
+        task,
+        cfg,
+        RunSettings() if run is None else run,
+        opt,
+        schedule,
+        seed=seed,
+        grad_accum_steps=grad_accum_steps,
+        mesh=one_device_mesh(),
+    )
+    state, batch = step.state, step.batch(batch_size, seq_len)
+    if not abstract:
+        state = step.fresh_state(None, 0)
+        shardings = {k: s.sharding for k, s in batch.items()}
+        batch = jax.device_put(random_batch(batch, cfg.vocab_size, seed), shardings)
+    return TrainSetup(step.model, opt, schedule, step.fn, state, batch, task)

@@ -6,6 +6,8 @@ take one and know nothing of next-token prediction; gin selects it
 (`train.task = @LanguageModelTask()`, the default).
 
     Task.batch_keys                     the arrays of a batch, each [b, ...]
+    Task.batch_spec(cfg, batch_size, seq_len) -> {name: jax.ShapeDtypeStruct}
+                                        the batch's shapes and dtypes (the memory planner's)
     Task.check(cfg)                     refuses a model config the task cannot train
     Task.model(cfg, run) -> nn.Module   the network with the task's head
     Task.init_params(model, key, cfg)   its fresh parameters
@@ -85,6 +87,13 @@ class Task(abc.ABC):
         """Fresh parameters of `model` (the trainer initialises through the task)."""
         return model.init(key, jnp.zeros((1, cfg.max_len), jnp.int32))["params"]
 
+    def batch_spec(
+        self, cfg: ReformerConfig, batch_size: int, seq_len: int
+    ) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes and dtypes of a batch of `batch_size` rows of `seq_len` positions, in
+        batch_keys order: what the task's datasets give (the memory planner's inputs)."""
+        raise TaskError(f"{type(self).__name__} declares no batch_spec; give it one.")
+
     @abc.abstractmethod
     def loss_sums(
         self, model: nn.Module, params: Any, batch: dict, key: Array, *, deterministic: bool
@@ -146,6 +155,9 @@ class LanguageModelTask(Task):
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerLM(cfg, run or RunSettings())
 
+    def batch_spec(self, cfg, batch_size, seq_len):
+        return _spec(batch_size, seq_len, tokens=(jnp.int32, 2), weights=(jnp.float32, 2))
+
     def loss_sums(self, model, params, batch, key, *, deterministic):
         return model.apply(
             {"params": params},
@@ -158,6 +170,13 @@ class LanguageModelTask(Task):
 
 
 # ----------------------------------------------------------------------------- encoders
+
+
+def _spec(batch_size: int, seq_len: int, **arrays) -> dict[str, jax.ShapeDtypeStruct]:
+    """{name: ShapeDtypeStruct} of arrays given as name=(dtype, rank): rank 2 is
+    [batch_size, seq_len], rank 1 [batch_size]."""
+    shapes = {1: (batch_size,), 2: (batch_size, seq_len)}
+    return {k: jax.ShapeDtypeStruct(shapes[rank], dtype) for k, (dtype, rank) in arrays.items()}
 
 
 def _refuse_causal(task: Task, cfg: ReformerConfig) -> None:
@@ -272,6 +291,9 @@ class MaskedLMTask(Task):
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerMLM(cfg, run or RunSettings())
 
+    def batch_spec(self, cfg, batch_size, seq_len):
+        return _spec(batch_size, seq_len, tokens=(jnp.int32, 2), weights=(jnp.float32, 2))
+
     def loss_sums(self, model, params, batch, key, *, deterministic):
         cfg = model.cfg
         tokens, weights = batch["tokens"], batch["weights"].astype(jnp.float32)
@@ -361,6 +383,16 @@ class ClassificationTask(Task):
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerClassifier(cfg, self.n_classes, self.pooling, run or RunSettings())
 
+    def batch_spec(self, cfg, batch_size, seq_len):
+        return _spec(
+            batch_size,
+            seq_len,
+            tokens=(jnp.int32, 2),
+            mask=(jnp.bool_, 2),
+            label=(jnp.int32, 1),
+            weight=(jnp.float32, 1),
+        )
+
     def loss_sums(self, model, params, batch, key, *, deterministic):
         logits = model.apply(
             {"params": params},
@@ -428,6 +460,17 @@ class SpanTask(Task):
 
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerSpanModel(cfg, run or RunSettings())
+
+    def batch_spec(self, cfg, batch_size, seq_len):
+        return _spec(
+            batch_size,
+            seq_len,
+            tokens=(jnp.int32, 2),
+            mask=(jnp.bool_, 2),
+            start=(jnp.int32, 1),
+            end=(jnp.int32, 1),
+            weight=(jnp.float32, 1),
+        )
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         start_logits, end_logits = model.apply(
@@ -540,6 +583,17 @@ class Seq2SeqTask(Task):
     def init_params(self, model: nn.Module, key: Array, cfg: ReformerConfig) -> Any:
         ids = jnp.zeros((1, cfg.max_len), jnp.int32)
         return model.init(key, ids, ids)["params"]
+
+    def batch_spec(self, cfg, batch_size, seq_len):
+        """Source and target both seq_len positions, as the shipped datasets pad them."""
+        return _spec(
+            batch_size,
+            seq_len,
+            source=(jnp.int32, 2),
+            source_mask=(jnp.bool_, 2),
+            target=(jnp.int32, 2),
+            target_weights=(jnp.float32, 2),
+        )
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         return model.apply(

@@ -3,7 +3,16 @@
     TrainState(step, params, opt_state)
     train_step(state, batch, key, *, model, optimizer, schedule, grad_accum_steps=1)
         -> (state, metrics)          batch: {"tokens": int32 [b, l], "weights": float32 [b, l]}
+    make_step(task, cfg, run, optimizer, schedule, *, seed, grad_accum_steps, mesh) -> TrainStep
+        .fn(state, batch) -> (state, metrics)      jitted, state donated
+        .state, .batch(batch_size, seq_len)        abstract state and the task's batch
+        .fresh_state(params, step), .compile(batch)
+    make_optimizer(steps=, optimizer=, schedule=, learning_rate=, ...) -> (optimizer, schedule)
     train(*, model_config, dataset_fn, workdir, steps, batch_size, ...) -> final eval metrics
+
+`make_step` builds the one step that train runs and that the memory planner
+(reformer_jax/memory.py: plan, --fit), train.memory_budget, the profiling
+helpers and scripts/benchmark.py compile, for every task.
 
 The command line is `python -m reformer_jax.train` (reformer_jax/cli.py);
 nothing here reads gin, so `train(...)` is a plain function for notebooks.
@@ -21,6 +30,7 @@ writes metrics, TensorBoard and the config (orbax coordinates the checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import numbers
 import os
@@ -217,12 +227,12 @@ def train(
         seed=seed,
         final_eval=final_eval,
     )
-    lr = optim.make_schedule(
-        schedule, learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=steps
-    )
-    opt = optim.make_optimizer(
-        optimizer,
-        schedule=lr,
+    opt, lr = make_optimizer(
+        steps=steps,
+        optimizer=optimizer,
+        schedule=schedule,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
         b1=b1,
         b2=b2,
         eps=eps,
@@ -239,17 +249,17 @@ def train(
         run, accum = _fit_budget(
             limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, batch_shapes
         )
-    model, primary = task.model(cfg, run), jax.process_index() == 0
-    init_state, abstract = _state_factory(task, model, opt, cfg, seed, mesh)
+    primary = jax.process_index() == 0
+    built = make_step(task, cfg, run, opt, lr, seed=seed, grad_accum_steps=accum, mesh=mesh)
     ckpt = checkpoints.Checkpoints(os.path.join(workdir, checkpoints.SUBDIR), keep=keep_checkpoints)
     state, extra = checkpoints.restore_train_state(
-        ckpt, abstract, init_state, init_checkpoint=init_checkpoint
+        ckpt, built.state, built.fresh_state, init_checkpoint=init_checkpoint
     )
     if "data" in extra:
         train_data.set_state(extra["data"])
         if extra.get("seed", seed) != seed:
             log.warning("resuming a run started with seed %s under seed %s", extra["seed"], seed)
-    step_fn = _jit_train_step(task, model, opt, lr, seed, accum, mesh)
+    step_fn = built.fn
     eval_kw = dict(
         batch_size=batch_size,
         eval_batches=eval_batches,
@@ -354,6 +364,109 @@ def _check_train_args(cfg: ReformerConfig, mesh: Mesh, *, final_eval, **values) 
             raise ValueError(f"final_eval: {e}") from None
 
 
+# ----------------------------------------------------------------------------- the step
+
+OPTIMIZER_ARGS = (
+    "optimizer",
+    "schedule",
+    "learning_rate",
+    "warmup_steps",
+    "b1",
+    "b2",
+    "eps",
+    "weight_decay",
+    "clip_norm",
+)
+
+
+def make_optimizer(
+    *, steps: int | None = None, **kwargs
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, learning-rate schedule) as train() builds them for a run of `steps`.
+
+    kwargs: train()'s arguments of those names (OPTIMIZER_ARGS); one not given
+    takes train()'s default. steps may be None for a schedule without an end
+    (not "cosine").
+    """
+    unknown = sorted(set(kwargs) - set(OPTIMIZER_ARGS))
+    if unknown:
+        raise TypeError(f"make_optimizer: unknown arguments {unknown}; use {OPTIMIZER_ARGS}.")
+    args = {**{name: train_defaults()[name] for name in OPTIMIZER_ARGS}, **kwargs}
+    lr = optim.make_schedule(
+        args["schedule"],
+        learning_rate=args["learning_rate"],
+        warmup_steps=args["warmup_steps"],
+        total_steps=steps,
+    )
+    opt = optim.make_optimizer(
+        args["optimizer"],
+        schedule=lr,
+        **{k: args[k] for k in ("b1", "b2", "eps", "weight_decay", "clip_norm")},
+    )
+    return opt, lr
+
+
+def train_defaults() -> dict[str, Any]:
+    """train()'s default arguments, {name: value} (the planner's values for unbound ones)."""
+    params = inspect.signature(train).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """A run's training step (from make_step) and what it is compiled for.
+
+    fn(state, batch) -> (state, metrics): jitted, the state donated; the step
+    key is fold_in(split(key(seed))[1], state.step), derived inside the step.
+    state: the TrainState's shapes (jax.ShapeDtypeStruct), replicated over
+    the mesh. fresh_state(params, step): a TrainState on the mesh (params
+    None: initialised from split(key(seed))[0]).
+    """
+
+    task: Task
+    cfg: ReformerConfig
+    model: nn.Module
+    mesh: Mesh
+    fn: Callable
+    state: Any
+    fresh_state: Callable
+
+    def batch(self, batch_size: int, seq_len: int | None = None) -> dict:
+        """The task's global batch of batch_size rows of seq_len (default max_len) positions,
+        as shapes sharded over the mesh's "data" axis (task.batch_spec)."""
+        seq_len = self.cfg.max_len if seq_len is None else seq_len
+        sharding = NamedSharding(self.mesh, PartitionSpec("data"))
+        spec = self.task.batch_spec(self.cfg, batch_size, seq_len)
+        return {
+            k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding) for k, s in spec.items()
+        }
+
+    def compile(self, batch: dict) -> Any:
+        """fn compiled ahead of time for the state and `batch` (arrays or shapes); runs nothing."""
+        return self.fn.lower(self.state, batch).compile()
+
+
+def make_step(
+    task: Task,
+    cfg: ReformerConfig,
+    run: RunSettings,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    seed: int = 0,
+    grad_accum_steps: int = 1,
+    mesh: Mesh | None = None,
+) -> TrainStep:
+    """The training step train() runs: task's model under `run`, train_step with the
+    optimizer, schedule and micro-batches, jitted over `mesh` (default: every device,
+    make_mesh) with the batch sharded over "data" and the state replicated."""
+    mesh = make_mesh() if mesh is None else mesh
+    model = task.model(cfg, run)
+    fresh_state, abstract = _state_factory(task, model, optimizer, cfg, seed, mesh)
+    fn = _jit_train_step(task, model, optimizer, schedule, seed, grad_accum_steps, mesh)
+    return TrainStep(task, cfg, model, mesh, fn, abstract, fresh_state)
+
+
 def _state_factory(task, model, opt, cfg, seed, mesh):
     """fresh_state(params, step) for the restore order, and the state's abstract shapes."""
     init_key = jax.random.split(jax.random.key(seed))[0]
@@ -375,45 +488,6 @@ def _state_factory(task, model, opt, cfg, seed, mesh):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), abstract
     )
     return fresh_state, abstract
-
-
-def _peek_shapes(data, mesh) -> dict:
-    """The shapes of `data`'s next global batch, sharded over the mesh; the position is kept."""
-    position = data.get_state()
-    batch = next(data)
-    data.set_state(position)
-    sharding = NamedSharding(mesh, PartitionSpec("data"))
-    return {
-        k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding)
-        for k, v in batch.items()
-    }
-
-
-def _fit_budget(limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, batch_shapes):
-    """(run settings, micro-batches): the fastest "auto" setting whose compiled step fits
-    `limit` bytes (reformer_jax/budget.py), logged. Compiles; allocates nothing."""
-    _, state = _state_factory(task, task.model(cfg, run), opt, cfg, seed, mesh)
-    per_device = next(iter(batch_shapes.values())).shape[0] // mesh.devices.size
-    rungs = budget.ladders(cfg, run, grad_accum_steps, seq_len=cfg.max_len, batch_size=per_device)
-
-    def plan_total(setting):
-        knobs = {k: setting[k] for k in budget.RUN_KNOBS}
-        model = task.model(cfg, dataclasses.replace(run, **knobs))
-        step = _jit_train_step(task, model, opt, lr, seed, setting["grad_accum_steps"], mesh)
-        total = budget.compiled_bytes(step.lower(state, batch_shapes).compile())
-        if total is None:
-            raise TrainingError(
-                f"train.memory_budget: the {jax.devices()[0].platform} backend gives no "
-                "compiled memory analysis to plan with; leave memory_budget unset."
-            )
-        return total
-
-    try:
-        choice = budget.search(rungs, limit, plan_total)
-    except budget.BudgetError as e:
-        raise TrainingError(f"train.memory_budget: {e}") from None
-    log.info("train.memory_budget: %s", choice.summary())
-    return choice.run_settings(run), choice.settings["grad_accum_steps"]
 
 
 def _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh):
@@ -442,6 +516,55 @@ def _jit_train_step(task, model, opt, lr, seed, grad_accum_steps, mesh):
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
+
+
+# ----------------------------------------------------------------------------- the budget
+
+
+def _peek_shapes(data, mesh) -> dict:
+    """The shapes of `data`'s next global batch, sharded over the mesh; the position is kept."""
+    position = data.get_state()
+    batch = next(data)
+    data.set_state(position)
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    return {
+        k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=sharding)
+        for k, v in batch.items()
+    }
+
+
+def _fit_budget(limit, task, cfg, run, grad_accum_steps, opt, lr, seed, mesh, batch_shapes):
+    """(run settings, micro-batches): the fastest "auto" setting whose compiled step fits
+    `limit` bytes (reformer_jax/budget.py), logged. Compiles; allocates nothing."""
+    per_device = next(iter(batch_shapes.values())).shape[0] // mesh.devices.size
+    rungs = budget.ladders(cfg, run, grad_accum_steps, seq_len=cfg.max_len, batch_size=per_device)
+
+    def plan_total(setting):
+        knobs = {k: setting[k] for k in budget.RUN_KNOBS}
+        step = make_step(
+            task,
+            cfg,
+            dataclasses.replace(run, **knobs),
+            opt,
+            lr,
+            seed=seed,
+            grad_accum_steps=setting["grad_accum_steps"],
+            mesh=mesh,
+        )
+        total = budget.compiled_bytes(step.compile(batch_shapes))
+        if total is None:
+            raise TrainingError(
+                f"train.memory_budget: the {jax.devices()[0].platform} backend gives no "
+                "compiled memory analysis to plan with; leave memory_budget unset."
+            )
+        return total
+
+    try:
+        choice = budget.search(rungs, limit, plan_total)
+    except budget.BudgetError as e:
+        raise TrainingError(f"train.memory_budget: {e}") from None
+    log.info("train.memory_budget: %s", choice.summary())
+    return choice.run_settings(run), choice.settings["grad_accum_steps"]
 
 
 def _diverged_message(step: int, names: list[str], last_checkpoint: int | None, workdir: str):

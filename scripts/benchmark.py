@@ -274,7 +274,7 @@ def bench_depth(args: argparse.Namespace) -> None:
     from reformer_jax import cli, memory
 
     cli.parse_gin(args.gin_file, args.gin_param)
-    cfg = cli.model_config()
+    cfg, task, train_args = cli.model_config(), cli.task(), memory.gin_train_args()
     print(
         f"# Training-step memory vs. depth ({args.gin_file}, batch {args.batch_size}, "
         f"{cfg.max_len} tokens, device {jax.devices()[0].platform}, jax {jax.__version__})"
@@ -285,7 +285,12 @@ def bench_depth(args: argparse.Namespace) -> None:
     for n in args.layers:
         cells = []
         for rev in (True, False):
-            plan = memory.plan(cfg.replace(n_layers=n, reversible=rev), batch_size=args.batch_size)
+            plan = memory.plan(
+                cfg.replace(n_layers=n, reversible=rev),
+                batch_size=args.batch_size,
+                task=task,
+                train_args=train_args,
+            )
             cells.append(f"{plan['temp_bytes'] / GIB:.2f} / {plan['total_bytes'] / GIB:.2f}")
             print(f"[bench] {n} layers reversible={rev}: {cells[-1]}", file=sys.stderr, flush=True)
         print(f"| {n} | {cells[0]} | {cells[1]} |", flush=True)
@@ -296,7 +301,8 @@ def bench_step(args: argparse.Namespace) -> None:
     from reformer_jax import budget, cli, memory
 
     cli.parse_gin(args.gin_file, args.gin_param)
-    cfg = cli.model_config()
+    # The planner's figures are `python -m reformer_jax.memory`'s for the same gin config.
+    cfg, task, train_args = cli.model_config(), cli.task(), memory.gin_train_args()
     batch_size = args.batch_size
     run = cli.run_settings()
     grad_accum = cli.query("train.grad_accum_steps", "auto")
@@ -304,7 +310,14 @@ def bench_step(args: argparse.Namespace) -> None:
     if args.fit:  # the "auto" knobs from the planner's search (python -m reformer_jax.memory --fit)
         limit = budget.budget_bytes(args.fit)
         choice, _ = memory.choose(
-            cfg, run, grad_accum, limit, batch_size=batch_size, seq_len=cfg.max_len
+            cfg,
+            run,
+            grad_accum,
+            limit,
+            batch_size=batch_size,
+            seq_len=cfg.max_len,
+            task=task,
+            train_args=train_args,
         )
         run, grad_accum = choice.run_settings(run), choice.settings["grad_accum_steps"]
     run = run.resolved(cfg.max_len)
@@ -325,12 +338,21 @@ def bench_step(args: argparse.Namespace) -> None:
     if choice is not None:
         result["fit"] = {"budget": args.fit, "bindings": choice.bindings(), "plans": choice.plans}
     print(f"[bench] planning {args.gin_file} ...", file=sys.stderr, flush=True)
-    plan = memory.plan(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
+    plan = memory.plan(
+        cfg,
+        batch_size=batch_size,
+        grad_accum_steps=grad_accum,
+        run=run,
+        task=task,
+        train_args=train_args,
+    )
     result["planner_total_gib"] = plan["total_bytes"] / GIB
     result["planner_temp_gib"] = plan["temp_bytes"] / GIB
     result["n_params"] = plan["n_params"]
 
-    setup = profiling.train_setup(cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run)
+    setup = profiling.train_setup(
+        cfg, batch_size=batch_size, grad_accum_steps=grad_accum, run=run, task=task
+    )
     result["compile_s"] = setup.compile()
     result["rss_before_step_gib"] = profiling.rss_bytes() / GIB
     progress = lambda i: print(f"[bench] step {i + 1} of {1 + args.steps} ...", file=sys.stderr)
@@ -459,9 +481,11 @@ def bench_agreement(args: argparse.Namespace) -> None:
     """Decode-time LSH vs. training-time LSH on a trained copy-task model."""
     import numpy as np
 
-    from reformer_jax import decoding, optim, sampling
+    from reformer_jax import decoding, sampling, trainer
+    from reformer_jax.config import RunSettings
     from reformer_jax.data import synthetic
     from reformer_jax.model import ReformerConfig, ReformerLM
+    from reformer_jax.tasks import LanguageModelTask
 
     length, vocab = 64, 64
     cfg = ReformerConfig(
@@ -479,14 +503,17 @@ def bench_agreement(args: argparse.Namespace) -> None:
         axial_dims=(64,),
     )
     model = ReformerLM(cfg)
-    lr = optim.make_schedule("rsqrt", learning_rate=0.05, warmup_steps=50, total_steps=args.steps)
-    opt = optim.make_optimizer("adam", schedule=lr, b1=0.9, b2=0.98, eps=1e-9)
-    state = profiling.init_train_state(model, opt, length)
-    step = profiling.jit_train_step(model, opt, lr)
+    opt, lr = trainer.make_optimizer(
+        steps=args.steps, schedule="rsqrt", learning_rate=0.05, warmup_steps=50
+    )
+    step = trainer.make_step(
+        LanguageModelTask(), cfg, RunSettings(), opt, lr, mesh=profiling.one_device_mesh()
+    )
+    state = step.fresh_state(None, 0)
     task = synthetic.DuplicationTask(length, vocab, 32, seed=0)
     print(f"[bench] training {args.steps} steps ...", file=sys.stderr, flush=True)
     for i in range(args.steps):
-        state, _ = step(state, task.batch(i), jax.random.key(1))
+        state, _ = step.fn(state, task.batch(i))
     params = state.params
     tokens = synthetic.DuplicationTask(length, vocab, args.batch, seed=99).batch(0)["tokens"]
     half = length // 2

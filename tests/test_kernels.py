@@ -322,7 +322,7 @@ def test_training_step_with_the_kernel_lowers_for_cuda(dtype):
         setup.fn,
         platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)],
-    )(setup.state, setup.batch, setup.key)
+    )(setup.state, setup.batch)
     text = exported.mlir_module()
     assert text.count(f"@{TRITON}(") == 4 * cfg.n_layers
     for name in ("chunk_attention_fwd", "chunk_attention_bwd_dq", "chunk_attention_bwd_dkv"):
@@ -342,7 +342,7 @@ def test_shipped_configs_lower_for_cuda_with_the_kernel(gin_file):
         setup.fn,
         platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(TRITON)],
-    )(setup.state, setup.batch, setup.key)
+    )(setup.state, setup.batch)
     assert "chunk_attention_bwd_dkv" in exported.mlir_module()
 
 
