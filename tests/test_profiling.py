@@ -8,9 +8,10 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from reformer_jax import flops, profiling
+from reformer_jax import flops, profiling, tasks
 from reformer_jax.model import ReformerConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,6 +153,34 @@ def test_train_setup_runs_steps():
     spec = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
     assert spec(shapes.state) == spec(setup.state) and spec(shapes.batch) == spec(setup.batch)
     assert isinstance(shapes.batch["tokens"], jax.ShapeDtypeStruct)
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        tasks.LanguageModelTask(),
+        tasks.MaskedLMTask(),
+        tasks.ClassificationTask(n_classes=3),
+        tasks.SpanTask(),
+        tasks.Seq2SeqTask(),
+    ],
+    ids=lambda t: type(t).__name__,
+)
+def test_random_batch_is_a_batch_the_task_accepts(task):
+    """train_setup's batch for any task (scripts/benchmark.py step): the task's own
+    check_batch passes, ids lie in the vocabulary, and the ids are not all alike."""
+    cfg = ReformerConfig(vocab_size=11, max_len=32)
+    spec = task.batch_spec(cfg, 3, 32)
+    assert list(spec) == list(task.batch_keys)
+    batch = profiling.random_batch(spec, cfg.vocab_size, seed=0)
+    task.check_batch(batch)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+        k: (s.shape, s.dtype) for k, s in spec.items()
+    }
+    for name in ("tokens", "source", "target"):
+        if name in batch:
+            ids = np.asarray(batch[name])
+            assert 0 <= ids.min() < ids.max() < cfg.vocab_size
 
 
 def test_probes_and_no_jax_import():
