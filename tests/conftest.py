@@ -52,22 +52,38 @@ from tests import inprocess  # noqa: E402
 
 TINY_GIN = os.path.join(_ROOT, "tests", "data", "tiny.gin")
 
+
+def _gin_model(path: str) -> dict:
+    """The ReformerConfig fields the gin file at `path` binds, with their values (through
+    its includes and macros); fields it leaves unbound keep their defaults."""
+    import dataclasses
+
+    import gin
+
+    from reformer_jax import cli
+
+    cli.parse_gin([path], [])
+    try:
+        cfg = cli.model_config()
+        unbound = object()
+        bound = {
+            f.name
+            for f in dataclasses.fields(cfg)
+            if cli.query(f"ReformerConfig.{f.name}", unbound) is not unbound
+        }
+    finally:
+        gin.clear_config()
+    return {name: getattr(cfg, name) for name in sorted(bound)}
+
+
 # The shared tiny models. Each is small enough to compile in seconds on a CPU
 # and big enough to be honest: several chunks per sequence, several buckets,
 # more than one head and (where the test needs it) more than one layer group.
 TINY = {
-    # One LSH layer, the shape of tests/data/tiny.gin: train-step and settings tests.
-    "step": dict(
-        vocab_size=8,
-        max_len=32,
-        d_model=16,
-        d_ff=32,
-        n_heads=2,
-        d_head=8,
-        n_layers=1,
-        chunk_len=8,
-        local_chunk_len=8,
-    ),
+    # The model of tests/data/tiny.gin (read from it: one owner), the trainer tests' run
+    # (`trained_tiny_run`): a local and an LSH layer with dropout. Train-step and settings
+    # tests use it, so their programs are the trained run's.
+    "step": _gin_model(TINY_GIN),
     # One LSH layer cycle: attention, hashing and loss tests.
     "lm": dict(
         vocab_size=40,
@@ -143,7 +159,7 @@ def tiny_config(name: str, **overrides) -> ReformerConfig:
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "slow: takes tens of seconds (`make test-fast` leaves these out)"
+        "markers", "slow: an end-to-end test (`make test-e2e`; `make test` leaves these out)"
     )
     # With `-n 2` (make test), xdist's load scheduler hands each worker a first
     # chunk of an eighth of the suite; with the slow tests first (below), one

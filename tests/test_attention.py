@@ -14,6 +14,16 @@ from tests import reference
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
+# Jitted: one compiled program per call, where an eager call compiles each of its
+# operations apart (several times the compile time with a cold cache).
+_SETTINGS = ("chunk_len", "causal", "n_chunks_before", "n_chunks_after", "impl", "dropout_rate")
+_lsh = jax.jit(
+    attention.lsh_attention,
+    static_argnames=_SETTINGS + ("n_hashes", "n_buckets", "dedup", "per_example_rotations"),
+)
+_local = jax.jit(attention.local_attention, static_argnames=_SETTINGS)
+
+
 def _normal(seed, shape, dtype=jnp.float32):
     return jax.random.normal(jax.random.key(seed), shape, dtype)
 
@@ -79,12 +89,12 @@ def test_lsh_matches_slow_reference(
     seed = length * 100 + chunk
     qk, v = _normal(seed, (2, 2, length, 8)), _normal(seed + 1, (2, 2, length, 5))
     mask = _random_mask(seed + 2, 2, length) if masked else None
-    out, buckets = attention.lsh_attention(
+    out, buckets = _lsh(
         qk,
         v,
         key=jax.random.key(seed + 3),
         n_hashes=n_hashes,
-        n_buckets=n_buckets,
+        n_buckets=tuple(n_buckets) if isinstance(n_buckets, list) else n_buckets,
         chunk_len=chunk,
         causal=causal,
         n_chunks_before=before,
@@ -114,24 +124,24 @@ def test_lsh_matches_slow_reference(
 def test_dedup_changes_the_result_and_identical_rounds_count_once():
     qk, v = _normal(0, (1, 2, 32, 8)), _normal(1, (1, 2, 32, 8))
     kw = dict(n_buckets=4, chunk_len=8)
-    one, b1 = attention.lsh_attention(qk, v, key=jax.random.key(2), n_hashes=1, **kw)
+    one, b1 = _lsh(qk, v, key=jax.random.key(2), n_hashes=1, **kw)
     # Three identical rounds: without dedup each pair counts three times in every
     # softmax alike, so the output is unchanged; with dedup every N_ij is 3.
     same = jnp.repeat(b1, 3, axis=2)
     for dedup in (False, True):
-        out, _ = attention.lsh_attention(qk, v, n_hashes=3, buckets=same, dedup=dedup, **kw)
+        out, _ = _lsh(qk, v, n_hashes=3, buckets=same, dedup=dedup, **kw)
         np.testing.assert_allclose(out, one, rtol=1e-5, atol=1e-5)
     # Different rounds overlap partially: the correction matters.
-    plain, b3 = attention.lsh_attention(qk, v, key=jax.random.key(3), n_hashes=3, **kw)
-    dd, _ = attention.lsh_attention(qk, v, n_hashes=3, buckets=b3, dedup=True, **kw)
+    plain, b3 = _lsh(qk, v, key=jax.random.key(3), n_hashes=3, **kw)
+    dd, _ = _lsh(qk, v, n_hashes=3, buckets=b3, dedup=True, **kw)
     assert float(jnp.max(jnp.abs(plain - dd))) > 1e-3
 
 
 def test_given_buckets_reproduce_hashing():
     qk, v = _normal(0, (2, 2, 64, 8)), _normal(1, (2, 2, 64, 8))
     kw = dict(n_hashes=2, n_buckets=8, chunk_len=16)
-    out, buckets = attention.lsh_attention(qk, v, key=jax.random.key(4), **kw)
-    again, same = attention.lsh_attention(qk, v, buckets=buckets, **kw)
+    out, buckets = _lsh(qk, v, key=jax.random.key(4), **kw)
+    again, same = _lsh(qk, v, buckets=buckets, **kw)
     np.testing.assert_array_equal(out, again)
     np.testing.assert_array_equal(buckets, same)
 
@@ -146,9 +156,7 @@ def test_lsh_gradient_matches_float64_finite_differences(dedup):
     kw = dict(chunk_len=4, causal=True, dedup=dedup)
     qk, v = _normal(0, (bsz, heads, length, d)), _normal(1, (bsz, heads, length, d))
     mask = _random_mask(2, bsz, length)
-    _, buckets = attention.lsh_attention(
-        qk, v, key=jax.random.key(3), n_hashes=3, n_buckets=4, **kw
-    )
+    _, buckets = _lsh(qk, v, key=jax.random.key(3), n_hashes=3, n_buckets=4, **kw)
     ct = np.asarray(_normal(4, v.shape), np.float64) * np.asarray(mask)[:, None, :, None]
 
     def loss_jax(qk, v):
@@ -157,7 +165,7 @@ def test_lsh_gradient_matches_float64_finite_differences(dedup):
         )
         return jnp.sum(out * ct)
 
-    g_qk, g_v = jax.grad(loss_jax, argnums=(0, 1))(qk, v)
+    g_qk, g_v = jax.jit(jax.grad(loss_jax, argnums=(0, 1)))(qk, v)
 
     def loss_ref(qk, v):
         out = reference.lsh_attention(qk, v, buckets, mask=mask, **kw)
@@ -176,7 +184,7 @@ def test_lsh_gradient_matches_float64_finite_differences(dedup):
 def test_lsh_dropout_is_keyed_and_unbiased():
     qk, v = _normal(0, (1, 2, 32, 8)), _normal(1, (1, 2, 32, 8))
     kw = dict(key=jax.random.key(2), n_hashes=2, n_buckets=4, chunk_len=8)
-    clean, _ = attention.lsh_attention(qk, v, **kw)
+    clean, _ = _lsh(qk, v, **kw)
     drop = jax.jit(
         lambda k: attention.lsh_attention(qk, v, dropout_rate=0.2, dropout_key=k, **kw)[0]
     )
@@ -203,7 +211,7 @@ def test_lsh_dropout_is_keyed_and_unbiased():
 def test_local_matches_reference(length, chunk, causal, masked, before, after):
     q, k, v = (_normal(i, (2, 3, length, 8)) for i in range(3))
     mask = _random_mask(3, 2, length) if masked else None
-    out = attention.local_attention(
+    out = _local(
         q,
         k,
         v,
@@ -242,7 +250,7 @@ def test_full_matches_reference(causal, shared_qk, masked):
 
 def test_local_with_one_chunk_equals_full():
     q, k, v = (_normal(i, (1, 2, 30, 8)) for i in range(3))
-    out = attention.local_attention(q, k, v, chunk_len=32)
+    out = _local(q, k, v, chunk_len=32)
     np.testing.assert_allclose(out, attention.full_attention(q, k, v, causal=True), **TOL)
 
 
@@ -259,7 +267,7 @@ def test_causality(kind):
     length = 48
     q, k, v = (_normal(i, (2, 2, length, 8)) for i in range(3))
     lsh_kw = dict(n_hashes=3, n_buckets=6, chunk_len=8, dedup=kind == "lsh_dedup")
-    _, buckets = attention.lsh_attention(q, v, key=jax.random.key(9), **lsh_kw)
+    _, buckets = _lsh(q, v, key=jax.random.key(9), **lsh_kw)
 
     def run(q, k, v):
         if kind.startswith("lsh"):
@@ -379,7 +387,7 @@ def test_chunk_blocks_equal_one_pass(kind, monkeypatch):
 
     def value_and_grads():
         loss = lambda *a: jnp.sum(run(*a) * ct)
-        return run(qk, k, v), jax.grad(loss, argnums=(0, 1, 2))(qk, k, v)
+        return jax.jit(lambda *a: (run(*a), jax.grad(loss, argnums=(0, 1, 2))(*a)))(qk, k, v)
 
     one_pass = value_and_grads()
     monkeypatch.setattr(attention, "BLOCK_ELEMENTS", 2 * 2 * 8 * 16 * 2)

@@ -224,7 +224,7 @@ def test_memory_fit_chunks_only_when_the_budget_needs_it(monkeypatch):
     ]
     assert tight["total_bytes"] <= tight["budget_bytes"] == roomy["total_bytes"] - 1
     # The chosen total is the planner's own figure for that setting.
-    cfg = tiny_config("step", attention_kinds=("local",), d_ff=256, dropout=0.1)
+    cfg = tiny_config("step", n_layers=1, attention_kinds=("local",), d_ff=256)
     chunk = tight["settings"]["ff_chunk_size"]
     run = RunSettings(ff_chunk_size=chunk, loss_chunk_size=None, attention_head_chunk=None)
     assert memory.plan(cfg, batch_size=2, run=run)["total_bytes"] == tight["total_bytes"]
@@ -232,7 +232,7 @@ def test_memory_fit_chunks_only_when_the_budget_needs_it(monkeypatch):
 
 def test_train_memory_budget_is_applied_and_logged(tmp_path):
     # A budget below the planner's total for one micro-batch: the run must split its batch.
-    cfg = tiny_config("step", attention_kinds=("local",), dropout=0.1)
+    cfg = tiny_config("step", n_layers=1, attention_kinds=("local",))
     whole = memory.plan(cfg, batch_size=2, run=RunSettings(attention_head_chunk=None))
     limit = whole["total_bytes"] * 4 // 5
     result = inprocess.train(

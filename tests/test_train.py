@@ -161,7 +161,7 @@ def test_corrupt_latest_checkpoint_falls_back(trained, tmp_path):
 
 
 def _tiny_setup(schedule, learning_rate, warmup_steps, **cfg_changes):
-    """A one-layer model, its optimizer and a fresh TrainState."""
+    """The tiny step model (tests/conftest.py), its optimizer and a fresh TrainState."""
     cfg = tiny_config("step", **cfg_changes)
     model = ReformerLM(cfg)
     lr = optim.make_schedule(schedule, learning_rate=learning_rate, warmup_steps=warmup_steps)
