@@ -356,15 +356,11 @@ class LocalAttention(AttentionKind):
         **_,
     ):
         before, after = cfg.local_window(causal)
-        length, rule = q.shape[2], {}
-        if cfg.window_rule == "hf":
-            mask, (q, k, v), seq_len = _hf_inputs(cfg, mask, (q, k, v), (2, 2, 2))
-            rule = dict(window_rule="hf", hf_length=seq_len)
-        out = attention.local_attention(
+        out = self._local(
+            cfg,
             q,
             k,
             v,
-            chunk_len=cfg.local_chunk_len,
             causal=causal,
             n_chunks_before=before,
             n_chunks_after=after,
@@ -372,9 +368,20 @@ class LocalAttention(AttentionKind):
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
             impl=impl,
-            **rule,
         )
-        return out[:, :, :length], None
+        return out, None
+
+    @staticmethod
+    def _local(cfg, q, k, v, *, mask=None, **kw):
+        """attention.local_attention under cfg.window_rule ("hf": at HF's length)."""
+        length, rule = q.shape[2], {}
+        if cfg.window_rule == "hf":
+            mask, (q, k, v), seq_len = _hf_inputs(cfg, mask, (q, k, v), (2, 2, 2))
+            rule = dict(window_rule="hf", hf_length=seq_len)
+        out = attention.local_attention(
+            q, k, v, chunk_len=cfg.local_chunk_len, mask=mask, **rule, **kw
+        )
+        return out[:, :, :length]
 
     def chunk_length(self, cfg):
         return cfg.local_chunk_len
@@ -397,9 +404,7 @@ class LocalAttention(AttentionKind):
 
     def prefill(self, cfg, q, k, v, entry, g, *, n_hashes):
         before = cfg.local_window(causal=True)[0]
-        out = attention.local_attention(
-            q, k, v, chunk_len=cfg.local_chunk_len, causal=True, n_chunks_before=before
-        )
+        out = self._local(cfg, q, k, v, causal=True, n_chunks_before=before)
         n = q.shape[2]
         ring = entry["k"].shape[3]
         keep = min(ring, n)  # the last `keep` positions go to slots position % ring
@@ -451,27 +456,32 @@ class LSHAttention(AttentionKind):
         dropout_key=None,
         impl="xla",
     ):
-        length, rule = q.shape[2], {}
-        if cfg.window_rule == "hf":
-            mask, (q, v, buckets), seq_len = _hf_inputs(cfg, mask, (q, v, buckets), (2, 2, 3))
-            rule = dict(window_rule="hf", hf_length=seq_len)
-        out, buckets = attention.lsh_attention(
+        return self._lsh(
+            cfg,
             q,
             v,
             key=hash_key,
             n_hashes=cfg.n_hashes if n_hashes is None else n_hashes,
             n_buckets=cfg.lsh_buckets(q.shape[2]),
-            chunk_len=cfg.chunk_len,
             causal=causal,
             n_chunks_before=cfg.lsh_window(causal)[0],
             n_chunks_after=cfg.lsh_window(causal)[1],
-            dedup=cfg.dedup,
             buckets=buckets,
             mask=mask,
             dropout_rate=dropout_rate,
             dropout_key=dropout_key,
             impl=impl,
-            **rule,
+        )
+
+    @staticmethod
+    def _lsh(cfg, q, v, *, mask=None, buckets=None, **kw):
+        """attention.lsh_attention under cfg.window_rule ("hf": at HF's length)."""
+        length, rule = q.shape[2], {}
+        if cfg.window_rule == "hf":
+            mask, (q, v, buckets), seq_len = _hf_inputs(cfg, mask, (q, v, buckets), (2, 2, 3))
+            rule = dict(window_rule="hf", hf_length=seq_len)
+        out, buckets = attention.lsh_attention(
+            q, v, chunk_len=cfg.chunk_len, dedup=cfg.dedup, mask=mask, buckets=buckets, **rule, **kw
         )
         return out[:, :, :length], buckets[..., :length]
 
@@ -512,17 +522,16 @@ class LSHAttention(AttentionKind):
         factors = self.decode_factors(cfg)
         buckets = lsh.hash_with_rotations(q, entry["rotations"][g], factors)  # [b, h, r, n]
         # The decoder's window looks back only (docs/algorithm.md, "LSH at decode time").
-        out, _ = attention.lsh_attention(
+        out, _ = self._lsh(
+            cfg,
             q,
             v,
             buckets=buckets,
             n_hashes=n_hashes,
             n_buckets=factors,
-            chunk_len=cfg.chunk_len,
             causal=True,
             n_chunks_before=cfg.n_chunks_before,
             n_chunks_after=0,
-            dedup=cfg.dedup,
         )
         n = q.shape[2]
         entry = dict(entry)

@@ -50,6 +50,7 @@ def _edit_config(path, **changes):
 def test_converted_model_gives_hf_log_probs(case):
     """Log-probs equal HF's (float64 run) with HF's buckets injected, <= 1e-4 in float32."""
     cfg, params = convert.load_hf_reformer(os.path.join(HF_DIR, case))
+    assert cfg.window_rule == "hf"  # HF's windows (docs/algorithm.md, "Window rules")
     tokens, want, hf_buckets = _expected(case)
     if case == "short":
         # L <= lsh_attn_chunk_length: HF runs its LSH layers as full attention
@@ -272,6 +273,38 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.run_main(convert.main, [f"--hf_dir={case}", f"--workdir={workdir}"])
     assert "already holds checkpoints" in capsys.readouterr().err
+
+
+def test_window_rule_is_checked():
+    """window_rule names one of the rules; HF's has no App. A correction (dedup)."""
+    from reformer_jax.config import ReformerConfig
+
+    with pytest.raises(ValueError, match=r"window_rule='trax'; use one of \('reformer', 'hf'\)"):
+        ReformerConfig(window_rule="trax")
+    with pytest.raises(ValueError, match="dedup=True needs window_rule='reformer'"):
+        ReformerConfig(window_rule="hf", dedup=True)
+
+
+def test_sample_refuses_hf_windows_it_cannot_decode(tmp_path):
+    """A converted LM whose local layers look back 2 chunks: HF's windows hold a chunk twice in
+    short sequences, which a decoding cache cannot, so sample says so in one line; 1 chunk
+    back (every published checkpoint) samples."""
+    from reformer_jax import sample
+    from tests import inprocess
+
+    def sample_with(before):
+        workdir = str(tmp_path / f"run{before}")
+        binding = f"--gin_param=ReformerConfig.local_n_chunks_before={before}"
+        hf_dir = os.path.join(HF_DIR, "mixed")
+        result = inprocess.run(convert.main, f"--hf_dir={hf_dir}", f"--workdir={workdir}", binding)
+        assert result.returncode == 0, result.stderr
+        flags = ("--prompt_ids=3,4,5", "--num_tokens=2", "--greedy")
+        return inprocess.run(sample.main, f"--workdir={workdir}", *flags)
+
+    refused = sample_with(2)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "cached decoding cannot reproduce window_rule='hf' with 2 chunks" in refused.last_line
+    assert sample_with(1).returncode == 0
 
 
 def test_evaluate_reads_a_converted_workdir(tmp_path, capsys):

@@ -304,3 +304,33 @@ def test_cli_refuses_an_unsupported_architecture_in_one_line(tmp_path, capsys):
     assert "\n" not in err and "architectures=['ReformerModel'] is not supported" in err
     for name in convert.ARCHITECTURES:
         assert name in err
+
+
+@pytest.mark.parametrize("kind", ["lsh", "local"])
+def test_fused_kernel_takes_hf_windows(kind):
+    """The fused kernel (interpret mode) runs HF's windows as the jnp path does, values and
+    gradients, in a batch of two lengths whose windows wrap around 4 and 2 chunks (the latter
+    holding a chunk more than once, and a roll by 2 of 2 chunks)."""
+    from reformer_jax import attention
+
+    q, k, v, weights = (jax.random.normal(jax.random.key(i), (2, 2, 32, 16)) for i in range(4))
+    mask = jnp.arange(32) < jnp.array([[32], [13]])  # HF runs the second at 16: 2 chunks of 8
+    window = dict(chunk_len=8, causal=False, n_chunks_before=2, n_chunks_after=1, mask=mask)
+    window.update(window_rule="hf")
+
+    def loss(q, k, v, impl):
+        if kind == "lsh":
+            hashing = dict(key=jax.random.key(9), n_hashes=1, n_buckets=4)
+            out, _ = attention.lsh_attention(q, v, impl=impl, **hashing, **window)
+        else:
+            out = attention.local_attention(q, k, v, impl=impl, **window)
+        return jnp.sum(jnp.where(mask[:, None, :, None], out * weights, 0.0)), out
+
+    grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+    (want_grads, want), (got_grads, got) = grad(q, k, v, "xla"), grad(q, k, v, "interpret")
+    scale = lambda x: float(jnp.abs(x).max())
+    assert jnp.abs(jnp.where(mask[:, None, :, None], got - want, 0)).max() <= 1e-5 * scale(want)
+    for name, g, w in zip("qkv", got_grads, want_grads, strict=True):
+        if kind == "lsh" and name == "k":
+            continue  # shared-QK: no k
+        assert jnp.abs(g - w).max() <= 1e-5 * scale(w), name
