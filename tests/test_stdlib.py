@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reformer_jax.data import enwik8, stdlib
+from reformer_jax.data import stdlib
 
 BUDGET = 300_000
 

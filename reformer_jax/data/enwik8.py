@@ -9,7 +9,8 @@ corrupt zip or a file of the wrong size is a DatasetError, never trained on.
 Splits follow tensor2tensor: the first 90M bytes train, the next 5M
 validation, the last 5M test. Token ids are byte + 2 (0 pad, 1 EOS), so the
 vocabulary has 258 symbols: the text is encoded with
-reformer_jax/data/tokenizers.py's BYTES, which the factory declares. The bytes are memory-mapped, never copied whole.
+reformer_jax/data/tokenizers.py's BYTES, which the factory declares. The bytes
+are memory-mapped, never copied whole.
 
 Train batches are windows at random offsets, a pure function of
 (seed, batch index). Eval batches are consecutive non-overlapping windows that
