@@ -5,6 +5,7 @@ Triton lowering is checked by exporting whole training steps for CUDA.
 """
 
 import dataclasses
+import functools
 import pathlib
 
 import jax
@@ -105,12 +106,15 @@ def test_kernel_equals_jnp_window_attention(
                 impl=impl,
             )
 
-        return fn
+        return jax.jit(fn)
 
     want, got = run("xla")(q, k, v), run("interpret")(q, k, v)
     for name, g, w in zip(("out", "lse"), got, want, strict=True):
         _close(g, w, 1e-6, name)
-    grads = [jax.grad(_loss_of(run(i)), argnums=(0, 1, 2))(q, k, v) for i in ("xla", "interpret")]
+    grads = [
+        jax.jit(jax.grad(_loss_of(run(i)), argnums=(0, 1, 2)))(q, k, v)
+        for i in ("xla", "interpret")
+    ]
     for name, w, g in zip("qkv", *grads, strict=True):
         if shared and name == "k":  # k unused: the keys are the normalised queries
             continue
@@ -132,7 +136,7 @@ def test_lsh_attention_with_the_kernel_equals_jnp():
     kw["n_chunks_after"] = 0 if causal else 1
 
     def run(impl):
-        return lambda qk, v: attention.lsh_attention(qk, v, impl=impl, **kw)[0]
+        return jax.jit(lambda qk, v: attention.lsh_attention(qk, v, impl=impl, **kw)[0])
 
     real = mask[:, None, :, None]  # padding positions' outputs are not compared
     _close(
@@ -145,8 +149,8 @@ def test_lsh_attention_with_the_kernel_equals_jnp():
     def loss(impl):
         return lambda qk, v: jnp.sum(jnp.where(real, jnp.sin(run(impl)(qk, v)), 0.0))
 
-    want = jax.grad(loss("xla"), argnums=(0, 1))(qk, v)
-    got = jax.grad(loss("interpret"), argnums=(0, 1))(qk, v)
+    want = jax.jit(jax.grad(loss("xla"), argnums=(0, 1)))(qk, v)
+    got = jax.jit(jax.grad(loss("interpret"), argnums=(0, 1)))(qk, v)
     for name, g, w in zip(("dqk", "dv"), got, want, strict=True):
         _close(g, w, 1e-5, name)
 
@@ -163,8 +167,8 @@ def test_local_attention_with_the_kernel_equals_jnp():
             jnp.sin(attention.local_attention(q, k, v, impl=impl, **kw)) * mask[:, None, :, None]
         )
 
-    want = jax.value_and_grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
-    got = jax.value_and_grad(loss("interpret"), argnums=(0, 1, 2))(q, k, v)
+    want = jax.jit(jax.value_and_grad(loss("xla"), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(jax.value_and_grad(loss("interpret"), argnums=(0, 1, 2)))(q, k, v)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     for name, g, w in zip("qkv", got[1], want[1], strict=True):
         _close(g, w, 1e-5, f"d{name}")
@@ -177,6 +181,7 @@ def test_kernel_in_bfloat16_is_as_accurate_as_the_jnp_path():
     b, h, u, c, d = 2, 2, 6, 16, 32
     q, k, v, pos, valid, _ = _chunk_inputs(3, b, h, u, c, d, lsh_like=True)
 
+    @functools.partial(jax.jit, static_argnums=(0, 1))
     def run(impl, dtype):
         cast = lambda x: x.astype(dtype)
         out, lse = attention._attend(
@@ -233,6 +238,7 @@ def test_kernel_dropout_equals_a_plain_reference_and_replays(monkeypatch):
     rate = 0.2
     seed = jax.random.bits(key, (2,), jnp.uint32)
 
+    @jax.jit
     def kernel(q, k, v):
         out, _ = window.chunk_attention(
             q,
@@ -251,11 +257,13 @@ def test_kernel_dropout_equals_a_plain_reference_and_replays(monkeypatch):
         )
         return out
 
-    reference = lambda q, k, v: _dropout_reference(q, k, v, pos, valid, windows, ok, rate, seed)[0]
+    reference = jax.jit(
+        lambda q, k, v: _dropout_reference(q, k, v, pos, valid, windows, ok, rate, seed)[0]
+    )
     _close(kernel(q, k, v), reference(q, k, v), 1e-6, "out")
     loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
-    want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
-    got = jax.grad(loss(kernel), argnums=(0, 1, 2))(q, k, v)
+    want = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(q, k, v)
+    got = jax.jit(jax.grad(loss(kernel), argnums=(0, 1, 2)))(q, k, v)
     for name, g, w in zip("qkv", got, want, strict=True):
         _close(g, w, 1e-5, f"d{name}")
     # The rate: kept / all over 3072 draws; 5 standard deviations is 0.036.
