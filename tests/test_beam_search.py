@@ -263,9 +263,10 @@ def test_lm_beam_search_ranks_every_hypothesis_as_the_full_forward_does(alpha):
     ids = np.array([h for h, _ in hyps])  # [n, t]
     lengths = np.array([n for _, n in hyps])
     log_p = []
+    forward = jax.jit(lambda tokens: model.apply({"params": params}, tokens))  # compiled once
     for e in range(2):
         tokens = np.concatenate([np.repeat(np.asarray(prompt[e : e + 1]), len(hyps), 0), ids], 1)
-        out = np.asarray(model.apply({"params": params}, jnp.asarray(tokens)), np.float64)
+        out = np.asarray(forward(jnp.asarray(tokens)), np.float64)
         p = prompt.shape[1]
         per_token = np.take_along_axis(out[:, p:], ids[:, :, None], axis=2)[:, :, 0]  # [n, t]
         log_p.append(np.where(np.arange(NUM_TOKENS) < lengths[:, None], per_token, 0).sum(1))

@@ -112,7 +112,7 @@ def test_span_model_never_predicts_padding():
     tokens = jax.random.randint(jax.random.key(0), (4, 64), 0, cfg.vocab_size)
     mask = jnp.asarray(_lengths_mask([64, 40, 13, 2], 64))
     params = _jiggle(jax.jit(model.init)(jax.random.key(1), tokens, mask=mask)["params"], 2)
-    for logits in model.apply({"params": params}, tokens, mask=mask):
+    for logits in jax.jit(model.apply)({"params": params}, tokens, mask=mask):
         assert np.all(np.asarray(mask)[np.arange(4), np.argmax(logits, -1)])
 
 
@@ -128,10 +128,12 @@ def test_mlm_loss_is_the_log_softmax_at_the_selected_positions():
     params = _jiggle(jax.jit(model.init)(jax.random.key(1), tokens, mask=mask)["params"], 2)
     targets = jax.random.randint(jax.random.key(3), (2, 64), 0, cfg.vocab_size)
     weights = jnp.asarray(np.random.default_rng(4).random((2, 64)) < 0.3) * mask * 1.5
-    sums = model.apply(
+    # Jitted: an eager call compiles each operation apart.
+    apply = jax.jit(model.apply, static_argnames="output")
+    sums = apply(
         {"params": params}, tokens, mask=mask, output="loss", targets=targets, weights=weights
     )
-    hidden = model.apply({"params": params}, tokens, mask=mask, output="hidden")
+    hidden = apply({"params": params}, tokens, mask=mask, output="hidden")
     logp = _log_softmax(_dense(_layer_norm(hidden, params["head"]["norm"]), params["head"]))
     w, t = np.asarray(weights, np.float64), np.asarray(targets)
     picked = np.take_along_axis(logp, t[..., None], -1)[..., 0]
@@ -140,7 +142,7 @@ def test_mlm_loss_is_the_log_softmax_at_the_selected_positions():
     np.testing.assert_allclose(sums["correct"], ((logp.argmax(-1) == t) * w).sum(), rtol=1e-6)
     # The model's own log-probs are the same numbers.
     np.testing.assert_allclose(
-        model.apply({"params": params}, tokens, mask=mask), logp, rtol=1e-5, atol=1e-5
+        apply({"params": params}, tokens, mask=mask), logp, rtol=1e-5, atol=1e-5
     )
 
 

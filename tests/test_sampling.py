@@ -42,7 +42,8 @@ def test_cached_decoding_equals_recomputing_the_prefix(prompt_len):
     cfg = _cfg()
     model, params = _init(cfg, seed=prompt_len)
     tokens = _tokens(prompt_len + 100, (3, cfg.max_len), cfg.vocab_size)
-    reference = model.apply({"params": params}, tokens)  # [b, l, v], position t predicts t
+    # [b, l, v], position t predicts t; jitted (an eager call compiles op by op)
+    reference = jax.jit(model.apply)({"params": params}, tokens)
     log_probs, cache = decoding.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(0))
     np.testing.assert_allclose(log_probs, reference[:, prompt_len], rtol=1e-5, atol=1e-5)
     for t in range(prompt_len, cfg.max_len - 1):
@@ -69,7 +70,7 @@ def test_lsh_decoding_within_one_chunk_equals_shared_qk_full_attention():
     full = cfg.replace(attention_kinds=("full_shared", "local"))
     model, params = _init(full)
     tokens = _tokens(5, (2, cfg.max_len), cfg.vocab_size)
-    reference = model.apply({"params": params}, tokens)
+    reference = jax.jit(model.apply)({"params": params}, tokens)
     prompt_len = 3
     log_probs, cache = decoding.prefill(params, cfg, tokens[:, :prompt_len], jax.random.key(1))
     np.testing.assert_allclose(log_probs, reference[:, prompt_len], rtol=1e-5, atol=1e-5)
