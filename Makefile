@@ -11,7 +11,7 @@ WORKDIR ?= runs/copy
 install: $(STAMP)
 
 # Re-install when the package metadata changes.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -23,7 +23,8 @@ train: $(STAMP)
 # The two test tiers (tests/conftest.py). `make test`, after every change: everything
 # not marked slow, <= 10 minutes on a 2-core CPU with a cold compile cache. `make
 # test-e2e`, before a landing: the tests marked slow (notebooks, a step of every
-# shipped config, full-size memory targets, install, multi-host, kill soak, peers).
+# shipped config, full-size memory targets, install, multi-host, kill soak, peers,
+# and the tests that run a whole command: train, sample, predict, convert, the planner).
 # pytest's exit status 5 (no test selected, e.g. a tier emptied by -k) is not a failure.
 PYTEST := $(PY) -m pytest -q -n 2 --durations=15
 test: $(STAMP)

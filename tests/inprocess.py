@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import io
 
-from reformer_jax import cli
+from reformer_jax import cli, convert, evaluate, memory, predict, sample, tokenizer
 
 
 @dataclasses.dataclass
@@ -39,3 +39,15 @@ def run(main, *argv: str) -> Result:
 def train(*argv: str) -> Result:
     """`python -m reformer_jax.train ARGV`, in-process."""
     return run(cli.train_main, *argv)
+
+
+# `python -m MODULE` -> the main it runs: what the docs' command tables name.
+MAINS = {
+    "reformer_jax.train": cli.train_main,
+    "reformer_jax.evaluate": evaluate.main,
+    "reformer_jax.memory": memory.main,
+    "reformer_jax.sample": sample.main,
+    "reformer_jax.predict": predict.main,
+    "reformer_jax.convert": convert.main,
+    "reformer_jax.tokenizer": tokenizer.main,
+}

@@ -341,6 +341,7 @@ def test_lm_bad_beam_arguments_get_one_clear_line(change, match):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_beam_size_prints_the_best_hypothesis_and_json_all_beams(tmp_path):
     from reformer_jax import checkpoints, sample
 

@@ -82,6 +82,7 @@ def test_resolved_chunks_long_sequences_only_and_keeps_explicit_values():
         RunSettings(remat="yes")
 
 
+@pytest.mark.slow
 def test_auto_chunks_change_nothing_beyond_rounding(monkeypatch):
     """The model under default settings, at a length "auto" chunks (AUTO_CHUNK lowered to
     8 for 32 tokens): the program of explicit 8-position chunks, and the loss and
@@ -213,6 +214,7 @@ def _fit(limit, monkeypatch):
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_memory_fit_chunks_only_when_the_budget_needs_it(monkeypatch):
     roomy = _fit("1GiB", monkeypatch)
     assert roomy["settings"]["ff_chunk_size"] is None and roomy["plans"] == 1
@@ -230,6 +232,7 @@ def test_memory_fit_chunks_only_when_the_budget_needs_it(monkeypatch):
     assert memory.plan(cfg, batch_size=2, run=run)["total_bytes"] == tight["total_bytes"]
 
 
+@pytest.mark.slow
 def test_train_memory_budget_is_applied_and_logged(tmp_path):
     # A budget below the planner's total for one micro-batch: the run must split its batch.
     cfg = tiny_config("step", n_layers=1, attention_kinds=("local",))

@@ -19,6 +19,7 @@ def _run(*cmd, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_memory_planner_json_and_errors():
     result = _run("-m", "reformer_jax.memory", f"--gin_file={TINY}", "--json")
     assert result.returncode == 0, result.stderr

@@ -221,6 +221,7 @@ def test_attention_cycle_is_the_shortest_period():
 # ----------------------------------------------------------------------------- CLI round trip
 
 
+@pytest.mark.slow
 def test_cli_convert_then_load_and_sample(tmp_path, capsys):
     """convert CLI -> workdir -> load_run / sample CLI: the model HF gave us."""
     from reformer_jax import checkpoints, sample, sampling
@@ -307,6 +308,7 @@ def test_sample_refuses_hf_windows_it_cannot_decode(tmp_path):
     assert sample_with(1).returncode == 0
 
 
+@pytest.mark.slow
 def test_evaluate_reads_a_converted_workdir(tmp_path, capsys):
     """evaluate on a converted workdir scores next tokens as HF does (shift_inputs=False)."""
     from reformer_jax import evaluate

@@ -314,6 +314,7 @@ def test_translate_pads_after_eos_and_checks_its_input():
         sampling.translate(params, cfg, source, jax.random.key(0), num_tokens=65)
 
 
+@pytest.mark.slow
 def test_sample_command_translates_text_ids_and_files(tmp_path):
     """`python -m reformer_jax.sample --source/--source_file/--source_ids` on an encoder-decoder
     workdir with a SentencePiece vocabulary: each printed target is `sampling.translate`'s (or

@@ -14,20 +14,10 @@ import tempfile
 
 import pytest
 
-from reformer_jax import cli, convert, evaluate, memory, predict, sample, tokenizer
 from tests import inprocess
 from tests.conftest import copy_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAINS = {
-    "reformer_jax.train": cli.train_main,
-    "reformer_jax.evaluate": evaluate.main,
-    "reformer_jax.memory": memory.main,
-    "reformer_jax.sample": sample.main,
-    "reformer_jax.predict": predict.main,
-    "reformer_jax.convert": convert.main,
-    "reformer_jax.tokenizer": tokenizer.main,
-}
 ROW = re.compile(r"^\| `(?P<expect>[^`]+)` \| `(?P<command>[^`]+)` \|$")
 
 
@@ -106,7 +96,7 @@ def test_documented_error(row, places, tmp_path, monkeypatch):
     argv = shlex.split(fill(row["command"]))
     assert argv[:2] == ["python", "-m"], argv
     monkeypatch.chdir(ROOT)
-    result = inprocess.run(MAINS[argv[2]], *argv[3:])
+    result = inprocess.run(inprocess.MAINS[argv[2]], *argv[3:])
     assert result.returncode == 2, (row, result.stderr)
     assert "Traceback" not in result.stderr
     assert result.last_line.startswith("error: "), result.stderr

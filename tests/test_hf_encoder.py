@@ -247,6 +247,7 @@ def test_converted_configs_take_hf_windows(caplog):
     assert ReformerConfig().window_rule == "reformer"
 
 
+@pytest.mark.slow
 def test_predict_on_a_converted_classifier_gives_hf_probabilities(tmp_path):
     """The user's path: convert's CLI, then predict's, on inputs of 32 to 64 tokens; the class
     probabilities are HF's for each input alone (local windows over 2, 3 and 4 chunks)."""
@@ -273,6 +274,7 @@ def test_predict_on_a_converted_classifier_gives_hf_probabilities(tmp_path):
     "case, task",
     [("mlm_lsh", "MaskedLMTask"), ("classifier", "ClassificationTask"), ("span", "SpanTask")],
 )
+@pytest.mark.slow
 def test_cli_workdir_holds_the_encoder_and_its_task(tmp_path, capsys, case, task):
     """convert CLI -> workdir whose config.gin names the task; its model gives HF's outputs."""
     from reformer_jax import checkpoints, cli

@@ -13,6 +13,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from reformer_jax import checkpoints, cli, decoding, evaluate, sampling
 from reformer_jax.config import RunSettings
@@ -40,6 +41,7 @@ def test_old_checkpoint_gives_the_same_log_probs_and_samples():
     np.testing.assert_array_equal(greedy, ref["greedy"])
 
 
+@pytest.mark.slow
 def test_old_checkpoint_evaluates_to_the_same_metrics(tmp_path):
     for args, name in (
         ((), "evaluate_default.json"),

@@ -106,6 +106,7 @@ def _train_step_and_batch(flags, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("family", list(CASES))
+@pytest.mark.slow
 def test_planner_total_is_the_compiled_train_step(family, tmp_path, monkeypatch):
     gin_file, params = CASES[family]
     if "listops" in gin_file:  # generated data, kept out of ~/.cache

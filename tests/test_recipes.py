@@ -29,21 +29,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from reformer_jax import cli, convert, evaluate, memory, predict, sample
 from tests import inprocess
 from tests.test_wmt14 import fake_as_data_source, train_sentencepiece
 
 pytestmark = pytest.mark.slow  # trains, evaluates and samples every recipe: minutes on 2 cores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MAINS = {
-    "reformer_jax.train": cli.train_main,
-    "reformer_jax.evaluate": evaluate.main,
-    "reformer_jax.memory": memory.main,
-    "reformer_jax.sample": sample.main,
-    "reformer_jax.predict": predict.main,
-    "reformer_jax.convert": convert.main,
-}
 COMMAND = re.compile(r"`(python -m reformer_jax\.[^`]+)`")
 ENWIK8_BYTES = 20_000
 
@@ -140,7 +131,7 @@ def test_table_covers_every_command_and_make_train():
     for config, commands in ROWS:
         assert commands, config
         for command in commands:
-            assert shlex.split(command)[2] in MAINS, command
+            assert shlex.split(command)[2] in inprocess.MAINS, command
     with open(os.path.join(ROOT, "Makefile")) as f:
         make = f.read()
     gin_file = re.search(r"^GIN\s*\?=\s*(\S+)", make, re.M).group(1)
@@ -232,7 +223,9 @@ def test_recipe_runs(config, commands, tmp_path, monkeypatch):
             argv = shlex.split(command)
             assert argv[:2] == ["python", "-m"], command
             try:
-                result = inprocess.run(MAINS[argv[2]], *argv[3:], *_smoke(config, argv[2]))
+                result = inprocess.run(
+                    inprocess.MAINS[argv[2]], *argv[3:], *_smoke(config, argv[2])
+                )
             finally:
                 gin.clear_config()
             assert result.returncode == 0, (command, result.stderr[-3000:])

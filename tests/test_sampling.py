@@ -319,6 +319,7 @@ def _saved_run(tmp_path, **cfg_changes):
     return workdir, cfg, params
 
 
+@pytest.mark.slow
 def test_cli_text_prompt_prints_text_and_json_ids(tmp_path):
     from reformer_jax import sample
 
@@ -344,6 +345,7 @@ def test_cli_text_prompt_prints_text_and_json_ids(tmp_path):
     assert "\nab" in text.stdout  # each sample starts with its prompt
 
 
+@pytest.mark.slow
 def test_cli_image_prompt_writes_a_png_grid(tmp_path):
     from PIL import Image
 

@@ -268,6 +268,7 @@ def test_converted_vocabulary_encodes_as_hf_tokenizer(converted):
     assert with_unk == 1  # one sentence holds characters outside the vocabulary
 
 
+@pytest.mark.slow
 def test_sample_prompt_text_on_converted_workdir(converted, capsys):
     """sample --prompt encodes with the run's spiece.model and prints text; greedy ids are
     sampling.generate's on the encoded prompt."""

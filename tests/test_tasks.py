@@ -39,6 +39,7 @@ def _cfg():
     )
 
 
+@pytest.mark.slow
 def test_train_step_minimises_the_task_loss_with_its_own_sums():
     cfg, task = _cfg(), _SecondHalfTask()
     model = task.model(cfg)

@@ -27,6 +27,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from reformer_jax import checkpoints, cli, predict, sample, tasks
 from reformer_jax.data import enwik8, listops, stdlib, wmt14
@@ -181,6 +182,7 @@ def test_wmt14_text_round_trips(tmp_path, fake_tfds):  # noqa: F811
     assert checked >= 5
 
 
+@pytest.mark.slow
 def test_sample_prints_a_byte_runs_text(tmp_path):
     """python -m reformer_jax.sample on ids of stdlib text prints that text."""
     cfg = tiny_config("step", vocab_size=258)  # max_len 32: 16 prompt ids and more
@@ -200,6 +202,7 @@ def test_sample_prints_a_byte_runs_text(tmp_path):
     assert printed.startswith(text)  # the prompt's text, then the sampled byte
 
 
+@pytest.mark.slow
 def test_masked_lm_fill_decodes_to_the_corpus_character(tmp_path):
     """A unigram masked LM of stdlib_dataset's batches fills [MASK] with the corpus's most
     common byte, and predict prints it as that character."""

@@ -69,6 +69,7 @@ def _copy_of(trained, tmp_path):
     return copy_run(trained, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_then_resume(tmp_path):
     # The one subprocess run: `python -m reformer_jax.train` as a user types it.
     wd = str(tmp_path / "run")
@@ -292,6 +293,7 @@ def test_evaluator_traces_once_across_evals():
     np.testing.assert_allclose(results[0]["loss"], total["nll"] / total["weight"], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tune_from_own_checkpoint(trained, tmp_path):
     # With a zero learning rate the first step leaves the parameters as
     # restored, so the new run's checkpoint must equal the source's exactly.
@@ -314,6 +316,7 @@ def test_fine_tune_from_own_checkpoint(trained, tmp_path):
     assert _losses(wd)[1] < _losses(fresh)[1]
 
 
+@pytest.mark.slow
 def test_save_params_then_load_run_train_and_resume(trained, tmp_path):
     run = checkpoints.load_run(trained)
     assert (

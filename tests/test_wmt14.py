@@ -393,6 +393,7 @@ def test_long_pairs_are_counted_in_the_log(fake_tfds, vocab_file, caplog):
     assert "end of epoch 0: dropped 4 of the 23 pairs read in it" in caplog.text
 
 
+@pytest.mark.slow
 def test_wmt14_config_trains_and_evaluate_reports_bleu(fake_tfds, vocab_file, tmp_path):
     """The WMT pipeline end to end on mock data: configs/wmt14_ende.gin (sizes shrunk) trains
     a few steps, the vocabulary lands in the workdir, and evaluate --decode decodes the test
