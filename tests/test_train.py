@@ -194,7 +194,9 @@ def test_train_step_compiles_once():
 def test_gradient_accumulation_equals_one_big_batch():
     # Local attention and no dropout: micro-batch i draws its keys from
     # fold_in(step_key, i), so LSH rotations would differ from the whole batch's.
-    model, opt, lr, state = _tiny_setup("constant", 1e-2, 0, attention_kinds=("local",))
+    model, opt, lr, state = _tiny_setup(
+        "constant", 1e-2, 0, attention_kinds=("local",), dropout=0.0
+    )
     batch = synthetic.DuplicationTask(32, 8, 8, seed=3).batch(0)
     run = lambda k: trainer.train_step(
         state, batch, jax.random.key(1), model=model, optimizer=opt, schedule=lr, grad_accum_steps=k
