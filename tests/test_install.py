@@ -116,8 +116,8 @@ def test_wheel_holds_every_module_and_config_of_the_source_tree(tmp_path):
     got = _wheel_files(wheel)
     assert got == expected, (
         f"the wheel lacks {sorted(expected - got)} and holds {sorted(got - expected)} "
-        "beyond the source tree (setup.py finds the packages, setup.cfg's package_data "
-        "names the files that are not modules)"
+        "beyond the source tree (setup.py finds the packages and names the package data "
+        "that is not modules)"
     )
 
 
