@@ -288,14 +288,15 @@ def train_setup(
     """
     import jax
 
-    from reformer_jax import optim, trainer
+    from reformer_jax import trainer
     from reformer_jax.config import RunSettings
     from reformer_jax.tasks import LanguageModelTask
 
     seq_len = cfg.max_len if seq_len is None else seq_len
     task = LanguageModelTask() if task is None else task
-    schedule = optim.make_schedule("constant", learning_rate=learning_rate, warmup_steps=0)
-    opt = optim.make_optimizer(optimizer, schedule=schedule)
+    opt, schedule = trainer.make_optimizer(
+        optimizer=optimizer, schedule="constant", learning_rate=learning_rate, warmup_steps=0
+    )
     step = trainer.make_step(
         task,
         cfg,
