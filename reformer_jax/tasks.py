@@ -5,7 +5,7 @@ A task is (the batch it expects, its loss, its metrics). The trainer
 take one and know nothing of next-token prediction; gin selects it
 (`train.task = @LanguageModelTask()`, the default).
 
-    Task.batch_keys                     the arrays of a batch, each [b, ...]
+    Task.arrays / batch_keys            the arrays of a batch: name -> (dtype, rank)
     Task.batch_spec(cfg, batch_size, seq_len) -> {name: jax.ShapeDtypeStruct}
                                         the batch's shapes and dtypes (the memory planner's)
     Task.check(cfg)                     refuses a model config the task cannot train
@@ -73,7 +73,14 @@ class TaskError(ValueError):
 class Task(abc.ABC):
     """The interface; see the module docstring."""
 
-    batch_keys: tuple[str, ...] = ()
+    # What a batch holds, in the order the task's datasets give it: name ->
+    # (dtype, rank), rank 2 an array [b, l] of positions, rank 1 one value a row [b].
+    arrays: dict[str, tuple[Any, int]] = {}
+
+    @property
+    def batch_keys(self) -> tuple[str, ...]:
+        """The names of a batch's arrays, each [b, ...] (from `arrays`)."""
+        return tuple(self.arrays)
 
     def check(self, cfg: ReformerConfig) -> None:
         """Raises TaskError when the task cannot train a model of `cfg` (any, by default)."""
@@ -92,7 +99,12 @@ class Task(abc.ABC):
     ) -> dict[str, jax.ShapeDtypeStruct]:
         """The shapes and dtypes of a batch of `batch_size` rows of `seq_len` positions, in
         batch_keys order: what the task's datasets give (the memory planner's inputs)."""
-        raise TaskError(f"{type(self).__name__} declares no batch_spec; give it one.")
+        del cfg
+        shapes = {1: (batch_size,), 2: (batch_size, seq_len)}
+        return {
+            name: jax.ShapeDtypeStruct(shapes[rank], dtype)
+            for name, (dtype, rank) in self.arrays.items()
+        }
 
     @abc.abstractmethod
     def loss_sums(
@@ -142,7 +154,7 @@ class LanguageModelTask(Task):
     token over the weighted tokens.
     """
 
-    batch_keys = ("tokens", "weights")
+    arrays = {"tokens": (jnp.int32, 2), "weights": (jnp.float32, 2)}
 
     def check(self, cfg: ReformerConfig) -> None:
         if not cfg.causal:
@@ -154,9 +166,6 @@ class LanguageModelTask(Task):
 
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerLM(cfg, run or RunSettings())
-
-    def batch_spec(self, cfg, batch_size, seq_len):
-        return _spec(batch_size, seq_len, tokens=(jnp.int32, 2), weights=(jnp.float32, 2))
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         return model.apply(
@@ -172,13 +181,6 @@ class LanguageModelTask(Task):
 # ----------------------------------------------------------------------------- encoders
 
 
-def _spec(batch_size: int, seq_len: int, **arrays) -> dict[str, jax.ShapeDtypeStruct]:
-    """{name: ShapeDtypeStruct} of arrays given as name=(dtype, rank): rank 2 is
-    [batch_size, seq_len], rank 1 [batch_size]."""
-    shapes = {1: (batch_size,), 2: (batch_size, seq_len)}
-    return {k: jax.ShapeDtypeStruct(shapes[rank], dtype) for k, (dtype, rank) in arrays.items()}
-
-
 def _refuse_causal(task: Task, cfg: ReformerConfig) -> None:
     if cfg.causal:
         raise TaskError(
@@ -187,9 +189,12 @@ def _refuse_causal(task: Task, cfg: ReformerConfig) -> None:
         )
 
 
-def _check_rows(task: Task, batch: dict, per_position: tuple[str, ...], per_row: tuple[str, ...]):
-    """One clear error for arrays whose shapes do not fit tokens [b, l]."""
+def _check_rows(task: Task, batch: dict):
+    """One clear error for arrays whose shapes do not fit tokens [b, l] (task.arrays:
+    rank 2 per position, rank 1 per row)."""
     Task.check_batch(task, batch)
+    per_position = [n for n, (_, rank) in task.arrays.items() if rank == 2 and n != "tokens"]
+    per_row = [n for n, (_, rank) in task.arrays.items() if rank == 1]
     shape = np.shape(batch["tokens"])
     if len(shape) != 2:
         raise TaskError(
@@ -260,7 +265,7 @@ class MaskedLMTask(Task):
     replace_random: float = 0.1
     mask_id: int | None = None
 
-    batch_keys = ("tokens", "weights")
+    arrays = {"tokens": (jnp.int32, 2), "weights": (jnp.float32, 2)}
 
     def __post_init__(self):
         if not 0.0 < self.mask_rate <= 1.0:
@@ -291,9 +296,6 @@ class MaskedLMTask(Task):
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerMLM(cfg, run or RunSettings())
 
-    def batch_spec(self, cfg, batch_size, seq_len):
-        return _spec(batch_size, seq_len, tokens=(jnp.int32, 2), weights=(jnp.float32, 2))
-
     def loss_sums(self, model, params, batch, key, *, deterministic):
         cfg = model.cfg
         tokens, weights = batch["tokens"], batch["weights"].astype(jnp.float32)
@@ -321,7 +323,7 @@ class MaskedLMTask(Task):
         )
 
     def check_batch(self, batch: dict) -> None:
-        _check_rows(self, batch, ("weights",), ())
+        _check_rows(self, batch)
 
     def predict(self, model, params, tokens, mask, key):
         """Fills every position holding the mask id with its most likely other token."""
@@ -363,7 +365,12 @@ class ClassificationTask(Task):
     n_classes: int
     pooling: str = "first"
 
-    batch_keys = ("tokens", "mask", "label", "weight")
+    arrays = {
+        "tokens": (jnp.int32, 2),
+        "mask": (jnp.bool_, 2),
+        "label": (jnp.int32, 1),
+        "weight": (jnp.float32, 1),
+    }
 
     def __post_init__(self):
         if (
@@ -382,16 +389,6 @@ class ClassificationTask(Task):
 
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerClassifier(cfg, self.n_classes, self.pooling, run or RunSettings())
-
-    def batch_spec(self, cfg, batch_size, seq_len):
-        return _spec(
-            batch_size,
-            seq_len,
-            tokens=(jnp.int32, 2),
-            mask=(jnp.bool_, 2),
-            label=(jnp.int32, 1),
-            weight=(jnp.float32, 1),
-        )
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         logits = model.apply(
@@ -431,7 +428,7 @@ class ClassificationTask(Task):
         }
 
     def check_batch(self, batch: dict) -> None:
-        _check_rows(self, batch, ("mask",), ("label", "weight"))
+        _check_rows(self, batch)
         label, weight = np.asarray(batch["label"]), np.asarray(batch["weight"])
         bad = (weight > 0) & ((label < 0) | (label >= self.n_classes))
         if bad.any():
@@ -453,24 +450,19 @@ class SpanTask(Task):
     exact match of (start, end), both right), start_accuracy, end_accuracy.
     """
 
-    batch_keys = ("tokens", "mask", "start", "end", "weight")
+    arrays = {
+        "tokens": (jnp.int32, 2),
+        "mask": (jnp.bool_, 2),
+        "start": (jnp.int32, 1),
+        "end": (jnp.int32, 1),
+        "weight": (jnp.float32, 1),
+    }
 
     def check(self, cfg: ReformerConfig) -> None:
         _refuse_causal(self, cfg)
 
     def model(self, cfg: ReformerConfig, run: RunSettings | None = None) -> nn.Module:
         return ReformerSpanModel(cfg, run or RunSettings())
-
-    def batch_spec(self, cfg, batch_size, seq_len):
-        return _spec(
-            batch_size,
-            seq_len,
-            tokens=(jnp.int32, 2),
-            mask=(jnp.bool_, 2),
-            start=(jnp.int32, 1),
-            end=(jnp.int32, 1),
-            weight=(jnp.float32, 1),
-        )
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         start_logits, end_logits = model.apply(
@@ -524,7 +516,7 @@ class SpanTask(Task):
         return out
 
     def check_batch(self, batch: dict) -> None:
-        _check_rows(self, batch, ("mask",), ("start", "end", "weight"))
+        _check_rows(self, batch)
         mask = np.asarray(batch["mask"]).astype(bool)
         weight = np.asarray(batch["weight"])
         rows = np.arange(mask.shape[0])
@@ -563,7 +555,13 @@ class Seq2SeqTask(Task):
 
     label_smoothing: float = 0.0
 
-    batch_keys = ("source", "source_mask", "target", "target_weights")
+    # Source and target both seq_len positions, as the shipped datasets pad them.
+    arrays = {
+        "source": (jnp.int32, 2),
+        "source_mask": (jnp.bool_, 2),
+        "target": (jnp.int32, 2),
+        "target_weights": (jnp.float32, 2),
+    }
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -583,17 +581,6 @@ class Seq2SeqTask(Task):
     def init_params(self, model: nn.Module, key: Array, cfg: ReformerConfig) -> Any:
         ids = jnp.zeros((1, cfg.max_len), jnp.int32)
         return model.init(key, ids, ids)["params"]
-
-    def batch_spec(self, cfg, batch_size, seq_len):
-        """Source and target both seq_len positions, as the shipped datasets pad them."""
-        return _spec(
-            batch_size,
-            seq_len,
-            source=(jnp.int32, 2),
-            source_mask=(jnp.bool_, 2),
-            target=(jnp.int32, 2),
-            target_weights=(jnp.float32, 2),
-        )
 
     def loss_sums(self, model, params, batch, key, *, deterministic):
         return model.apply(
