@@ -30,7 +30,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from tests import inprocess
-from tests.test_wmt14 import fake_as_data_source, train_sentencepiece
+from tests.test_wmt14 import TINY_MODEL, fake_as_data_source, train_sentencepiece
 
 pytestmark = pytest.mark.slow  # trains, evaluates and samples every recipe: minutes on 2 cores
 
@@ -88,16 +88,7 @@ SHRINK = {  # per config: only sizes change (layers, length, width, split sizes)
     + ["ReformerConfig.n_layers = 2", "listops_dataset.n_train = 64", "listops_dataset.n_eval = 8"],
     "spans_cpu.gin": NARROW + ["span_dataset.eval_examples = 8"],
     "reverse_cpu.gin": ["seq2seq_dataset.eval_examples = 8"],
-    "wmt14_ende.gin": [
-        "VOCAB = 120",  # the tiny vocabulary _data trains
-        "SEQ_LEN = 32",
-        "ReformerConfig.d_model = 32",
-        "ReformerConfig.d_ff = 64",
-        "ReformerConfig.n_heads = 2",
-        "ReformerConfig.d_head = 16",
-        "ReformerConfig.n_layers = 2",
-        "ReformerConfig.n_encoder_layers = 2",
-    ],
+    "wmt14_ende.gin": TINY_MODEL,  # on the tiny vocabulary _data trains
 }
 INPUTS = {  # inputs.jsonl of each predict command
     "mlm_cpu.gin": [{"text": "def add(a, b):\n    return a [MASK] b\n"}],
